@@ -1,0 +1,5 @@
+"""`python -m worker` is the `survey-worker` command."""
+
+from worker.cli import main
+
+main()

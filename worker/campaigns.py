@@ -1,0 +1,172 @@
+"""Clients and campaigns as the CLI and the campaign platform create them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import asyncpg
+import orjson
+
+from worker import addresses, imports
+from worker.errors import InvalidAddress, SurveyWorkerError, TemplateProblem
+from worker.render import TemplateStore
+
+COPY_BATCH = 5_000
+
+
+class LaunchProblem(SurveyWorkerError):
+    """A campaign cannot be launched as asked; nothing was created."""
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What `survey-worker launch` asks for."""
+
+    client_id: str
+    template: str
+    kind: str
+    survey_url: str | None
+    name: str
+    locale: str
+
+
+@dataclass
+class LaunchReport:
+    """The created campaign and what happened to each line of the file."""
+
+    campaign_id: int = 0
+    imported: int = 0
+    rejected: list[imports.Rejected] = field(default_factory=list)
+
+
+async def add_client(conn: asyncpg.Connection, client_id: str, name: str, sender: str) -> bool:
+    """Register a client, or update its name and sender; True if it is new."""
+    try:
+        sender = addresses.normalise(sender)
+    except InvalidAddress as e:
+        raise LaunchProblem(f"--sender is not a usable address: {e.reason}") from e
+    try:
+        created: bool = await conn.fetchval(
+            """INSERT INTO clients (id, name, sender_email) VALUES ($1, $2, $3)
+               ON CONFLICT (id) DO UPDATE SET name = $2, sender_email = $3
+               RETURNING xmax = 0""",
+            client_id,
+            name,
+            sender,
+        )
+    except asyncpg.CheckViolationError as e:
+        raise LaunchProblem(
+            "a client id is 1-63 lower-case letters, digits, '-' or '_', and a name "
+            "1-200 characters"
+        ) from e
+    return created
+
+
+def check_template(
+    templates: TemplateStore, name: str, columns: list[str], client_name: str
+) -> None:
+    """Refuse a template that is missing, hides the unsubscribe link, or needs a column the
+    file does not have, before anything is imported."""
+    templates.check(name)
+    sample = {column: "" for column in columns}
+    sample.update(
+        client_name=client_name,
+        survey_url="https://survey.invalid/s?r=sample",
+        unsubscribe_url="https://unsubscribe.invalid/unsubscribe/sample",
+    )
+    for locale in templates.locales(name):
+        templates.render(name, [locale], sample)
+
+
+async def _batches(
+    rows: Iterator[imports.Row | imports.Rejected], report: LaunchReport
+) -> AsyncIterator[tuple[int, str, bytes, str | None, str]]:
+    for item in rows:
+        if isinstance(item, imports.Rejected):
+            report.rejected.append(item)
+        else:
+            # COPY is binary and asyncpg has no binary jsonb encoder: stage as text.
+            yield (item.line, item.email, item.email_hash, item.locale,
+                   orjson.dumps(item.vars).decode())
+
+
+async def launch(
+    conn: asyncpg.Connection,
+    request: LaunchRequest,
+    stream: BinaryIO,
+    *,
+    templates: TemplateStore,
+    hash_key: bytes,
+    progress: Callable[[int], None],
+) -> LaunchReport:
+    """Create a running campaign and import its recipients, all or nothing.
+
+    The file is streamed into Postgres with COPY inside one transaction; addresses that
+    appear twice are imported once and the later lines reported as duplicates.
+    """
+    client = await conn.fetchrow("SELECT name FROM clients WHERE id = $1", request.client_id)
+    if client is None:
+        raise LaunchProblem(f"unknown client {request.client_id!r}; add it with `client add`")
+    columns, rows = imports.read_recipients(stream, hash_key=hash_key, progress=progress)
+    if request.survey_url is None and "survey_url" not in columns:
+        raise LaunchProblem("give --survey-url, or a survey_url column in the file")
+    try:
+        check_template(templates, request.template, columns, client["name"])
+    except TemplateProblem as e:
+        raise LaunchProblem(str(e)) from e
+    report = LaunchReport()
+    async with conn.transaction():
+        report.campaign_id = await conn.fetchval(
+            """INSERT INTO campaigns (client_id, name, kind, template, locale, survey_url)
+               VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+            request.client_id,
+            request.name,
+            request.kind,
+            request.template,
+            request.locale,
+            request.survey_url or "",
+        )
+        await conn.execute(
+            """CREATE TEMP TABLE staging (line integer, email text, email_hash bytea,
+                                          locale text, vars text) ON COMMIT DROP"""
+        )
+        await conn.copy_records_to_table(
+            "staging",
+            records=_batches(rows, report),
+            columns=["line", "email", "email_hash", "locale", "vars"],
+        )
+        report.imported = await conn.fetchval(
+            """WITH firsts AS (
+                   SELECT DISTINCT ON (email_hash) line, email, email_hash, locale, vars
+                   FROM staging ORDER BY email_hash, line),
+               ins AS (
+                   INSERT INTO invitations (campaign_id, email, email_hash, locale, vars)
+                   SELECT $1, email, email_hash, locale, vars::jsonb FROM firsts ORDER BY line
+                   RETURNING 1)
+               SELECT count(*) FROM ins""",
+            report.campaign_id,
+        )
+        duplicates = await conn.fetch(
+            """SELECT line FROM (
+                   SELECT line, row_number() OVER (PARTITION BY email_hash ORDER BY line) AS n
+                   FROM staging) s
+               WHERE n > 1 ORDER BY line"""
+        )
+        report.rejected.extend(
+            imports.Rejected(r["line"], "duplicate address (imported once)") for r in duplicates
+        )
+        if report.imported == 0:
+            raise LaunchProblem("no valid recipient in the file; nothing was launched")
+    report.rejected.sort(key=lambda r: r.line)
+    return report
+
+
+def open_recipients(path: Path) -> BinaryIO:
+    """Open the recipients file, with a clear error instead of a traceback."""
+    try:
+        return path.open("rb")
+    except OSError as e:
+        raise LaunchProblem(f"cannot read {path}: {e.strerror}") from e

@@ -1,0 +1,346 @@
+"""The `survey-worker` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import click
+import structlog
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from worker import addresses, campaigns, db, embedded, ledger, logs, optouts, queue
+from worker.errors import ConfigError, SurveyWorkerError
+from worker.render import TemplateStore
+from worker.settings import Settings
+from worker.suppression import Scope
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line on stderr and exit status 1."""
+    try:
+        yield
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]).upper()
+        raise click.ClickException(f"configuration: {where}: {first['msg']}") from None
+    except SurveyWorkerError as e:
+        raise click.ClickException(str(e)) from None
+    except (OSError, asyncpg.PostgresError) as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from None
+
+
+class Env:
+    """Settings plus the service URLs the command runs against."""
+
+    def __init__(self, settings: Settings, urls: embedded.ServiceUrls) -> None:
+        self.settings = settings
+        self.urls = urls
+
+
+@contextmanager
+def environment(*, secrets: bool = False) -> Iterator[Env]:
+    """Load settings, configure logging, start embedded services if none are configured."""
+    with _clear_errors():
+        settings = Settings()
+        logs.configure(fmt=settings.log_format, level=settings.log_level)
+        if secrets:
+            settings.check_secrets()
+        with embedded.services(
+            database_url=settings.database_url,
+            redis_url=settings.redis_url,
+            data_dir=settings.data_dir,
+        ) as urls:
+            yield Env(settings, urls)
+
+
+def run(env: Env, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run `work` with a database connection, migrating first on embedded Postgres."""
+
+    async def main() -> T:
+        try:
+            conn = await asyncpg.connect(env.urls.database_url)
+        except (OSError, asyncpg.PostgresError) as e:
+            raise ConfigError(f"cannot connect to Postgres: {e}") from e
+        try:
+            if env.settings.database_url is None:
+                await db.migrate(conn)
+            elif not await conn.fetchval("SELECT to_regclass('campaigns') IS NOT NULL"):
+                raise ConfigError("the database has no schema yet: run `survey-worker migrate`")
+            await db._init_connection(conn)
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    with _clear_errors():
+        return asyncio.run(main())
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(data) if as_json else text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """survey-worker: send survey invitations by e-mail, never to an opted-out address.
+
+    Configuration comes from the environment and `.env` (see `.env.example`). With
+    DATABASE_URL and REDIS_URL unset, an embedded Postgres and Redis are started under
+    DATA_DIR and stopped when the last command using them exits.
+    """
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the SQL migrations in sql/ that are not applied yet."""
+    with environment() as env:
+
+        async def work(conn: asyncpg.Connection) -> list[str]:
+            return await db.migrate(conn)
+
+        applied = run(env, work)
+    click.echo("\n".join(f"applied {n}" for n in applied) or "schema is up to date")
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+def worker(burst: bool) -> None:
+    """Run a worker: take jobs from Redis and send invitations."""
+    from arq.worker import Worker
+
+    from worker.main import WorkerSettings
+
+    with environment(secrets=True) as env:
+        run(env, lambda conn: asyncio.sleep(0))
+        with _clear_errors():
+            _install_uvloop()
+            w = Worker(
+                functions=WorkerSettings.functions,
+                redis_settings=queue.redis_settings(env.urls.redis_url),
+                on_startup=WorkerSettings.on_startup,
+                on_shutdown=WorkerSettings.on_shutdown,
+                job_serializer=WorkerSettings.job_serializer,
+                job_deserializer=WorkerSettings.job_deserializer,
+                max_tries=WorkerSettings.max_tries,
+                max_jobs=WorkerSettings.max_jobs,
+                keep_result=WorkerSettings.keep_result,
+                burst=burst,
+                ctx={"settings": env.settings, "database_url": env.urls.database_url},
+            )
+            w.run()
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.install()
+
+
+@main.group()
+def client() -> None:
+    """Manage the firm's clients."""
+
+
+@client.command("add")
+@click.argument("client_id")
+@click.option("--name", required=True, help="The client's name, shown in every message.")
+@click.option("--sender", required=True, help="The From address of the client's invitations.")
+def client_add(client_id: str, name: str, sender: str) -> None:
+    """Register client CLIENT_ID (or update its name and sender)."""
+    with environment() as env:
+        created = run(env, lambda conn: campaigns.add_client(conn, client_id, name, sender))
+    click.echo(f"client {client_id} {'added' if created else 'updated'}")
+
+
+@main.command()
+@click.option("--client", "client_id", required=True, help="The client the campaign is for.")
+@click.option("--template", required=True, help="Template folder name under templates/.")
+@click.option(
+    "--recipients",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CSV with a header row: email, optional locale, any template columns.",
+)
+@click.option("--kind", type=click.Choice(["survey", "marketing"]), default="survey",
+              show_default=True, help="survey: client opt-outs apply; marketing: firm's list.")
+@click.option("--survey-url", help="Base survey link; each recipient gets a distinct one.")
+@click.option("--name", help="Campaign name (default: the file name).")
+@click.option("--locale", default="en", show_default=True,
+              help="Locale for recipients without one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def launch(
+    client_id: str,
+    template: str,
+    recipients: Path,
+    kind: str,
+    survey_url: str | None,
+    name: str | None,
+    locale: str,
+    as_json: bool,
+) -> None:
+    """Create a campaign, import its recipients and start sending it."""
+    request = campaigns.LaunchRequest(
+        client_id=client_id,
+        template=template,
+        kind=kind,
+        survey_url=survey_url,
+        name=name or recipients.name,
+        locale=locale.lower(),
+    )
+    with environment(secrets=True) as env:
+        with _clear_errors():
+            stream = campaigns.open_recipients(recipients)
+            size = os.fstat(stream.fileno()).st_size
+        with stream, tqdm(total=size, unit="B", unit_scale=True, desc="importing",
+                          disable=None, file=sys.stderr) as bar:
+            report = run(
+                env,
+                lambda conn: campaigns.launch(
+                    conn,
+                    request,
+                    stream,
+                    templates=TemplateStore(env.settings.templates_dir),
+                    hash_key=env.settings.hash_key(),
+                    progress=bar.update,
+                ),
+            )
+        enqueued = _enqueue_launch(env.urls.redis_url, report.campaign_id)
+    rejected = [{"line": r.line, "reason": r.reason} for r in report.rejected]
+    text = [f"campaign {report.campaign_id}: {report.imported} recipients imported"]
+    text += [f"  line {r['line']}: {r['reason']}" for r in rejected]
+    if not enqueued:
+        text.append("warning: Redis is unreachable; the campaign starts at the next reconcile")
+    _emit(
+        as_json,
+        {"campaign_id": report.campaign_id, "imported": report.imported, "rejected": rejected},
+        "\n".join(text),
+    )
+
+
+def _enqueue_launch(redis_url: str, campaign_id: int) -> bool:
+    async def go() -> None:
+        redis = await queue.connect(redis_url)
+        try:
+            await queue.enqueue_launch(redis, campaign_id)
+        finally:
+            await redis.aclose()
+
+    try:
+        asyncio.run(go())
+    except (OSError, ConnectionError) as e:
+        structlog.get_logger().warning("campaign.enqueue_failed", campaign_id=campaign_id,
+                                       error=type(e).__name__)
+        return False
+    return True
+
+
+@main.command()
+@click.argument("campaign_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def status(campaign_id: int, as_json: bool) -> None:
+    """Show a campaign's status and how many invitations are in each state."""
+    with environment() as env:
+
+        async def work(conn: asyncpg.Connection) -> dict[str, Any]:
+            state = await ledger.campaign_status(conn, campaign_id)
+            if state is None:
+                raise campaigns.LaunchProblem(f"no campaign {campaign_id}")
+            counts = await ledger.counts(conn, campaign_id)
+            return {
+                "campaign_id": campaign_id,
+                "status": state,
+                "total": sum(counts.values()),
+                "counts": counts,
+                "reasons": await ledger.reason_counts(conn, campaign_id),
+            }
+
+        data = run(env, work)
+    lines = [f"campaign {campaign_id}: {data['status']}, {data['total']} invitations"]
+    lines += [f"  {state}: {n}" for state, n in sorted(data["counts"].items())]
+    lines += [f"  {key}: {n}" for key, n in data["reasons"].items()]
+    _emit(as_json, data, "\n".join(lines))
+
+
+def _scope(client_id: str | None, marketing: bool) -> Scope:
+    if (client_id is None) == (not marketing):
+        raise click.UsageError("give exactly one of --client ID or --marketing")
+    return Scope("marketing", "") if marketing else Scope("survey", client_id or "")
+
+
+@main.command("opt-out")
+@click.argument("email")
+@click.option("--client", "client_id", help="Opt out of this client's surveys.")
+@click.option("--marketing", is_flag=True, help="Opt out of the firm's marketing e-mail.")
+def opt_out(email: str, client_id: str | None, marketing: bool) -> None:
+    """Put EMAIL on a client's opt-out list or on the marketing list, at once."""
+    scope = _scope(client_id, marketing)
+    with environment(secrets=True) as env:
+        with _clear_errors():
+            normalised = addresses.normalise(email)
+        email_hash = addresses.address_hash(env.settings.hash_key(), normalised)
+
+        async def work(conn: asyncpg.Connection) -> bool:
+            if scope.kind == "survey" and not await conn.fetchval(
+                "SELECT true FROM clients WHERE id = $1", scope.client_id
+            ):
+                raise campaigns.LaunchProblem(f"unknown client {scope.client_id!r}")
+            return await optouts.add(conn, scope, email_hash=email_hash, email=normalised,
+                                     source="cli", actor=os.environ.get("USER", "cli"))
+
+        added = run(env, work)
+        if added:
+            structlog.get_logger().info("opt_out.recorded", scope=optouts.scope_label(scope),
+                                        recipient=addresses.recipient_id(email_hash),
+                                        source="cli")
+    click.echo("opted out" if added else "already opted out")
+
+
+@main.command()
+@click.option("--template", required=True, help="Template folder name under templates/.")
+@click.option("--locale", default="en", show_default=True)
+@click.option("--client-name", default="Acme Research", show_default=True)
+def preview(template: str, locale: str, client_name: str) -> None:
+    """Render a template with sample values and print subject, text and HTML."""
+    with _clear_errors():
+        settings = Settings()
+        store = TemplateStore(settings.templates_dir)
+        rendered = store.render(
+            template,
+            [locale],
+            {
+                "client_name": client_name,
+                "first_name": "Alex",
+                "survey_url": "https://survey.example.com/s?r=preview",
+                "unsubscribe_url": f"{settings.public_base_url}/unsubscribe/preview-token",
+            },
+        )
+    click.echo(f"Subject: {rendered.subject}\nLocale: {rendered.locale}\n")
+    click.echo(rendered.text)
+    click.echo("-" * 72)
+    click.echo(rendered.html)
+
+
+@main.command()
+@click.option("--output", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("demo-mail"), show_default=True,
+              help="Folder where the local SMTP sink saves each message as .eml.")
+def demo(output: Path) -> None:
+    """Run the whole system end to end on embedded services and a local SMTP sink."""
+    from worker import demo as demo_run
+
+    os.environ.setdefault("APP_ENV", "demo")
+    with _clear_errors():
+        demo_run.main(output)

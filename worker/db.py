@@ -1,0 +1,83 @@
+"""Postgres connections and the migration runner."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from worker.errors import ConfigError
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+# Any fixed number: it only has to be the same in every process that migrates.
+MIGRATION_LOCK = 0x5157_0001
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
+    """A connection pool whose jsonb columns read and write Python objects."""
+    try:
+        pool = await asyncpg.create_pool(
+            url, min_size=1, max_size=max_size, init=_init_connection, command_timeout=60
+        )
+    except (OSError, asyncpg.PostgresError) as e:
+        raise ConfigError(f"cannot connect to Postgres: {e}") from e
+    assert pool is not None
+    return pool
+
+
+def migration_files(sql_dir: Path = SQL_DIR) -> list[tuple[int, Path]]:
+    """The numbered migrations in `sql_dir`, in the order they apply."""
+    found = []
+    for path in sorted(sql_dir.glob("*.sql")):
+        match = MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise ConfigError(f"{path.name}: migrations are named NNN_description.sql")
+        found.append((int(match.group(1)), path))
+    versions = [v for v, _ in found]
+    if len(set(versions)) != len(versions):
+        raise ConfigError("two migrations share a number")
+    return found
+
+
+async def migrate(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Apply the migrations not applied yet, each in its own transaction; return their names.
+
+    Safe to run concurrently and repeatedly: an advisory lock serialises runners and the
+    `schema_migrations` table records what is applied.
+    """
+    await conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               version    integer PRIMARY KEY,
+               name       text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, path in migration_files(sql_dir):
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    version,
+                    path.name,
+                )
+            applied.append(path.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    return applied

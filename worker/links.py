@@ -1,0 +1,26 @@
+"""Per-recipient links: the survey link and the unsubscribe link."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+
+def survey_ref(key: bytes, invitation_id: int) -> str:
+    """An opaque reference to one invitation for the survey platform (not guessable)."""
+    digest = hmac.new(key, b"survey:%d" % invitation_id, hashlib.sha256).digest()[:12]
+    return base64.urlsafe_b64encode(digest).decode()
+
+
+def survey_link(survey_url: str, ref: str) -> str:
+    """`survey_url` with the recipient's reference added as the `r` query parameter."""
+    parts = urlsplit(survey_url)
+    query = [*parse_qsl(parts.query, keep_blank_values=True), ("r", ref)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def unsubscribe_link(public_base_url: str, token: str) -> str:
+    """The unsubscribe page for `token` under the web app's public base URL."""
+    return f"{public_base_url.rstrip('/')}/unsubscribe/{token}"

@@ -1,0 +1,238 @@
+"""Assembly of an outgoing invitation as RFC 5322 / MIME bytes, ready for SMTP DATA.
+
+Built by hand rather than with `email.message.EmailMessage`, which costs about 0.7 ms a
+message; this takes a few tens of microseconds. The shape is fixed: a
+multipart/alternative (RFC 2046 section 5.1.4) of a text/plain and a text/html part,
+both UTF-8 in quoted-printable, with the list headers of RFC 2369, 2919 and 8058.
+
+Every header value is checked: CR, LF or NUL raises `UnsafeHeaderValue`, addresses
+must be bare addr-specs, and display names and the subject are quoted or encoded so
+that no value can add a header or a recipient.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import format_datetime
+
+from worker.errors import InvalidAddress, UnsafeHeaderValue
+
+# RFC 5322 section 2.1.1: lines SHOULD be at most 78 characters, MUST be at most 998.
+_SOFT_LIMIT = 78
+_HARD_LIMIT = 998
+
+# RFC 2047 section 2: an encoded-word is at most 75 characters; "=?utf-8?b?" and "?="
+# take 12 of them.
+_WORD_LIMIT = 75
+_WORD_OVERHEAD = len("=?utf-8?b??=")
+
+_UNSAFE = re.compile(r"[\r\n\x00]")
+# RFC 5322 section 3.2.3 atext, the characters a phrase may show without quoting.
+_ATEXT = "a-zA-Z0-9!#$%&'*+/=?^_`{|}~-"
+_ATOMS = re.compile(rf"[{_ATEXT}]+(?: [{_ATEXT}]+)*")
+# Printable ASCII that needs no encoded-word; "=?" is left out because parsers decode
+# anything that looks like an encoded-word, even inside a quoted-string.
+_PLAIN = re.compile(r"(?:(?!=\?)[\x20-\x7e])*")
+# An addr-spec without quoting, comments or brackets (RFC 5322 section 3.4.1; UTF-8 is
+# allowed by RFC 6532): nothing in it can end the address or start another.
+_ADDRESS = re.compile(r"[^\x00-\x20\x7f\"(),:;<>@\[\\\]]+@[^\x00-\x20\x7f\"(),:;<>@\[\\\]]+")
+# RFC 5322 section 3.6.4 msg-id and RFC 2919 section 2 list-id: dot-atom-text pieces.
+_DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
+_MSG_ID = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
+_LIST_ID = re.compile(rf"(.*?) *<({_DOT_ATOM}\.{_DOT_ATOM})>")
+# RFC 3986 characters, which never include space, quotes or angle brackets.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """Everything that goes into one message; `build` turns it into bytes."""
+
+    sender: str
+    sender_name: str
+    recipient: str
+    recipient_name: str
+    subject: str
+    text: str
+    html: str
+    message_id: str  # without angle brackets
+    date: datetime
+    list_id: str  # e.g. "Acme Research surveys <client-7.surveys.example.com>"
+    unsubscribe_url: str
+
+
+def message_id_for(invitation_id: int, domain: str) -> str:
+    """The Message-ID (without angle brackets) of an invitation: the same on every attempt."""
+    return f"invitation-{invitation_id}@{domain}"
+
+
+def build(msg: OutgoingMessage) -> bytes:
+    """Return the message as bytes with CRLF line endings, ready for SMTP DATA.
+
+    Raises `UnsafeHeaderValue` when a header value contains CR, LF or NUL (the error
+    names the field, not the value), `InvalidAddress` when the sender or recipient is
+    not a bare address, and `ValueError` for a malformed message id, list id, URL or a
+    naive date.
+    """
+    for field in (
+        "sender",
+        "sender_name",
+        "recipient",
+        "recipient_name",
+        "subject",
+        "message_id",
+        "list_id",
+        "unsubscribe_url",
+    ):
+        if _UNSAFE.search(getattr(msg, field)):
+            raise UnsafeHeaderValue(f"{field} contains CR, LF or NUL")
+    if msg.date.tzinfo is None:
+        raise ValueError("date must be timezone-aware")
+    if not _MSG_ID.fullmatch(msg.message_id):
+        raise ValueError("message_id is not an RFC 5322 msg-id")
+    list_id = _LIST_ID.fullmatch(msg.list_id)
+    if list_id is None:
+        raise ValueError('list_id must read "description <label.namespace>"')
+    if not _URL.fullmatch(msg.unsubscribe_url):
+        raise ValueError("unsubscribe_url is not a URL")
+
+    text = _qp(msg.text)
+    html = _qp(msg.html)
+    # "=_" never occurs in quoted-printable, where "=" always starts "=XX" or a soft line
+    # break (RFC 2045 section 6.7), so the boundary cannot occur in either body (RFC
+    # 2046 section 5.1.1); the hash only makes it unique and repeatable.
+    boundary = "=_" + hashlib.sha256(msg.message_id.encode()).hexdigest()[:32]
+    headers = [
+        _fold("Date", [" " + format_datetime(msg.date)]),
+        _mailbox("From", msg.sender_name, _address("sender", msg.sender)),
+        _mailbox("To", msg.recipient_name, _address("recipient", msg.recipient)),
+        _fold("Subject", _unstructured(msg.subject, len("Subject:"))),
+        _fold("Message-ID", [f" <{msg.message_id}>"]),
+        _fold("List-Id", [*_phrase(list_id[1], len("List-Id:")), f" <{list_id[2]}>"]),
+        # RFC 2369 section 3.2, and RFC 8058 section 3.1 for one-click unsubscription.
+        _fold("List-Unsubscribe", [f" <{msg.unsubscribe_url}>"]),
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+    ]
+    part_headers = "charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    return b"".join(
+        (
+            "\r\n".join(headers).encode(),
+            f"\r\n\r\n--{boundary}\r\nContent-Type: text/plain; {part_headers}".encode(),
+            text,
+            f"\r\n--{boundary}\r\nContent-Type: text/html; {part_headers}".encode(),
+            html,
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+
+
+def _qp(body: str) -> bytes:
+    """A body as UTF-8 quoted-printable with CRLF line breaks and lines of at most 76."""
+    lines = body.replace("\r\n", "\n").replace("\r", "\n").encode()
+    # b2a_qp keeps "\n" as the line break; it encodes every other CR or LF, so the
+    # only "\n" in its output are line breaks, hard or soft.
+    return binascii.b2a_qp(lines, istext=True).replace(b"\n", b"\r\n")
+
+
+def _address(field: str, address: str) -> str:
+    if not _ADDRESS.fullmatch(address):
+        raise InvalidAddress(f"{field} is not a bare e-mail address")
+    return address
+
+
+def _mailbox(name: str, display_name: str, address: str) -> str:
+    """A From or To header: `display name <address>`, or the bare address."""
+    if not display_name:
+        return _fold(name, [" " + address])
+    return _fold(name, [*_phrase(display_name, len(name) + 1), f" <{address}>"])
+
+
+def _phrase(text: str, indent: int) -> list[str]:
+    """The words of an RFC 5322 phrase showing `text`, each with its leading space.
+
+    `indent` is the length of the header line before the phrase. Atoms stay as they
+    are, other printable ASCII becomes a quoted-string, and anything else, or anything
+    too long for the line, becomes RFC 2047 encoded-words.
+    """
+    if not text:
+        return []
+    if _PLAIN.fullmatch(text):
+        if _ATOMS.fullmatch(text):
+            if indent + 1 + len(text) <= _SOFT_LIMIT:
+                return [" " + text]
+        else:
+            quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+            if indent + 3 + len(quoted) <= _SOFT_LIMIT:
+                return [f' "{quoted}"']
+    return _encoded_words(text, indent)
+
+
+def _unstructured(text: str, indent: int) -> list[str]:
+    """The words of an unstructured value (RFC 5322 section 3.2.5) such as a subject.
+
+    `indent` is the length of the header line before the value. Printable ASCII is
+    folded at its spaces; text that is not, that starts or ends with white space (which
+    unfolding would lose), or whose words are too long for a line, becomes RFC 2047
+    encoded-words.
+    """
+    if not text:
+        return []
+    if _PLAIN.fullmatch(text) and text[0] != " " and text[-1] != " ":
+        if indent + 1 + len(text) <= _SOFT_LIMIT:
+            return [" " + text]
+        words = re.findall(r" +[^ ]+", " " + text)
+        if indent + max(len(w) for w in words) <= _SOFT_LIMIT:
+            return words
+    return _encoded_words(text, indent)
+
+
+def _encoded_words(text: str, indent: int) -> list[str]:
+    """`text` as UTF-8 "B" encoded-words (RFC 2047 sections 4.1 and 5), each with a space.
+
+    The first word fits on the line after `indent` characters, the others on a line of
+    their own. Words split only between characters (section 5, rule 3); the white space
+    between adjacent encoded-words is not part of the text (section 6.2).
+    """
+    data = text.encode()
+    words = []
+    start = 0
+    room = _SOFT_LIMIT - indent - 1
+    while start < len(data):
+        # Base64 turns each 3 octets into 4 characters.
+        end = start + (min(room, _WORD_LIMIT) - _WORD_OVERHEAD) // 4 * 3
+        if end < len(data):
+            # Back up to the first octet of a UTF-8 sequence.
+            while data[end] & 0xC0 == 0x80:
+                end -= 1
+        encoded = base64.b64encode(data[start:end]).decode()
+        words.append(f" =?utf-8?b?{encoded}?=")
+        start = end
+        room = _SOFT_LIMIT - 1
+    return words
+
+
+def _fold(name: str, words: list[str]) -> str:
+    """Header `name` with `words` (each starting with white space), folded at 78.
+
+    Folding puts CRLF before a word's leading white space (RFC 5322 section 3.2.2), so
+    unfolding gives the value back. A single word longer than the line stays whole.
+    """
+    lines = []
+    line = name + ":"
+    for word in words:
+        if len(line) + len(word) > _SOFT_LIMIT and line != name + ":":
+            lines.append(line)
+            line = word
+        else:
+            line += word
+    lines.append(line)
+    if max(len(li.encode()) for li in lines) > _HARD_LIMIT:
+        raise ValueError(f"{name} header has a line longer than {_HARD_LIMIT} octets")
+    return "\r\n".join(lines)

@@ -1,0 +1,315 @@
+"""Sending one slice of a campaign: claim, check opt-outs, render, SMTP, record, log.
+
+The slice is worked through in chunks no bigger than the number of SMTP connections, so
+the opt-out check for a message runs at most one chunk before it goes on the wire, and a
+crash leaves at most one chunk in the ambiguous `sending` state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+
+from worker import addresses, ledger, links, message, outcomes, suppression, tokens
+from worker.errors import (
+    AmbiguousSmtpError,
+    InvalidAddress,
+    PermanentSmtpError,
+    SuppressionUnavailable,
+    TemplateProblem,
+    TransientSmtpError,
+    UnsafeHeaderValue,
+)
+from worker.mailer import Mailer
+from worker.render import TemplateStore
+from worker.settings import Settings
+
+log = structlog.get_logger("worker.sender")
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@dataclass
+class Sender:
+    """What a worker process needs to send: pool, mailer, templates, settings."""
+
+    pool: asyncpg.Pool
+    mailer: Mailer
+    templates: TemplateStore
+    settings: Settings
+    worker_id: str
+    signing_key: bytes = field(init=False)
+    hash_key: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.signing_key = self.settings.signing_keys()[0]
+        self.hash_key = self.settings.hash_key()
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """What a slice did, and when it should run again for its deferred invitations."""
+
+    counts: dict[str, int]
+    retry_at: datetime | None
+    campaign_done: bool
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An invitation ready for SMTP."""
+
+    invitation: ledger.Invitation
+    recipient: str
+    data: bytes
+    message_id: str
+
+
+def backoff(settings: Settings, attempts: int) -> timedelta:
+    """Exponential backoff with full jitter for the attempt that just failed."""
+    ceiling = settings.retry_base_seconds * 2 ** max(attempts - 1, 0)
+    return timedelta(seconds=ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311
+
+
+def _recipient_name(variables: dict[str, Any]) -> str:
+    if isinstance(variables.get("name"), str):
+        return str(variables["name"])
+    parts = (variables.get("first_name"), variables.get("last_name"))
+    return " ".join(p for p in parts if isinstance(p, str) and p)
+
+
+def _list_id(campaign: ledger.Campaign) -> str:
+    domain = campaign.sender_email.rpartition("@")[2]
+    if campaign.kind == "marketing":
+        return f"{campaign.client_name} marketing <marketing.{domain}>"
+    return f"{campaign.client_name} surveys <{campaign.client_id}.surveys.{domain}>"
+
+
+def prepare(
+    sender: Sender, campaign: ledger.Campaign, inv: ledger.Invitation
+) -> Prepared | ledger.Outcome:
+    """Render and assemble one message, or the failure that stops it.
+
+    Raises TemplateProblem, which fails the whole campaign: every recipient of a campaign
+    shares its template and columns, so a template error is never one person's problem.
+    """
+    if inv.email is None:
+        return ledger.Outcome(inv.id, "failed", reason="address_erased")
+    try:
+        recipient = addresses.normalise(inv.email)
+    except InvalidAddress as e:
+        return ledger.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
+    locale = inv.locale or campaign.locale
+    claims = tokens.TokenClaims(
+        client_id=campaign.client_token_id if campaign.kind == "survey" else None,
+        email_hash=inv.email_hash,
+        locale=locale[:2],
+    )
+    unsubscribe_url = links.unsubscribe_link(
+        sender.settings.public_base_url, tokens.sign(sender.signing_key, claims)
+    )
+    survey_url = inv.vars.get("survey_url") or links.survey_link(
+        campaign.survey_url, links.survey_ref(sender.hash_key, inv.id)
+    )
+    context = {
+        **inv.vars,
+        "client_name": campaign.client_name,
+        "survey_url": survey_url,
+        "unsubscribe_url": unsubscribe_url,
+    }
+    rendered = sender.templates.render(
+        campaign.template, [locale, campaign.locale, "en"], context
+    )
+    domain = campaign.sender_email.rpartition("@")[2]
+    message_id = message.message_id_for(inv.id, domain)
+    try:
+        data = message.build(
+            message.OutgoingMessage(
+                sender=campaign.sender_email,
+                sender_name=campaign.client_name,
+                recipient=recipient,
+                recipient_name=_recipient_name(inv.vars),
+                subject=rendered.subject,
+                text=rendered.text,
+                html=rendered.html,
+                message_id=message_id,
+                date=datetime.now(UTC),
+                list_id=_list_id(campaign),
+                unsubscribe_url=unsubscribe_url,
+            )
+        )
+    except UnsafeHeaderValue:
+        return ledger.Outcome(inv.id, "failed", reason="unsafe_header_value")
+    return Prepared(inv, recipient, data, message_id)
+
+
+async def _deliver(sender: Sender, campaign: ledger.Campaign, p: Prepared) -> ledger.Outcome:
+    inv = p.invitation
+    try:
+        code = await sender.mailer.send(
+            sender=campaign.sender_email, recipient=p.recipient, message=p.data
+        )
+    except TransientSmtpError as e:
+        if inv.attempts + 1 >= sender.settings.smtp_max_attempts:
+            return ledger.Outcome(inv.id, "failed", reason="max_attempts", smtp_code=e.code)
+        retry = datetime.now(UTC) + backoff(sender.settings, inv.attempts + 1)
+        return ledger.Outcome(
+            inv.id, "deferred", reason="smtp_transient", smtp_code=e.code, next_attempt_at=retry
+        )
+    except PermanentSmtpError as e:
+        bounce = e.code is not None and outcomes.is_hard_bounce(e.code, str(e))
+        return ledger.Outcome(
+            inv.id, "failed", reason="hard_bounce" if bounce else "smtp_rejected", smtp_code=e.code
+        )
+    except AmbiguousSmtpError as e:
+        return ledger.Outcome(inv.id, "unknown", reason="no_reply_after_data", smtp_code=e.code)
+    return ledger.Outcome(inv.id, "sent", smtp_code=code, message_id=p.message_id)
+
+
+def _log_decision(
+    bound: Any, inv_by_id: dict[int, ledger.Invitation], outcome: ledger.Outcome
+) -> None:
+    inv = inv_by_id[outcome.invitation_id]
+    fields: dict[str, Any] = {
+        "invitation_id": outcome.invitation_id,
+        "recipient": addresses.recipient_id(inv.email_hash),
+    }
+    if outcome.reason:
+        fields["reason"] = outcome.reason
+    if outcome.smtp_code is not None:
+        fields["smtp_code"] = outcome.smtp_code
+    if outcome.state == "deferred":
+        fields["attempt"] = inv.attempts + 1
+    level = "warning" if outcome.state in ("failed", "unknown") else "info"
+    getattr(bound, level)(f"invitation.{outcome.state}", **fields)
+
+
+async def _record_bounces(
+    conn: asyncpg.Connection,
+    done: Sequence[ledger.Outcome],
+    inv_by_id: dict[int, ledger.Invitation],
+) -> None:
+    bounced = [o for o in done if o.reason == "hard_bounce"]
+    if bounced:
+        await conn.executemany(
+            """INSERT INTO bounces (email_hash, kind, smtp_code) VALUES ($1, 'hard', $2)
+               ON CONFLICT DO NOTHING""",
+            [(inv_by_id[o.invitation_id].email_hash, o.smtp_code) for o in bounced],
+        )
+
+
+async def send_slice(
+    sender: Sender, campaign_id: int, first_id: int, last_id: int, *, job_id: str | None
+) -> SliceResult:
+    """Send every due invitation of the campaign with an id in `[first_id, last_id]`.
+
+    Safe to run twice or concurrently: claims on the ledger decide who sends what. Raises
+    SuppressionUnavailable (having sent nothing more) when the opt-out check cannot run.
+    """
+    totals: dict[str, int] = {}
+    async with sender.pool.acquire() as conn:
+        campaign = await ledger.load_campaign(conn, campaign_id)
+        if campaign is None:
+            log.warning("campaign.missing", campaign_id=campaign_id, job_id=job_id)
+            return SliceResult(totals, None, campaign_done=False)
+        bound = log.bind(campaign_id=campaign.id, client_id=campaign.client_id, job_id=job_id)
+        scope = suppression.Scope(campaign.kind, campaign.client_id)
+        chunk = sender.settings.smtp_connections
+        while await ledger.campaign_status(conn, campaign.id) == "running":
+            claimed = await ledger.claim(
+                conn,
+                campaign_id=campaign.id,
+                first_id=first_id,
+                last_id=last_id,
+                limit=chunk,
+                worker_id=sender.worker_id,
+                lease_seconds=sender.settings.claim_lease_seconds,
+            )
+            if not claimed:
+                break
+            done = await _send_chunk(sender, conn, campaign, scope, claimed, bound)
+            for o in done:
+                totals[o.state] = totals.get(o.state, 0) + 1
+        retry_at = await ledger.next_retry_at(conn, campaign.id, first_id, last_id)
+        finished = await ledger.complete_if_done(conn, campaign.id)
+        if finished:
+            await log_completion(conn, campaign)
+    return SliceResult(totals, retry_at, campaign_done=finished)
+
+
+async def _send_chunk(
+    sender: Sender,
+    conn: asyncpg.Connection,
+    campaign: ledger.Campaign,
+    scope: suppression.Scope,
+    claimed: list[ledger.Invitation],
+    bound: Any,
+) -> list[ledger.Outcome]:
+    inv_by_id = {inv.id: inv for inv in claimed}
+    try:
+        hits = await suppression.lookup(conn, scope, [inv.email_hash for inv in claimed])
+    except SuppressionUnavailable:
+        # Fail closed: nothing of this chunk is sent. Give the claims back if the database
+        # still answers; otherwise their leases run out on their own.
+        with contextlib.suppress(*DB_ERRORS):
+            await ledger.release(conn, list(inv_by_id), sender.worker_id)
+        raise
+    early: list[ledger.Outcome] = []
+    ready: list[Prepared] = []
+    try:
+        for inv in claimed:
+            reason = suppression.decide(inv.email_hash, hits)
+            if reason is not None:
+                early.append(ledger.Outcome(inv.id, "suppressed", reason=reason))
+                continue
+            prepared = prepare(sender, campaign, inv)
+            if isinstance(prepared, Prepared):
+                ready.append(prepared)
+            else:
+                early.append(prepared)
+    except TemplateProblem as e:
+        await ledger.release(conn, list(inv_by_id), sender.worker_id)
+        if await ledger.fail_campaign(conn, campaign.id, f"template: {e}"):
+            bound.error("campaign.failed", reason=f"template: {e}")
+        return []
+    async with conn.transaction():
+        await ledger.record(conn, early, sender.worker_id)
+        started = set(await ledger.mark_sending(conn, [p.invitation.id for p in ready],
+                                                sender.worker_id))
+    for o in early:
+        _log_decision(bound, inv_by_id, o)
+    ready = [p for p in ready if p.invitation.id in started]
+    done = list(await asyncio.gather(*(_deliver(sender, campaign, p) for p in ready)))
+    async with conn.transaction():
+        await ledger.record(conn, done, sender.worker_id)
+        await _record_bounces(conn, done, inv_by_id)
+    for o in done:
+        _log_decision(bound, inv_by_id, o)
+    return early + done
+
+
+async def log_completion(conn: asyncpg.Connection, campaign: ledger.Campaign) -> None:
+    """The `campaign.completed` summary line: counts per state and the average rate."""
+    states = await ledger.counts(conn, campaign.id)
+    elapsed = await conn.fetchval(
+        "SELECT extract(epoch FROM completed_at - created_at) FROM campaigns WHERE id = $1",
+        campaign.id,
+    )
+    total = sum(states.values())
+    log.info(
+        "campaign.completed",
+        campaign_id=campaign.id,
+        client_id=campaign.client_id,
+        total=total,
+        counts=states,
+        reasons=await ledger.reason_counts(conn, campaign.id),
+        seconds=round(float(elapsed or 0), 3),
+        rate=round(total / float(elapsed), 1) if elapsed else None,
+    )

@@ -4,6 +4,7 @@ conditional updates make every effect happen once however often a job runs."""
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from datetime import UTC, datetime
 from typing import Any, TypedDict
@@ -45,7 +46,7 @@ async def startup(ctx: Context) -> None:
         mailer=ctx["mailer"],
         templates=TemplateStore(settings.templates_dir),
         settings=settings,
-        worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        worker_id=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
     )
 
 

@@ -39,8 +39,10 @@ _ATOMS = re.compile(rf"[{_ATEXT}]+(?: [{_ATEXT}]+)*")
 # anything that looks like an encoded-word, even inside a quoted-string.
 _PLAIN = re.compile(r"(?:(?!=\?)[\x20-\x7e])*")
 # An addr-spec without quoting, comments or brackets (RFC 5322 section 3.4.1; UTF-8 is
-# allowed by RFC 6532): nothing in it can end the address or start another.
-_ADDRESS = re.compile(r"[^\x00-\x20\x7f\"(),:;<>@\[\\\]]+@[^\x00-\x20\x7f\"(),:;<>@\[\\\]]+")
+# allowed by RFC 6532): nothing in it can end the address or start another, and it has
+# no control character or Unicode line separator that some software reads as a break.
+_ADDR_CHAR = r"[^\x00-\x20\x7f-\x9f\u2028\u2029\"(),:;<>@\[\\\]]"
+_ADDRESS = re.compile(rf"{_ADDR_CHAR}+@{_ADDR_CHAR}+")
 # RFC 5322 section 3.6.4 msg-id and RFC 2919 section 2 list-id: dot-atom-text pieces.
 _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
 _MSG_ID = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")

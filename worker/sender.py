@@ -254,7 +254,12 @@ async def _send_chunk(
 ) -> list[ledger.Outcome]:
     inv_by_id = {inv.id: inv for inv in claimed}
     try:
-        hits = await suppression.lookup(conn, scope, [inv.email_hash for inv in claimed])
+        hits = await suppression.lookup(
+            conn,
+            scope,
+            [inv.email_hash for inv in claimed],
+            timeout=sender.settings.suppression_timeout_seconds,
+        )
     except SuppressionUnavailable:
         # Fail closed: nothing of this chunk is sent. Give the claims back if the database
         # still answers; otherwise their leases run out on their own.

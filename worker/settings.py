@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     slice_size: int = Field(default=500, ge=1, le=10_000)
     smtp_connections: int = Field(default=10, ge=1, le=200)
     send_rate: float = Field(default=0.0, ge=0)
+    suppression_timeout_seconds: float = Field(default=5.0, gt=0)
     smtp_max_attempts: int = Field(default=5, ge=1)
     retry_base_seconds: float = Field(default=30.0, gt=0)
     claim_lease_seconds: float = Field(default=300.0, gt=0)

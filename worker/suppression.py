@@ -36,7 +36,7 @@ def decide(email_hash: bytes, hits: Mapping[bytes, frozenset[str]]) -> str | Non
 
 
 async def lookup(
-    conn: asyncpg.Connection, scope: Scope, hashes: Iterable[bytes], *, timeout: float = 10.0
+    conn: asyncpg.Connection, scope: Scope, hashes: Iterable[bytes], *, timeout: float
 ) -> dict[bytes, frozenset[str]]:
     """The suppression reasons that apply to each of `hashes` (absent: none apply).
 

@@ -1,0 +1,112 @@
+"""Fixtures on real services: Postgres and Redis (embedded unless TEST_DATABASE_URL and
+TEST_REDIS_URL name servers), and a real aiosmtpd SMTP server per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio
+
+from tests.support.smtp import RecordingHandler, start_smtp_server
+from worker import db, embedded
+from worker.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_DB = "survey_test_template"
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[embedded.ServiceUrls]:
+    """Postgres and Redis for the whole test session, with a migrated template database."""
+    with embedded.services(
+        database_url=os.environ.get("TEST_DATABASE_URL"),
+        redis_url=os.environ.get("TEST_REDIS_URL"),
+        data_dir=ROOT / ".data" / "test",
+    ) as urls:
+        import asyncio
+
+        async def make_template() -> None:
+            conn = await asyncpg.connect(urls.database_url)
+            try:
+                await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+                await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+            finally:
+                await conn.close()
+            conn = await asyncpg.connect(_with_database(urls.database_url, TEMPLATE_DB))
+            try:
+                await db.migrate(conn)
+            finally:
+                await conn.close()
+
+        asyncio.run(make_template())
+        yield urls
+
+
+@pytest.fixture
+async def database_url(services: embedded.ServiceUrls) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+        yield _with_database(services.database_url, name)
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test's database."""
+    pool = await db.create_pool(database_url, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def redis_url(services: embedded.ServiceUrls) -> AsyncIterator[str]:
+    """The test Redis, flushed before the test."""
+    client = redis.asyncio.from_url(services.redis_url)
+    await client.flushdb()
+    await client.aclose()
+    yield services.redis_url
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[tuple[RecordingHandler, int]]:
+    """A real SMTP server on a free port that records what it accepts."""
+    handler = RecordingHandler()
+    async with start_smtp_server(handler) as port:
+        yield handler, port
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, smtp: tuple[RecordingHandler, int]) -> Settings:
+    """Settings for a test: its own database, the test Redis and SMTP server."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        app_env="test",
+        database_url=database_url,
+        redis_url=redis_url,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp[1],
+        smtp_tls="none",
+        smtp_timeout=5,
+        public_base_url="https://unsubscribe.test",
+        unsubscribe_secrets="test-signing-key-1",
+        address_hash_key="test-address-hash-key",
+        templates_dir=ROOT / "templates",
+        retry_base_seconds=0.2,
+        slice_size=10,
+        smtp_connections=4,
+    )

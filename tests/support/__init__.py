@@ -1,0 +1,1 @@
+"""Reusable test infrastructure: real servers the tests talk to instead of mocks."""

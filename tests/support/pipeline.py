@@ -1,0 +1,115 @@
+"""Driving the real pipeline from tests: launch through the ledger, run arq workers."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import io
+from email.message import EmailMessage
+
+import asyncpg
+from arq.worker import Worker
+
+from tests.support.smtp import RecordedMessage
+from worker import addresses, campaigns, queue
+from worker.main import WorkerSettings
+from worker.render import TemplateStore
+from worker.settings import Settings
+from worker.suppression import Scope
+
+
+def make_worker(settings: Settings, *, burst: bool = True) -> Worker:
+    """An arq worker exactly as `survey-worker worker` builds it, in this event loop."""
+    assert settings.redis_url is not None
+    return Worker(
+        functions=WorkerSettings.functions,
+        redis_settings=queue.redis_settings(settings.redis_url),
+        on_startup=WorkerSettings.on_startup,
+        on_shutdown=WorkerSettings.on_shutdown,
+        job_serializer=WorkerSettings.job_serializer,
+        job_deserializer=WorkerSettings.job_deserializer,
+        max_tries=WorkerSettings.max_tries,
+        max_jobs=WorkerSettings.max_jobs,
+        keep_result=WorkerSettings.keep_result,
+        burst=burst,
+        handle_signals=False,
+        poll_delay=0.05,
+        ctx={"settings": settings, "database_url": settings.database_url},
+    )
+
+
+async def run_workers(settings: Settings, count: int = 1, *, timeout: float = 60) -> None:
+    """Run `count` burst workers side by side until the queue is empty."""
+    workers = [make_worker(settings) for _ in range(count)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(w.main() for w in workers)), timeout)
+    finally:
+        for w in workers:
+            await w.close()
+
+
+async def add_client(pool: asyncpg.Pool, client_id: str, name: str | None = None) -> None:
+    async with pool.acquire() as conn:
+        await campaigns.add_client(conn, client_id, name or client_id.title(),
+                                   f"surveys@{client_id}.example")
+
+
+async def launch(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    csv_text: str,
+    *,
+    client_id: str = "acme",
+    kind: str = "survey",
+    template: str = "invitation",
+    enqueue: bool = True,
+) -> campaigns.LaunchReport:
+    """Import a campaign from CSV text and (by default) enqueue `launch_campaign`."""
+    async with pool.acquire() as conn:
+        report = await campaigns.launch(
+            conn,
+            campaigns.LaunchRequest(client_id=client_id, template=template, kind=kind,
+                                    survey_url="https://survey.test/s", name="test",
+                                    locale="en"),
+            io.BytesIO(csv_text.encode()),
+            templates=TemplateStore(settings.templates_dir),
+            hash_key=settings.hash_key(),
+            progress=lambda _n: None,
+        )
+    if enqueue:
+        assert settings.redis_url is not None
+        redis = await queue.connect(settings.redis_url)
+        await queue.enqueue_launch(redis, report.campaign_id)
+        await redis.aclose()
+    return report
+
+
+async def opt_out(pool: asyncpg.Pool, settings: Settings, address: str, scope: Scope) -> None:
+    from worker import optouts
+
+    email_address = addresses.normalise(address)
+    async with pool.acquire() as conn:
+        await optouts.add(conn, scope,
+                          email_hash=addresses.address_hash(settings.hash_key(), email_address),
+                          email=email_address, source="test", actor="test")
+
+
+def csv_of(*emails: str, extra: str = "") -> str:
+    """A recipients file with one row per address."""
+    return "email\n" + "".join(f"{e}\n" for e in emails) + extra
+
+
+def received_by(messages: list[RecordedMessage]) -> dict[str, int]:
+    """How many messages each envelope recipient received."""
+    counts: dict[str, int] = {}
+    for m in messages:
+        for r in m.recipients:
+            counts[r] = counts.get(r, 0) + 1
+    return counts
+
+
+def parse(message: RecordedMessage) -> EmailMessage:
+    parsed = email.message_from_bytes(message.data, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed

@@ -1,0 +1,296 @@
+"""The SMTP pool against a real aiosmtpd server: delivery, reuse and outcome classification."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+from tests.support.smtp import RecordedMessage, RecordingHandler, start_smtp_server
+from worker.errors import AmbiguousSmtpError, PermanentSmtpError, TransientSmtpError
+from worker.mailer import Mailer, SmtpConfig, SmtpPool
+from worker.outcomes import is_hard_bounce
+from worker.settings import Settings
+
+SENDER = "surveys@client.example"
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+MESSAGE = (
+    b"From: Client Surveys <surveys@client.example>\r\n"
+    b"To: <alice@example.com>\r\n"
+    b"Subject: Your opinion\r\n"
+    b"Message-ID: <1@client.example>\r\n"
+    b"\r\n"
+    b"Hello,\r\n"
+    b".a line that starts with a dot\r\n"
+    b"\r\n"
+)
+
+
+def config(port: int, **overrides: Any) -> SmtpConfig:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": "none",
+        "timeout": 5.0,
+        "connections": 2,
+    }
+    return SmtpConfig(**(values | overrides))
+
+
+@pytest.fixture
+def handler() -> RecordingHandler:
+    return RecordingHandler()
+
+
+@pytest.fixture
+async def port(handler: RecordingHandler) -> AsyncIterator[int]:
+    async with start_smtp_server(handler) as port:
+        yield port
+
+
+@pytest.fixture
+async def pool(port: int) -> AsyncIterator[SmtpPool]:
+    async with SmtpPool(config(port)) as pool:
+        yield pool
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_an_accepted_message_arrives_byte_identical(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
+    assert handler.messages == [RecordedMessage(SENDER, (ALICE,), MESSAGE, ())]
+
+
+async def test_sequential_sends_share_one_connection(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    for _ in range(5):
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert len(handler.messages) == 5
+    assert handler.connections == 1
+
+
+async def test_concurrent_sends_use_at_most_the_configured_connections(
+    port: int, handler: RecordingHandler
+) -> None:
+    async with SmtpPool(config(port, connections=3)) as pool:
+        sends = [pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) for _ in range(12)]
+        assert await asyncio.gather(*sends) == [250] * 12
+    assert len(handler.messages) == 12
+    assert 1 < handler.connections <= 3
+
+
+async def test_a_4xx_is_transient_and_the_connection_stays_usable(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    handler.on(ALICE, reply="451 4.3.0 Try again later", times=1)
+    with pytest.raises(TransientSmtpError) as caught:
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert caught.value.code == 451
+    assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
+    assert [m.recipients for m in handler.messages] == [(ALICE,)]
+    assert handler.connections == 1
+
+
+async def test_a_refused_sender_leaves_the_connection_usable(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    handler.on(SENDER, stage="MAIL", reply="451 4.7.1 Sender greylisted", times=1)
+    with pytest.raises(TransientSmtpError) as caught:
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert caught.value.code == 451
+    assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
+    assert handler.connections == 1
+
+
+async def test_an_unknown_user_is_a_permanent_hard_bounce_without_the_address(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    handler.on(BOB, reply=f"550 5.1.1 <{BOB.upper()}>: Recipient address rejected: User unknown")
+    with pytest.raises(PermanentSmtpError) as caught:
+        await pool.send(sender=SENDER, recipient=BOB, message=MESSAGE)
+    error = caught.value
+    assert error.code == 550
+    assert is_hard_bounce(550, str(error))
+    assert "User unknown" in str(error)
+    assert "bob" not in str(error).lower()
+    assert error.__cause__ is None
+    assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
+    assert [m.recipients for m in handler.messages] == [(ALICE,)]
+    assert handler.connections == 1
+
+
+async def test_a_5xx_after_the_content_is_permanent(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    handler.on(ALICE, stage="DATA", reply="554 5.7.1 Message rejected as spam", times=1)
+    with pytest.raises(PermanentSmtpError) as caught:
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert caught.value.code == 554
+    assert not is_hard_bounce(554, str(caught.value))
+    assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
+    assert handler.connections == 1
+
+
+async def test_a_server_that_is_down_is_transient() -> None:
+    async with SmtpPool(config(free_port())) as pool:
+        with pytest.raises(TransientSmtpError) as caught:
+            await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert caught.value.code is None
+
+
+async def test_a_drop_after_the_content_is_ambiguous(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    handler.on(ALICE, stage="DATA", drop=True, times=1)
+    with pytest.raises(AmbiguousSmtpError):
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert [m.data for m in handler.dropped] == [MESSAGE]
+    assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
+    assert handler.connections == 2
+
+
+async def test_a_timeout_after_the_content_is_ambiguous(
+    port: int, handler: RecordingHandler
+) -> None:
+    handler.on(ALICE, stage="DATA", delay=2, times=1)
+    async with SmtpPool(config(port, timeout=0.2)) as pool:
+        with pytest.raises(AmbiguousSmtpError):
+            await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+
+
+async def test_a_drop_before_the_content_is_transient(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    handler.on(ALICE, drop=True, times=1)
+    with pytest.raises(TransientSmtpError) as caught:
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert caught.value.code is None
+    assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
+    assert handler.connections == 2
+
+
+async def test_a_timeout_before_the_content_is_transient(
+    port: int, handler: RecordingHandler
+) -> None:
+    handler.on(ALICE, delay=2, times=1)
+    async with SmtpPool(config(port, timeout=0.2)) as pool:
+        with pytest.raises(TransientSmtpError):
+            await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert handler.messages == []
+
+
+async def test_required_starttls_never_falls_back_to_plaintext(
+    port: int, handler: RecordingHandler
+) -> None:
+    async with SmtpPool(config(port, tls="starttls")) as pool:
+        with pytest.raises(TransientSmtpError, match="STARTTLS"):
+            await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert handler.messages == []
+    assert handler.connections == 1
+
+
+async def test_reconnects_after_the_server_closed_an_idle_connection() -> None:
+    handler = RecordingHandler()
+    async with (
+        start_smtp_server(handler, timeout=0.1) as port,
+        SmtpPool(config(port, connections=1)) as pool,
+    ):
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+        await asyncio.sleep(0.3)
+        await pool.send(sender=SENDER, recipient=BOB, message=MESSAGE)
+    assert [m.recipients for m in handler.messages] == [(ALICE,), (BOB,)]
+    assert handler.connections == 2
+
+
+async def test_a_non_ascii_recipient_needs_smtputf8(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    with pytest.raises(PermanentSmtpError, match="SMTPUTF8") as caught:
+        await pool.send(sender=SENDER, recipient="zoë@example.com", message=MESSAGE)
+    assert caught.value.code is None
+    assert handler.messages == []
+    assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
+
+
+async def test_a_non_ascii_recipient_goes_to_a_server_with_smtputf8() -> None:
+    handler = RecordingHandler()
+    async with (
+        start_smtp_server(handler, enable_SMTPUTF8=True) as port,
+        SmtpPool(config(port)) as pool,
+    ):
+        await pool.send(sender=SENDER, recipient="zoë@example.com", message=MESSAGE)
+    [received] = handler.messages
+    assert received.recipients == ("zoë@example.com",)
+    assert "SMTPUTF8" in received.mail_options
+
+
+async def test_logs_in_when_a_username_is_configured() -> None:
+    logins: list[LoginPassword] = []
+
+    def authenticator(
+        server: SMTPServer, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        logins.append(data)
+        return AuthResult(success=True)
+
+    handler = RecordingHandler()
+    async with (
+        start_smtp_server(handler, authenticator=authenticator, auth_require_tls=False) as port,
+        SmtpPool(config(port, username="worker", password="s3cret")) as pool,
+    ):
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert logins == [LoginPassword(b"worker", b"s3cret")]
+    assert len(handler.messages) == 1
+
+
+async def test_close_waits_for_sends_in_flight(port: int, handler: RecordingHandler) -> None:
+    handler.on(ALICE, stage="DATA", delay=0.2, times=1)
+    pool = SmtpPool(config(port))
+    send = asyncio.create_task(pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE))
+    await asyncio.sleep(0.05)
+    await pool.close()
+    assert send.done()
+    assert send.result() == 250
+
+
+def test_config_from_settings_keeps_the_password_out_of_repr() -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        smtp_host="mail.example.com",
+        smtp_port=587,
+        smtp_username="worker",
+        smtp_password="s3cret",  # type: ignore[arg-type]
+        smtp_tls="starttls",
+        smtp_timeout=10,
+        smtp_connections=3,
+    )
+    smtp = SmtpConfig.from_settings(settings)
+    assert smtp == SmtpConfig(
+        host="mail.example.com",
+        port=587,
+        tls="starttls",
+        timeout=10,
+        connections=3,
+        username="worker",
+        password="s3cret",
+    )
+    assert "s3cret" not in repr(smtp)
+
+
+def test_the_pool_is_a_mailer() -> None:
+    mailer: Mailer = SmtpPool(config(25))
+    assert isinstance(mailer, SmtpPool)

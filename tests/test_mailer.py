@@ -13,7 +13,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from tests.support.smtp import RecordedMessage, RecordingHandler, start_smtp_server
 from worker.errors import AmbiguousSmtpError, PermanentSmtpError, TransientSmtpError
-from worker.mailer import Mailer, SmtpConfig, SmtpPool
+from worker.mailer import SmtpConfig, SmtpPool
 from worker.outcomes import is_hard_bounce
 from worker.settings import Settings
 
@@ -289,8 +289,3 @@ def test_config_from_settings_keeps_the_password_out_of_repr() -> None:
         password="s3cret",
     )
     assert "s3cret" not in repr(smtp)
-
-
-def test_the_pool_is_a_mailer() -> None:
-    mailer: Mailer = SmtpPool(config(25))
-    assert isinstance(mailer, SmtpPool)

@@ -61,8 +61,13 @@ async def test_marketing_list_suppresses_marketing_only(
     await add_client(pg, "acme")
     await opt_out(pg, settings, "ann@example.com", Scope("marketing", ""))
     survey = await launch(pg, settings, csv_of("ann@example.com"))
-    marketing = await launch(pg, settings, csv_of("ann@example.com", "bob@example.com"),
-                             kind="marketing", template="marketing")
+    marketing = await launch(
+        pg,
+        settings,
+        csv_of("ann@example.com", "bob@example.com"),
+        kind="marketing",
+        template="marketing",
+    )
     await run_workers(settings)
 
     assert await states(pg, survey.campaign_id) == {"ann@example.com": "sent"}
@@ -86,8 +91,9 @@ async def test_bounce_list_suppresses_survey_and_marketing(
         "bob@example.com": "sent",
     }
     survey = await launch(pg, settings, csv_of("gone@example.com"))
-    marketing = await launch(pg, settings, csv_of("gone@example.com"), kind="marketing",
-                             template="marketing")
+    marketing = await launch(
+        pg, settings, csv_of("gone@example.com"), kind="marketing", template="marketing"
+    )
     await run_workers(settings)
     for report in (survey, marketing):
         assert await states(pg, report.campaign_id) == {"gone@example.com": "suppressed:bounced"}
@@ -222,12 +228,24 @@ async def test_campaign_logs_hold_no_clear_address_or_token(
         await run_workers(settings)
     dump = orjson.dumps(logs, default=str).decode()
     events = {entry["event"] for entry in logs}
-    assert {"invitation.sent", "invitation.suppressed", "invitation.failed",
-            "invitation.deferred", "campaign.launched", "campaign.completed"} <= events
+    assert {
+        "invitation.sent",
+        "invitation.suppressed",
+        "invitation.failed",
+        "invitation.deferred",
+        "campaign.launched",
+        "campaign.completed",
+    } <= events
     for address in emails:
         assert address not in dump
         assert address.split("@")[0] + "@" not in dump
     assert "/unsubscribe/" not in dump
     decision = next(e for e in logs if e["event"] == "invitation.sent")
-    assert set(decision) >= {"campaign_id", "client_id", "invitation_id", "recipient",
-                             "smtp_code", "job_id"}
+    assert set(decision) >= {
+        "campaign_id",
+        "client_id",
+        "invitation_id",
+        "recipient",
+        "smtp_code",
+        "job_id",
+    }

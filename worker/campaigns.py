@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 
 from worker import addresses, imports
+from worker.db import Conn
 from worker.errors import InvalidAddress, SurveyWorkerError, TemplateProblem
 from worker.render import TemplateStore
 
@@ -42,7 +43,7 @@ class LaunchReport:
     rejected: list[imports.Rejected] = field(default_factory=list)
 
 
-async def add_client(conn: asyncpg.Connection, client_id: str, name: str, sender: str) -> bool:
+async def add_client(conn: Conn, client_id: str, name: str, sender: str) -> bool:
     """Register a client, or update its name and sender; True if it is new."""
     try:
         sender = addresses.normalise(sender)
@@ -89,18 +90,23 @@ async def _batches(
             report.rejected.append(item)
         else:
             # COPY is binary and asyncpg has no binary jsonb encoder: stage as text.
-            yield (item.line, item.email, item.email_hash, item.locale,
-                   orjson.dumps(item.vars).decode())
+            yield (
+                item.line,
+                item.email,
+                item.email_hash,
+                item.locale,
+                orjson.dumps(item.vars).decode(),
+            )
 
 
 async def launch(
-    conn: asyncpg.Connection,
+    conn: Conn,
     request: LaunchRequest,
     stream: BinaryIO,
     *,
     templates: TemplateStore,
     hash_key: bytes,
-    progress: Callable[[int], None],
+    progress: Callable[[int], object],
 ) -> LaunchReport:
     """Create a running campaign and import its recipients, all or nothing.
 

@@ -78,7 +78,7 @@ def run(env: Env, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
                 await db.migrate(conn)
             elif not await conn.fetchval("SELECT to_regclass('campaigns') IS NOT NULL"):
                 raise ConfigError("the database has no schema yet: run `survey-worker migrate`")
-            await db._init_connection(conn)
+            await db.init_connection(conn)
             return await work(conn)
         finally:
             await conn.close()
@@ -117,28 +117,18 @@ def migrate() -> None:
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
 def worker(burst: bool) -> None:
     """Run a worker: take jobs from Redis and send invitations."""
-    from arq.worker import Worker
-
-    from worker.main import WorkerSettings
+    from worker.main import create_worker
 
     with environment(secrets=True) as env:
         run(env, lambda conn: asyncio.sleep(0))
         with _clear_errors():
             _install_uvloop()
-            w = Worker(
-                functions=WorkerSettings.functions,
-                redis_settings=queue.redis_settings(env.urls.redis_url),
-                on_startup=WorkerSettings.on_startup,
-                on_shutdown=WorkerSettings.on_shutdown,
-                job_serializer=WorkerSettings.job_serializer,
-                job_deserializer=WorkerSettings.job_deserializer,
-                max_tries=WorkerSettings.max_tries,
-                max_jobs=WorkerSettings.max_jobs,
-                keep_result=WorkerSettings.keep_result,
+            create_worker(
+                env.settings,
+                database_url=env.urls.database_url,
+                redis_url=env.urls.redis_url,
                 burst=burst,
-                ctx={"settings": env.settings, "database_url": env.urls.database_url},
-            )
-            w.run()
+            ).run()
 
 
 def _install_uvloop() -> None:
@@ -174,12 +164,18 @@ def client_add(client_id: str, name: str, sender: str) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="CSV with a header row: email, optional locale, any template columns.",
 )
-@click.option("--kind", type=click.Choice(["survey", "marketing"]), default="survey",
-              show_default=True, help="survey: client opt-outs apply; marketing: firm's list.")
+@click.option(
+    "--kind",
+    type=click.Choice(["survey", "marketing"]),
+    default="survey",
+    show_default=True,
+    help="survey: client opt-outs apply; marketing: firm's list.",
+)
 @click.option("--survey-url", help="Base survey link; each recipient gets a distinct one.")
 @click.option("--name", help="Campaign name (default: the file name).")
-@click.option("--locale", default="en", show_default=True,
-              help="Locale for recipients without one.")
+@click.option(
+    "--locale", default="en", show_default=True, help="Locale for recipients without one."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def launch(
     client_id: str,
@@ -204,8 +200,17 @@ def launch(
         with _clear_errors():
             stream = campaigns.open_recipients(recipients)
             size = os.fstat(stream.fileno()).st_size
-        with stream, tqdm(total=size, unit="B", unit_scale=True, desc="importing",
-                          disable=None, file=sys.stderr) as bar:
+        with (
+            stream,
+            tqdm(
+                total=size,
+                unit="B",
+                unit_scale=True,
+                desc="importing",
+                disable=None,
+                file=sys.stderr,
+            ) as bar,
+        ):
             report = run(
                 env,
                 lambda conn: campaigns.launch(
@@ -241,8 +246,9 @@ def _enqueue_launch(redis_url: str, campaign_id: int) -> bool:
     try:
         asyncio.run(go())
     except (OSError, ConnectionError) as e:
-        structlog.get_logger().warning("campaign.enqueue_failed", campaign_id=campaign_id,
-                                       error=type(e).__name__)
+        structlog.get_logger().warning(
+            "campaign.enqueue_failed", campaign_id=campaign_id, error=type(e).__name__
+        )
         return False
     return True
 
@@ -297,14 +303,23 @@ def opt_out(email: str, client_id: str | None, marketing: bool) -> None:
                 "SELECT true FROM clients WHERE id = $1", scope.client_id
             ):
                 raise campaigns.LaunchProblem(f"unknown client {scope.client_id!r}")
-            return await optouts.add(conn, scope, email_hash=email_hash, email=normalised,
-                                     source="cli", actor=os.environ.get("USER", "cli"))
+            return await optouts.add(
+                conn,
+                scope,
+                email_hash=email_hash,
+                email=normalised,
+                source="cli",
+                actor=os.environ.get("USER", "cli"),
+            )
 
         added = run(env, work)
         if added:
-            structlog.get_logger().info("opt_out.recorded", scope=optouts.scope_label(scope),
-                                        recipient=addresses.recipient_id(email_hash),
-                                        source="cli")
+            structlog.get_logger().info(
+                "opt_out.recorded",
+                scope=optouts.scope_label(scope),
+                recipient=addresses.recipient_id(email_hash),
+                source="cli",
+            )
     click.echo("opted out" if added else "already opted out")
 
 
@@ -334,9 +349,13 @@ def preview(template: str, locale: str, client_name: str) -> None:
 
 
 @main.command()
-@click.option("--output", type=click.Path(path_type=Path, file_okay=False),
-              default=Path("demo-mail"), show_default=True,
-              help="Folder where the local SMTP sink saves each message as .eml.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("demo-mail"),
+    show_default=True,
+    help="Folder where the local SMTP sink saves each message as .eml.",
+)
 def demo(output: Path) -> None:
     """Run the whole system end to end on embedded services and a local SMTP sink."""
     from worker import demo as demo_run

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeAlias
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from worker.errors import ConfigError
+from worker.settings import PROJECT_ROOT
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# A connection of its own or one borrowed from a pool: the queries take either.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+SQL_DIR = PROJECT_ROOT / "sql"
 MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # Any fixed number: it only has to be the same in every process that migrates.
 MIGRATION_LOCK = 0x5157_0001
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: Conn) -> None:
     await conn.set_type_codec(
         "jsonb",
         encoder=lambda v: orjson.dumps(v).decode(),
@@ -29,7 +35,7 @@ async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
     """A connection pool whose jsonb columns read and write Python objects."""
     try:
         pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=max_size, init=_init_connection, command_timeout=60
+            url, min_size=1, max_size=max_size, init=init_connection, command_timeout=60
         )
     except (OSError, asyncpg.PostgresError) as e:
         raise ConfigError(f"cannot connect to Postgres: {e}") from e
@@ -51,7 +57,7 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[tuple[int, Path]]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
+async def migrate(conn: Conn, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply the migrations not applied yet, each in its own transaction; return their names.
 
     Safe to run concurrently and repeatedly: an advisory lock serialises runners and the

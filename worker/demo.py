@@ -25,11 +25,31 @@ from worker.settings import Settings
 from worker.suppression import Scope
 
 PEOPLE = [
-    ("Emma", "en"), ("Daan", "nl"), ("Léa", "fr"), ("Oliver", "en"), ("Sanne", "nl"),
-    ("Hugo", "fr"), ("Amelia", "en"), ("Bram", "nl"), ("Chloé", "fr"), ("Jack", "en"),
-    ("Fleur", "nl"), ("Louis", "fr"), ("Isla", "en"), ("Milan", "nl"), ("Manon", "fr"),
-    ("Noah", "en"), ("Julia", "nl"), ("Gabriel", "fr"), ("Mia", "en"), ("Sem", "nl"),
-    ("Inès", "fr"), ("Leo", "en"), ("Tess", "nl"), ("Arthur", "fr"), ("Grace", "en"),
+    ("Emma", "en"),
+    ("Daan", "nl"),
+    ("Léa", "fr"),
+    ("Oliver", "en"),
+    ("Sanne", "nl"),
+    ("Hugo", "fr"),
+    ("Amelia", "en"),
+    ("Bram", "nl"),
+    ("Chloé", "fr"),
+    ("Jack", "en"),
+    ("Fleur", "nl"),
+    ("Louis", "fr"),
+    ("Isla", "en"),
+    ("Milan", "nl"),
+    ("Manon", "fr"),
+    ("Noah", "en"),
+    ("Julia", "nl"),
+    ("Gabriel", "fr"),
+    ("Mia", "en"),
+    ("Sem", "nl"),
+    ("Inès", "fr"),
+    ("Leo", "en"),
+    ("Tess", "nl"),
+    ("Arthur", "fr"),
+    ("Grace", "en"),
 ]
 CLIENT_OPT_OUTS = ("oliver", "bram", "manon")  # on Acme's own opt-out list
 MARKETING_ONLY = "isla"  # opted out of the firm's marketing mail only: still invited
@@ -52,16 +72,25 @@ async def _prepare(settings: Settings, urls: embedded.ServiceUrls) -> int:
     conn = await asyncpg.connect(urls.database_url)
     try:
         await db.migrate(conn)
-        await db._init_connection(conn)
+        await db.init_connection(conn)
         await campaigns.add_client(conn, "acme", "Acme Research", "surveys@acme-research.example")
         await campaigns.add_client(conn, "globex", "Globex", "research@globex.example")
         key = settings.hash_key()
         lists = [(Scope("survey", "acme"), n) for n in CLIENT_OPT_OUTS]
-        lists += [(Scope("marketing", ""), MARKETING_ONLY), (Scope("survey", "globex"), OTHER_CLIENT)]
+        lists += [
+            (Scope("marketing", ""), MARKETING_ONLY),
+            (Scope("survey", "globex"), OTHER_CLIENT),
+        ]
         for scope, name in lists:
             email = addresses.normalise(_address(name.capitalize()))
-            await optouts.add(conn, scope, email_hash=addresses.address_hash(key, email),
-                              email=email, source="demo", actor="demo")
+            await optouts.add(
+                conn,
+                scope,
+                email_hash=addresses.address_hash(key, email),
+                email=email,
+                source="demo",
+                actor="demo",
+            )
         report = await campaigns.launch(
             conn,
             campaigns.LaunchRequest(
@@ -87,13 +116,16 @@ async def _prepare(settings: Settings, urls: embedded.ServiceUrls) -> int:
     return report.campaign_id
 
 
-async def _summary(urls: embedded.ServiceUrls, campaign_id: int) -> tuple[str, dict[str, int],
-                                                                           dict[str, int]]:
+async def _summary(
+    urls: embedded.ServiceUrls, campaign_id: int
+) -> tuple[str, dict[str, int], dict[str, int]]:
     conn = await asyncpg.connect(urls.database_url)
     try:
         status = await ledger.campaign_status(conn, campaign_id) or "missing"
-        return status, await ledger.counts(conn, campaign_id), await ledger.reason_counts(
-            conn, campaign_id
+        return (
+            status,
+            await ledger.counts(conn, campaign_id),
+            await ledger.reason_counts(conn, campaign_id),
         )
     finally:
         await conn.close()
@@ -105,10 +137,14 @@ def main(output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
     for old in output.glob("*.eml"):
         old.unlink()
-    with embedded.services(
-        database_url=settings.database_url, redis_url=settings.redis_url,
-        data_dir=settings.data_dir,
-    ) as urls, sink.running(output) as smtp_port:
+    with (
+        embedded.services(
+            database_url=settings.database_url,
+            redis_url=settings.redis_url,
+            data_dir=settings.data_dir,
+        ) as urls,
+        sink.running(output) as smtp_port,
+    ):
         click.echo(f"Postgres: {urls.database_url}\nRedis:    {urls.redis_url}")
         click.echo(f"SMTP sink on 127.0.0.1:{smtp_port}, saving messages to {output}/")
         campaign_id = asyncio.run(_prepare(settings, urls))
@@ -126,9 +162,12 @@ def main(output: Path) -> None:
         log_path = output / "worker.log"
         click.echo("running a worker until the queue is empty ...")
         with log_path.open("wb") as log_file:
-            done = subprocess.run(  # noqa: S603 - our own entry point
+            done = subprocess.run(
                 [sys.executable, "-m", "worker", "worker", "--burst"],
-                env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                check=False,
             )
         if done.returncode != 0:
             raise click.ClickException(f"the worker failed; see {log_path}")
@@ -136,8 +175,14 @@ def main(output: Path) -> None:
     _print_summary(campaign_id, status, counts, reasons, output, log_path)
 
 
-def _print_summary(campaign_id: int, status: str, counts: dict[str, int],
-                   reasons: dict[str, int], output: Path, log_path: Path) -> None:
+def _print_summary(
+    campaign_id: int,
+    status: str,
+    counts: dict[str, int],
+    reasons: dict[str, int],
+    output: Path,
+    log_path: Path,
+) -> None:
     click.echo(f"\ncampaign {campaign_id}: {status}")
     for state, n in sorted(counts.items()):
         click.echo(f"  {state:<11} {n}")

@@ -25,7 +25,6 @@ from pathlib import Path
 from worker.errors import ConfigError
 
 
-
 def _package_dir(name: str) -> Path:
     # Locate the wheel's files without importing it: importing pgserver has side effects
     # (platformdirs warnings, atexit hooks) that we do not want.
@@ -288,4 +287,3 @@ def services(
                     pg.stop()
                 if not redis_url:
                     redis.stop()
-

@@ -49,7 +49,7 @@ def column_name(header: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", header.strip().lower().lstrip("\ufeff"))
 
 
-def _lines(stream: BinaryIO, bad: list[int], progress: Callable[[int], None]) -> Iterator[str]:
+def _lines(stream: BinaryIO, bad: list[int], progress: Callable[[int], object]) -> Iterator[str]:
     for number, raw in enumerate(stream, start=1):
         progress(len(raw))
         try:
@@ -61,7 +61,7 @@ def _lines(stream: BinaryIO, bad: list[int], progress: Callable[[int], None]) ->
 
 
 def read_recipients(
-    stream: BinaryIO, *, hash_key: bytes, progress: Callable[[int], None] = lambda _n: None
+    stream: BinaryIO, *, hash_key: bytes, progress: Callable[[int], object] = lambda _n: None
 ) -> tuple[list[str], Iterator[Row | Rejected]]:
     """The template columns of the file, and its rows in order.
 
@@ -72,7 +72,9 @@ def read_recipients(
     try:
         header = [column_name(h) for h in next(reader)]
     except StopIteration:
-        raise CsvProblem("the file is empty: a header row with an `email` column is required") from None
+        raise CsvProblem(
+            "the file is empty: a header row with an `email` column is required"
+        ) from None
     except (csv.Error, UnicodeDecodeError) as e:
         raise CsvProblem(f"the header row cannot be read: {e}") from e
     if undecodable:

@@ -70,8 +70,11 @@ async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
         async with ctx["pool"].acquire() as conn:
             campaign = await ledger.load_campaign(conn, campaign_id)
             if campaign is None or campaign.status != "running":
-                log.warning("campaign.not_running", campaign_id=campaign_id,
-                            status=campaign.status if campaign else None)
+                log.warning(
+                    "campaign.not_running",
+                    campaign_id=campaign_id,
+                    status=campaign.status if campaign else None,
+                )
                 return {"slices": 0}
             ranges = await ledger.open_ranges(conn, campaign_id, settings.slice_size)
             total = sum((await ledger.counts(conn, campaign_id)).values())
@@ -79,8 +82,14 @@ async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
         raise Retry(defer=_retry_delay(ctx)) from e
     for first, last in ranges:
         await ctx["redis"].enqueue_job("send_batch", campaign_id, first, last)
-    log.info("campaign.launched", campaign_id=campaign_id, client_id=campaign.client_id,
-             total=total, slices=len(ranges), job_id=ctx["job_id"])
+    log.info(
+        "campaign.launched",
+        campaign_id=campaign_id,
+        client_id=campaign.client_id,
+        total=total,
+        slices=len(ranges),
+        job_id=ctx["job_id"],
+    )
     if not ranges:
         async with ctx["pool"].acquire() as conn:
             if await ledger.complete_if_done(conn, campaign_id):
@@ -88,9 +97,7 @@ async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
     return {"slices": len(ranges)}
 
 
-async def send_batch(
-    ctx: Context, campaign_id: int, first_id: int, last_id: int
-) -> dict[str, Any]:
+async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int) -> dict[str, Any]:
     """Send the due invitations of one slice `[first_id, last_id]` of a campaign.
 
     Safe to run twice or on two workers at once: invitations are claimed on the ledger.
@@ -102,16 +109,26 @@ async def send_batch(
             ctx["sender"], campaign_id, first_id, last_id, job_id=ctx["job_id"]
         )
     except (SuppressionUnavailable, *sender.DB_ERRORS) as e:
-        log.warning("batch.retry", campaign_id=campaign_id, reason=type(e).__name__,
-                    job_id=ctx["job_id"])
+        log.warning(
+            "batch.retry", campaign_id=campaign_id, reason=type(e).__name__, job_id=ctx["job_id"]
+        )
         raise Retry(defer=_retry_delay(ctx)) from e
     if result.retry_at is not None:
         await ctx["redis"].enqueue_job(
-            "send_batch", campaign_id, first_id, last_id,
+            "send_batch",
+            campaign_id,
+            first_id,
+            last_id,
             _defer_until=max(result.retry_at, datetime.now(UTC)),
         )
-    log.info("batch.done", campaign_id=campaign_id, first_id=first_id, last_id=last_id,
-             counts=result.counts, job_id=ctx["job_id"])
+    log.info(
+        "batch.done",
+        campaign_id=campaign_id,
+        first_id=first_id,
+        last_id=last_id,
+        counts=result.counts,
+        job_id=ctx["job_id"],
+    )
     return {"counts": result.counts}
 
 

@@ -21,10 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
-FINAL_STATES = ("sent", "suppressed", "failed", "unknown", "cancelled")
-OPEN_STATES = ("pending", "sending", "deferred")
+from worker.db import Conn
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,7 @@ class Outcome:
     next_attempt_at: datetime | None = None
 
 
-async def load_campaign(conn: asyncpg.Connection, campaign_id: int) -> Campaign | None:
+async def load_campaign(conn: Conn, campaign_id: int) -> Campaign | None:
     """The campaign and its client, or None if there is no such campaign."""
     row = await conn.fetchrow(
         """SELECT c.id, c.client_id, k.token_id AS client_token_id, k.name AS client_name,
@@ -80,9 +77,7 @@ async def load_campaign(conn: asyncpg.Connection, campaign_id: int) -> Campaign 
     return Campaign(**dict(row)) if row else None
 
 
-async def open_ranges(
-    conn: asyncpg.Connection, campaign_id: int, slice_size: int
-) -> list[tuple[int, int]]:
+async def open_ranges(conn: Conn, campaign_id: int, slice_size: int) -> list[tuple[int, int]]:
     """Id ranges `[first, last]` of at most `slice_size` open invitations each."""
     rows = await conn.fetch(
         """SELECT min(id) AS first, max(id) AS last FROM (
@@ -97,7 +92,7 @@ async def open_ranges(
 
 
 async def claim(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     campaign_id: int,
     first_id: int,
@@ -136,7 +131,7 @@ async def claim(
     return [Invitation(**dict(r)) for r in rows]
 
 
-async def release(conn: asyncpg.Connection, invitation_ids: Sequence[int], worker_id: str) -> None:
+async def release(conn: Conn, invitation_ids: Sequence[int], worker_id: str) -> None:
     """Give back claims that were not used (nothing was sent for them)."""
     await conn.execute(
         """UPDATE invitations SET lease_until = NULL, claimed_by = NULL
@@ -146,9 +141,7 @@ async def release(conn: asyncpg.Connection, invitation_ids: Sequence[int], worke
     )
 
 
-async def mark_sending(
-    conn: asyncpg.Connection, invitation_ids: Sequence[int], worker_id: str
-) -> list[int]:
+async def mark_sending(conn: Conn, invitation_ids: Sequence[int], worker_id: str) -> list[int]:
     """Move claimed invitations to `sending` right before SMTP; return those moved."""
     rows = await conn.fetch(
         """UPDATE invitations SET state = 'sending', attempts = attempts + 1, updated_at = now()
@@ -160,7 +153,7 @@ async def mark_sending(
     return [r["id"] for r in rows]
 
 
-async def record(conn: asyncpg.Connection, outcomes: Sequence[Outcome], worker_id: str) -> None:
+async def record(conn: Conn, outcomes: Sequence[Outcome], worker_id: str) -> None:
     """Record the outcomes of a chunk in one statement and drop the claims.
 
     Only rows still claimed by this worker in an open state are touched, so a late or
@@ -191,7 +184,7 @@ async def record(conn: asyncpg.Connection, outcomes: Sequence[Outcome], worker_i
 
 
 async def next_retry_at(
-    conn: asyncpg.Connection, campaign_id: int, first_id: int, last_id: int
+    conn: Conn, campaign_id: int, first_id: int, last_id: int
 ) -> datetime | None:
     """When the earliest deferred invitation of the range is due, if any."""
     value: datetime | None = await conn.fetchval(
@@ -204,7 +197,7 @@ async def next_retry_at(
     return value
 
 
-async def counts(conn: asyncpg.Connection, campaign_id: int) -> dict[str, int]:
+async def counts(conn: Conn, campaign_id: int) -> dict[str, int]:
     """Number of invitations of the campaign in each state."""
     rows = await conn.fetch(
         "SELECT state, count(*) AS n FROM invitations WHERE campaign_id = $1 GROUP BY state",
@@ -213,7 +206,7 @@ async def counts(conn: asyncpg.Connection, campaign_id: int) -> dict[str, int]:
     return {r["state"]: r["n"] for r in rows}
 
 
-async def reason_counts(conn: asyncpg.Connection, campaign_id: int) -> dict[str, int]:
+async def reason_counts(conn: Conn, campaign_id: int) -> dict[str, int]:
     """Number of suppressed or failed invitations of the campaign per reason."""
     rows = await conn.fetch(
         """SELECT state || ':' || coalesce(reason, '') AS key, count(*) AS n
@@ -224,7 +217,7 @@ async def reason_counts(conn: asyncpg.Connection, campaign_id: int) -> dict[str,
     return {r["key"]: r["n"] for r in rows}
 
 
-async def complete_if_done(conn: asyncpg.Connection, campaign_id: int) -> bool:
+async def complete_if_done(conn: Conn, campaign_id: int) -> bool:
     """Mark a running campaign completed when none of its invitations is open.
 
     Returns True only to the one caller that made the change.
@@ -241,7 +234,7 @@ async def complete_if_done(conn: asyncpg.Connection, campaign_id: int) -> bool:
     return status is not None
 
 
-async def fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str) -> bool:
+async def fail_campaign(conn: Conn, campaign_id: int, reason: str) -> bool:
     """Stop a running campaign for good with a reason; True if this call did it."""
     status = await conn.fetchval(
         """UPDATE campaigns SET status = 'failed', reason = $2, completed_at = now()
@@ -252,7 +245,7 @@ async def fail_campaign(conn: asyncpg.Connection, campaign_id: int, reason: str)
     return status is not None
 
 
-async def campaign_status(conn: asyncpg.Connection, campaign_id: int) -> str | None:
+async def campaign_status(conn: Conn, campaign_id: int) -> str | None:
     """The campaign's status, read fresh (pause and cancel take effect per chunk)."""
     status: str | None = await conn.fetchval(
         "SELECT status FROM campaigns WHERE id = $1", campaign_id

@@ -27,10 +27,10 @@ from worker.errors import AmbiguousSmtpError, PermanentSmtpError, SmtpError, Tra
 from worker.outcomes import classify_reply
 from worker.settings import Settings
 
-REDACTED = "[address]"
+_REDACTED = "[address]"
 
 # Anything shaped like an e-mail address in a server's reply text, with its brackets.
-_ADDRESS_IN_TEXT = re.compile(r"<?[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+>?")
+_ADDRESS_IN_TEXT = re.compile(r"<?[^\s<>()\[\],;:]+@[^\s<>()\[\],;:\"']+>?")
 
 
 class Mailer(Protocol):
@@ -268,5 +268,5 @@ def _reply_code(exc: BaseException) -> int | None:
 
 def _redact(text: str, address: str) -> str:
     """The server's reply text on one line, without the recipient's or any other address."""
-    text = re.sub(rf"<?{re.escape(address)}>?", REDACTED, text, flags=re.IGNORECASE)
-    return " ".join(_ADDRESS_IN_TEXT.sub(REDACTED, text).split())
+    text = re.sub(rf"<?{re.escape(address)}>?", _REDACTED, text, flags=re.IGNORECASE)
+    return " ".join(_ADDRESS_IN_TEXT.sub(_REDACTED, text).split())

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg
-
+from worker.db import Conn
 from worker.suppression import Scope
 
 
@@ -13,7 +12,7 @@ def scope_label(scope: Scope) -> str:
 
 
 async def add(
-    conn: asyncpg.Connection,
+    conn: Conn,
     scope: Scope,
     *,
     email_hash: bytes,

@@ -174,7 +174,7 @@ class TemplateStore:
         compiled templates. A variable that is missing at send time is caught then, per
         message, by the strict environment.
         """
-        self.resolve_locale(name, ())
+        self.resolve_locale(name, ())  # refuses an unknown template or one without `en`
         for locale in self.locales(name):
             variables: set[str] = set()
             for part in ("subject.txt", "body.txt", "body.html"):

@@ -19,6 +19,7 @@ import asyncpg
 import structlog
 
 from worker import addresses, ledger, links, message, outcomes, suppression, tokens
+from worker.db import Conn
 from worker.errors import (
     AmbiguousSmtpError,
     InvalidAddress,
@@ -124,9 +125,7 @@ def prepare(
         "survey_url": survey_url,
         "unsubscribe_url": unsubscribe_url,
     }
-    rendered = sender.templates.render(
-        campaign.template, [locale, campaign.locale, "en"], context
-    )
+    rendered = sender.templates.render(campaign.template, [locale, campaign.locale, "en"], context)
     domain = campaign.sender_email.rpartition("@")[2]
     message_id = message.message_id_for(inv.id, domain)
     try:
@@ -192,7 +191,7 @@ def _log_decision(
 
 
 async def _record_bounces(
-    conn: asyncpg.Connection,
+    conn: Conn,
     done: Sequence[ledger.Outcome],
     inv_by_id: dict[int, ledger.Invitation],
 ) -> None:
@@ -246,7 +245,7 @@ async def send_slice(
 
 async def _send_chunk(
     sender: Sender,
-    conn: asyncpg.Connection,
+    conn: Conn,
     campaign: ledger.Campaign,
     scope: suppression.Scope,
     claimed: list[ledger.Invitation],
@@ -286,8 +285,9 @@ async def _send_chunk(
         return []
     async with conn.transaction():
         await ledger.record(conn, early, sender.worker_id)
-        started = set(await ledger.mark_sending(conn, [p.invitation.id for p in ready],
-                                                sender.worker_id))
+        started = set(
+            await ledger.mark_sending(conn, [p.invitation.id for p in ready], sender.worker_id)
+        )
     for o in early:
         _log_decision(bound, inv_by_id, o)
     ready = [p for p in ready if p.invitation.id in started]
@@ -300,7 +300,7 @@ async def _send_chunk(
     return early + done
 
 
-async def log_completion(conn: asyncpg.Connection, campaign: ledger.Campaign) -> None:
+async def log_completion(conn: Conn, campaign: ledger.Campaign) -> None:
     """The `campaign.completed` summary line: counts per state and the average rate."""
     states = await ledger.counts(conn, campaign.id)
     elapsed = await conn.fetchval(

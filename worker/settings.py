@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.errors import ConfigError
 
 PLACEHOLDER_PREFIX = "change-me"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
@@ -21,7 +22,7 @@ class Settings(BaseSettings):
     app_env: Literal["production", "demo", "test"] = "production"
     database_url: str | None = None
     redis_url: str | None = None
-    data_dir: Path = Path(".data")
+    data_dir: Path = PROJECT_ROOT / ".data"
 
     smtp_host: str = "localhost"
     smtp_port: int = 25
@@ -33,7 +34,7 @@ class Settings(BaseSettings):
     public_base_url: str = "https://unsubscribe.example.com"
     unsubscribe_secrets: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "-unsubscribe-secret")
     address_hash_key: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "-address-hash-key")
-    templates_dir: Path = Path("templates")
+    templates_dir: Path = PROJECT_ROOT / "templates"
 
     log_format: Literal["json", "console"] | None = None
     log_level: str = "INFO"

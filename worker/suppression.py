@@ -7,12 +7,12 @@ against the firm's marketing list, and both against the global bounce list.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import asyncpg
 
+from worker.db import Conn
 from worker.errors import SuppressionUnavailable
 
 # The order reasons are reported in when several apply.
@@ -36,7 +36,7 @@ def decide(email_hash: bytes, hits: Mapping[bytes, frozenset[str]]) -> str | Non
 
 
 async def lookup(
-    conn: asyncpg.Connection, scope: Scope, hashes: Iterable[bytes], *, timeout: float
+    conn: Conn, scope: Scope, hashes: Iterable[bytes], *, timeout: float
 ) -> dict[bytes, frozenset[str]]:
     """The suppression reasons that apply to each of `hashes` (absent: none apply).
 
@@ -56,8 +56,7 @@ async def lookup(
             list(hashes),
             timeout=timeout,
         )
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
-            asyncpg.InterfaceError) as e:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
         raise SuppressionUnavailable(f"opt-out check failed: {type(e).__name__}") from e
     found: dict[bytes, set[str]] = {}
     for row in rows:

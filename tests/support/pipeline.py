@@ -12,8 +12,8 @@ import asyncpg
 from arq.worker import Worker
 
 from tests.support.smtp import RecordedMessage
-from worker import addresses, campaigns, queue
-from worker.main import WorkerSettings
+from worker import addresses, campaigns, optouts, queue
+from worker.main import create_worker
 from worker.render import TemplateStore
 from worker.settings import Settings
 from worker.suppression import Scope
@@ -21,21 +21,14 @@ from worker.suppression import Scope
 
 def make_worker(settings: Settings, *, burst: bool = True) -> Worker:
     """An arq worker exactly as `survey-worker worker` builds it, in this event loop."""
-    assert settings.redis_url is not None
-    return Worker(
-        functions=WorkerSettings.functions,
-        redis_settings=queue.redis_settings(settings.redis_url),
-        on_startup=WorkerSettings.on_startup,
-        on_shutdown=WorkerSettings.on_shutdown,
-        job_serializer=WorkerSettings.job_serializer,
-        job_deserializer=WorkerSettings.job_deserializer,
-        max_tries=WorkerSettings.max_tries,
-        max_jobs=WorkerSettings.max_jobs,
-        keep_result=WorkerSettings.keep_result,
+    assert settings.database_url is not None and settings.redis_url is not None
+    return create_worker(
+        settings,
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
         burst=burst,
         handle_signals=False,
         poll_delay=0.05,
-        ctx={"settings": settings, "database_url": settings.database_url},
     )
 
 
@@ -51,8 +44,9 @@ async def run_workers(settings: Settings, count: int = 1, *, timeout: float = 60
 
 async def add_client(pool: asyncpg.Pool, client_id: str, name: str | None = None) -> None:
     async with pool.acquire() as conn:
-        await campaigns.add_client(conn, client_id, name or client_id.title(),
-                                   f"surveys@{client_id}.example")
+        await campaigns.add_client(
+            conn, client_id, name or client_id.title(), f"surveys@{client_id}.example"
+        )
 
 
 async def launch(
@@ -69,9 +63,14 @@ async def launch(
     async with pool.acquire() as conn:
         report = await campaigns.launch(
             conn,
-            campaigns.LaunchRequest(client_id=client_id, template=template, kind=kind,
-                                    survey_url="https://survey.test/s", name="test",
-                                    locale="en"),
+            campaigns.LaunchRequest(
+                client_id=client_id,
+                template=template,
+                kind=kind,
+                survey_url="https://survey.test/s",
+                name="test",
+                locale="en",
+            ),
             io.BytesIO(csv_text.encode()),
             templates=TemplateStore(settings.templates_dir),
             hash_key=settings.hash_key(),
@@ -86,13 +85,16 @@ async def launch(
 
 
 async def opt_out(pool: asyncpg.Pool, settings: Settings, address: str, scope: Scope) -> None:
-    from worker import optouts
-
     email_address = addresses.normalise(address)
     async with pool.acquire() as conn:
-        await optouts.add(conn, scope,
-                          email_hash=addresses.address_hash(settings.hash_key(), email_address),
-                          email=email_address, source="test", actor="test")
+        await optouts.add(
+            conn,
+            scope,
+            email_hash=addresses.address_hash(settings.hash_key(), email_address),
+            email=email_address,
+            source="test",
+            actor="test",
+        )
 
 
 def csv_of(*emails: str, extra: str = "") -> str:

@@ -177,6 +177,18 @@ def _record(envelope: Envelope) -> RecordedMessage:
     )
 
 
+class _Session(SMTP):
+    """aiosmtpd's protocol for one connection, which tells when the connection is gone."""
+
+    def __init__(self, handler: object, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self.gone = asyncio.Event()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.gone.set()
+
+
 @asynccontextmanager
 async def start_smtp_server(
     handler: object, *, hostname: str = "127.0.0.1", port: int = 0, **options: Any
@@ -188,10 +200,10 @@ async def start_smtp_server(
     still open is closed from the server side.
     """
     loop = asyncio.get_running_loop()
-    sessions: list[SMTP] = []
+    sessions: list[_Session] = []
 
-    def session() -> SMTP:
-        smtp = SMTP(handler, hostname="smtp.test", loop=loop, **options)
+    def session() -> _Session:
+        smtp = _Session(handler, hostname="smtp.test", loop=loop, **options)
         sessions.append(smtp)
         return smtp
 
@@ -200,7 +212,9 @@ async def start_smtp_server(
         yield server.sockets[0].getsockname()[1]
     finally:
         server.close()
-        for smtp in sessions:
-            if smtp.transport is not None:
-                smtp.transport.close()
+        open_sessions = [smtp for smtp in sessions if smtp.transport is not None]
+        for smtp in open_sessions:
+            assert smtp.transport is not None
+            smtp.transport.close()
         await server.wait_closed()
+        await asyncio.gather(*(smtp.gone.wait() for smtp in open_sessions))

@@ -1,0 +1,36 @@
+# The project's verbs. Each target creates .venv/ and installs into it on first use, so a
+# fresh machine needs only Python >= 3.11 and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+demo: $(STAMP)  ## run one campaign end to end on embedded services and a local SMTP sink
+	APP_ENV=demo $(BIN)/survey-worker demo
+
+test: $(STAMP)  ## run the whole test suite on real Postgres, Redis and SMTP
+	$(BIN)/pytest
+
+lint: $(STAMP)  ## ruff, formatting and mypy --strict
+	$(BIN)/ruff check worker tests
+	$(BIN)/ruff format --check worker tests
+	$(BIN)/mypy
+
+format: $(STAMP)  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix worker tests
+	$(BIN)/ruff format worker tests
+
+clean:  ## stop embedded services and delete .venv, .data and demo output
+	-$(BIN)/python -c 'from pathlib import Path; from worker import embedded; [s(Path(".data")).stop() for s in (embedded.EmbeddedPostgres, embedded.EmbeddedRedis)]; [s(Path(".data/test")).stop() for s in (embedded.EmbeddedPostgres, embedded.EmbeddedRedis)]'
+	rm -rf $(VENV) .data demo-mail *.egg-info

@@ -14,7 +14,7 @@ import structlog
 from arq import Retry
 from arq.connections import ArqRedis
 
-from worker import db, ledger, sender
+from worker import addresses, db, ledger, optouts, sender, tokens
 from worker.errors import SuppressionUnavailable
 from worker.mailer import SmtpConfig, SmtpPool
 from worker.render import TemplateStore
@@ -142,3 +142,28 @@ async def send_invitation(ctx: Context, invitation_id: int) -> dict[str, Any]:
         log.warning("invitation.missing", invitation_id=invitation_id, job_id=ctx["job_id"])
         return {"counts": {}}
     return await send_batch(ctx, campaign_id, invitation_id, invitation_id)
+
+
+async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any]:
+    """Record the opt-out an unsubscribe token asks for (clicks the web app could not
+    store at once). Idempotent: an opt-out already on the list is left as it is."""
+    claims = tokens.verify(ctx["settings"].signing_keys(), token)
+    if claims is None:
+        log.warning("opt_out.invalid_token", source=source, job_id=ctx["job_id"])
+        return {"recorded": False}
+    try:
+        async with ctx["pool"].acquire() as conn:
+            scope = await optouts.add_from_token(conn, claims, source=source)
+    except sender.DB_ERRORS as e:
+        raise Retry(defer=_retry_delay(ctx)) from e
+    if scope is None:
+        log.warning("opt_out.unknown_client", source=source, job_id=ctx["job_id"])
+        return {"recorded": False}
+    log.info(
+        "opt_out.recorded",
+        scope=optouts.scope_label(scope),
+        source=source,
+        recipient=addresses.recipient_id(claims.email_hash),
+        job_id=ctx["job_id"],
+    )
+    return {"recorded": True}

@@ -17,6 +17,7 @@ class WorkerSettings:
         func(jobs.launch_campaign, name="launch_campaign"),  # type: ignore[arg-type]
         func(jobs.send_batch, name="send_batch"),  # type: ignore[arg-type]
         func(jobs.send_invitation, name="send_invitation"),  # type: ignore[arg-type]
+        func(jobs.record_opt_out, name="record_opt_out"),  # type: ignore[arg-type]
     ]
     on_startup = jobs.startup
     on_shutdown = jobs.shutdown

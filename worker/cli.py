@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 import click
+import redis.asyncio
+import redis.exceptions
 import structlog
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -278,6 +280,104 @@ def status(campaign_id: int, as_json: bool) -> None:
     lines += [f"  {state}: {n}" for state, n in sorted(data["counts"].items())]
     lines += [f"  {key}: {n}" for key, n in data["reasons"].items()]
     _emit(as_json, data, "\n".join(lines))
+
+
+def _control(campaign_id: int, action: str) -> str:
+    """Pause, resume or cancel a campaign; idempotent; returns what happened."""
+    with environment() as env:
+
+        async def work(conn: asyncpg.Connection) -> str:
+            state = await ledger.campaign_status(conn, campaign_id)
+            if state is None:
+                raise campaigns.LaunchProblem(f"no campaign {campaign_id}")
+            if action == "pause":
+                moved = await ledger.set_status(conn, campaign_id, "paused", ("running",))
+            elif action == "resume":
+                moved = await ledger.set_status(conn, campaign_id, "running", ("paused",))
+            else:
+                async with conn.transaction():
+                    moved = await ledger.set_status(
+                        conn, campaign_id, "cancelled", ("running", "paused")
+                    )
+                    if moved:
+                        await ledger.cancel_open(conn, campaign_id)
+            new_state = await ledger.campaign_status(conn, campaign_id)
+            if moved:
+                structlog.get_logger().info(f"campaign.{new_state}", campaign_id=campaign_id)
+            return f"campaign {campaign_id}: {new_state}" + ("" if moved else " (unchanged)")
+
+        message = run(env, work)
+        if action == "resume" and message.endswith("running"):
+            _enqueue_launch(env.urls.redis_url, campaign_id)
+    return message
+
+
+@main.command()
+@click.argument("campaign_id", type=int)
+def pause(campaign_id: int) -> None:
+    """Stop sending a campaign after the chunk in flight (resume picks it up again)."""
+    click.echo(_control(campaign_id, "pause"))
+
+
+@main.command()
+@click.argument("campaign_id", type=int)
+def resume(campaign_id: int) -> None:
+    """Continue a paused campaign."""
+    click.echo(_control(campaign_id, "resume"))
+
+
+@main.command()
+@click.argument("campaign_id", type=int)
+def cancel(campaign_id: int) -> None:
+    """Stop a campaign for good: what was not sent yet is marked cancelled."""
+    click.echo(_control(campaign_id, "cancel"))
+
+
+@main.command("resend-unknown")
+@click.argument("campaign_id", type=int)
+def resend_unknown(campaign_id: int) -> None:
+    """Send again the invitations whose SMTP reply never came (each may get two messages)."""
+    with environment(secrets=True) as env:
+
+        async def work(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():
+                count = await ledger.reopen_unknown(conn, campaign_id)
+                if count:
+                    await ledger.set_status(conn, campaign_id, "running", ("completed",))
+            return count
+
+        count = run(env, work)
+        if count:
+            structlog.get_logger().info(
+                "campaign.resend_unknown", campaign_id=campaign_id, count=count
+            )
+            _enqueue_launch(env.urls.redis_url, campaign_id)
+    click.echo(f"campaign {campaign_id}: {count} unknown invitations queued again")
+
+
+@main.command()
+def health() -> None:
+    """Exit 0 if this host's worker heartbeat is fresh, 1 otherwise (container probes)."""
+    from worker.main import health_key
+
+    with _clear_errors():
+        settings = Settings()
+    url = settings.redis_url
+    if not url:
+        raise click.ClickException("health needs REDIS_URL (the worker's Redis)")
+
+    async def fresh() -> bool:
+        client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2)
+        try:
+            return bool(await client.exists(health_key()))
+        except (OSError, redis.exceptions.RedisError):
+            return False
+        finally:
+            await client.aclose()
+
+    ok = asyncio.run(fresh())
+    click.echo("healthy" if ok else "unhealthy: no fresh worker heartbeat")
+    sys.exit(0 if ok else 1)
 
 
 def _scope(client_id: str | None, marketing: bool) -> Scope:

@@ -53,3 +53,7 @@ class PermanentSmtpError(SmtpError):
 
 class AmbiguousSmtpError(SmtpError):
     """The message body was sent but no final reply came: it may or may not be delivered."""
+
+
+class WorkerStopping(SurveyWorkerError):
+    """The worker is shutting down: the job stops claiming and goes back to the queue."""

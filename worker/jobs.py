@@ -15,8 +15,9 @@ from arq import Retry
 from arq.connections import ArqRedis
 
 from worker import addresses, db, ledger, optouts, sender, tokens
-from worker.errors import SuppressionUnavailable
+from worker.errors import SuppressionUnavailable, WorkerStopping
 from worker.mailer import SmtpConfig, SmtpPool
+from worker.ratelimit import RateLimiter
 from worker.render import TemplateStore
 from worker.settings import Settings
 
@@ -47,6 +48,7 @@ async def startup(ctx: Context) -> None:
         templates=TemplateStore(settings.templates_dir),
         settings=settings,
         worker_id=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+        limiter=RateLimiter(ctx["redis"], settings.send_rate) if settings.send_rate else None,
     )
 
 
@@ -108,6 +110,8 @@ async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int
         result = await sender.send_slice(
             ctx["sender"], campaign_id, first_id, last_id, job_id=ctx["job_id"]
         )
+    except WorkerStopping as e:
+        raise Retry(defer=1) from e
     except (SuppressionUnavailable, *sender.DB_ERRORS) as e:
         log.warning(
             "batch.retry", campaign_id=campaign_id, reason=type(e).__name__, job_id=ctx["job_id"]
@@ -167,3 +171,42 @@ async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any
         job_id=ctx["job_id"],
     )
     return {"recorded": True}
+
+
+async def reconcile(ctx: Context) -> dict[str, Any]:
+    """Re-drive what Redis lost or a crash left behind; complete finished campaigns.
+
+    Runs as a cron job on every worker (arq lets one run per tick). Invitations whose SMTP
+    transaction started under a lease that ran out become `unknown` (or `pending` with
+    UNKNOWN_POLICY=resend); running campaigns with due work that nobody touched for a
+    reconcile interval are launched again; the ledger's claims make all of it idempotent.
+    """
+    settings = ctx["settings"]
+    async with ctx["pool"].acquire() as conn:
+        lost = await ledger.expire_sending(conn, resend=settings.unknown_policy == "resend")
+        for invitation_id, campaign_id, client_id, email_hash in lost:
+            event = (
+                "invitation.requeued"
+                if settings.unknown_policy == "resend"
+                else ("invitation.unknown")
+            )
+            log.warning(
+                event,
+                campaign_id=campaign_id,
+                client_id=client_id,
+                invitation_id=invitation_id,
+                reason="worker_lost_during_smtp",
+                recipient=addresses.recipient_id(email_hash),
+                job_id=ctx["job_id"],
+            )
+        completed = 0
+        for campaign_id in await ledger.finished_running_campaigns(conn):
+            campaign = await ledger.load_campaign(conn, campaign_id)
+            if campaign is not None and await ledger.complete_if_done(conn, campaign_id):
+                await sender.log_completion(conn, campaign)
+                completed += 1
+        stalled = await ledger.stalled_campaigns(conn, settings.reconcile_interval_seconds)
+    for campaign_id in stalled:
+        await ctx["redis"].enqueue_job("launch_campaign", campaign_id)
+        log.warning("campaign.redriven", campaign_id=campaign_id, job_id=ctx["job_id"])
+    return {"unknown": len(lost), "completed": completed, "redriven": len(stalled)}

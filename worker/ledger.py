@@ -251,3 +251,94 @@ async def campaign_status(conn: Conn, campaign_id: int) -> str | None:
         "SELECT status FROM campaigns WHERE id = $1", campaign_id
     )
     return status
+
+
+async def expire_sending(conn: Conn, *, resend: bool) -> list[tuple[int, int, str, bytes]]:
+    """Settle invitations whose SMTP transaction started under a lease that ran out.
+
+    The worker died between DATA and the reply (or before recording it): the message may
+    have been delivered. They become `unknown`, or with `resend` go back to `pending` to be
+    sent again (at most one duplicate each). Returns (invitation, campaign, client, hash).
+    """
+    rows = await conn.fetch(
+        """UPDATE invitations i
+           SET state = CASE WHEN $1 THEN 'pending' ELSE 'unknown' END,
+               reason = 'worker_lost_during_smtp', lease_until = NULL, claimed_by = NULL,
+               updated_at = now()
+           FROM campaigns c
+           WHERE c.id = i.campaign_id AND i.state = 'sending' AND i.lease_until < now()
+           RETURNING i.id, i.campaign_id, c.client_id, i.email_hash""",
+        resend,
+    )
+    return [(r["id"], r["campaign_id"], r["client_id"], r["email_hash"]) for r in rows]
+
+
+async def stalled_campaigns(conn: Conn, idle_seconds: float) -> list[int]:
+    """Running campaigns with due work that no worker has touched for `idle_seconds`.
+
+    Their jobs were lost (Redis flushed or restarted, a worker killed): `reconcile`
+    launches them again; claims make the repeat harmless.
+    """
+    rows = await conn.fetch(
+        """SELECT c.id FROM campaigns c
+           WHERE c.status = 'running'
+             AND EXISTS (SELECT 1 FROM invitations i
+                         WHERE i.campaign_id = c.id
+                           AND (i.state = 'pending'
+                                OR (i.state = 'deferred' AND i.next_attempt_at <= now()))
+                           AND (i.lease_until IS NULL OR i.lease_until < now()))
+             AND NOT EXISTS (SELECT 1 FROM invitations i
+                             WHERE i.campaign_id = c.id
+                               AND i.updated_at > now() - make_interval(secs => $1))
+             AND c.created_at < now() - make_interval(secs => $1)
+           ORDER BY c.id""",
+        idle_seconds,
+    )
+    return [r["id"] for r in rows]
+
+
+async def finished_running_campaigns(conn: Conn) -> list[int]:
+    """Running campaigns none of whose invitations is open any more."""
+    rows = await conn.fetch(
+        """SELECT c.id FROM campaigns c
+           WHERE c.status = 'running'
+             AND NOT EXISTS (SELECT 1 FROM invitations i
+                             WHERE i.campaign_id = c.id
+                               AND i.state IN ('pending', 'sending', 'deferred'))"""
+    )
+    return [r["id"] for r in rows]
+
+
+async def set_status(conn: Conn, campaign_id: int, new: str, allowed_from: tuple[str, ...]) -> bool:
+    """Move a campaign to `new` if it is in one of `allowed_from`; True if it moved."""
+    moved = await conn.fetchval(
+        """UPDATE campaigns SET status = $2,
+               completed_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE completed_at END
+           WHERE id = $1 AND status = ANY($3) RETURNING true""",
+        campaign_id,
+        new,
+        list(allowed_from),
+    )
+    return bool(moved)
+
+
+async def cancel_open(conn: Conn, campaign_id: int) -> int:
+    """Mark the campaign's invitations that have not started sending `cancelled`."""
+    result = await conn.execute(
+        """UPDATE invitations SET state = 'cancelled', reason = 'campaign_cancelled',
+               lease_until = NULL, claimed_by = NULL, updated_at = now()
+           WHERE campaign_id = $1 AND state IN ('pending', 'deferred')""",
+        campaign_id,
+    )
+    return int(result.split()[-1])
+
+
+async def reopen_unknown(conn: Conn, campaign_id: int) -> int:
+    """Put the campaign's `unknown` invitations back to `pending` (ops chose to resend)."""
+    result = await conn.execute(
+        """UPDATE invitations SET state = 'pending', reason = 'resend_unknown',
+               updated_at = now()
+           WHERE campaign_id = $1 AND state = 'unknown'""",
+        campaign_id,
+    )
+    return int(result.split()[-1])

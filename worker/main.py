@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+from signal import Signals
 from typing import Any, ClassVar
 
+from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
 
 from worker import jobs, queue
@@ -26,15 +29,57 @@ class WorkerSettings:
     max_tries = 50
     max_jobs = 10
     keep_result = 60
-    handle_signals = True
+    cron_jobs: ClassVar[list[CronJob]] = []
+
+
+def health_key() -> str:
+    """The Redis key this host's worker refreshes as its heartbeat."""
+    return f"survey-worker:health:{socket.gethostname()}"
+
+
+HEALTH_INTERVAL = 10
+
+
+def every(seconds: int) -> dict[str, set[int]]:
+    """arq cron fields for "every `seconds`" (rounded to what a clock face allows)."""
+    if seconds < 60:
+        return {"second": set(range(0, 60, seconds))}
+    return {"second": {0}, "minute": set(range(0, 60, max(1, min(seconds // 60, 59))))}
+
+
+class SurveyWorker(Worker):
+    """arq's Worker that, on SIGTERM/SIGINT, lets the chunk in flight finish first.
+
+    The signal stops picking jobs and tells running slices to stop claiming; each finishes
+    the chunk it is sending and goes back to the queue (arq Retry). Whatever is still
+    running after `job_completion_wait` seconds is cancelled.
+    """
+
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        sender = self.ctx.get("sender")
+        if sender is not None:
+            sender.stopping = True
+        super().handle_sig_wait_for_completion(signum)
 
 
 def create_worker(
     settings: Settings, *, database_url: str, redis_url: str, burst: bool, **options: Any
 ) -> Worker:
     """An arq worker for these settings; `options` go to arq's Worker (tests tune polling)."""
-    return Worker(
+    reconcile = cron(
+        jobs.reconcile,  # type: ignore[arg-type]
+        name="reconcile",
+        run_at_startup=True,
+        unique=True,
+        **every(settings.reconcile_interval_seconds),  # type: ignore[arg-type]
+    )
+    options.setdefault("handle_signals", True)
+    return SurveyWorker(
         functions=WorkerSettings.functions,
+        cron_jobs=[*WorkerSettings.cron_jobs, reconcile],
+        health_check_key=health_key(),
+        health_check_interval=HEALTH_INTERVAL,
+        job_completion_wait=int(settings.smtp_timeout) + 5,
         redis_settings=queue.redis_settings(redis_url),
         on_startup=WorkerSettings.on_startup,  # type: ignore[arg-type]
         on_shutdown=WorkerSettings.on_shutdown,  # type: ignore[arg-type]

@@ -28,13 +28,18 @@ from worker.errors import (
     TemplateProblem,
     TransientSmtpError,
     UnsafeHeaderValue,
+    WorkerStopping,
 )
 from worker.mailer import Mailer
+from worker.ratelimit import RateLimiter
 from worker.render import TemplateStore
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.sender")
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Larger messages are refused here rather than by the relay: oversized CSV variables.
+MAX_MESSAGE_BYTES = 2_000_000
+MAX_PUSHBACK_PAUSE = 30.0
 
 
 @dataclass
@@ -46,6 +51,11 @@ class Sender:
     templates: TemplateStore
     settings: Settings
     worker_id: str
+    limiter: RateLimiter | None = None
+    # Set on SIGTERM: finish the chunk in flight, claim nothing more.
+    stopping: bool = False
+    # Consecutive chunks the SMTP server pushed back on (421, mostly 4xx): slows us down.
+    pushback: int = 0
     signing_key: bytes = field(init=False)
     hash_key: bytes = field(init=False)
 
@@ -71,6 +81,21 @@ class Prepared:
     recipient: str
     data: bytes
     message_id: str
+
+
+def pushed_back(done: Sequence[ledger.Outcome]) -> bool:
+    """Whether the server asked us to slow down: a 421, or most of a chunk deferred."""
+    deferred = [o for o in done if o.state == "deferred"]
+    return any(o.smtp_code == 421 for o in deferred) or (
+        len(done) > 1 and len(deferred) * 2 >= len(done)
+    )
+
+
+def pause_after_pushback(settings: Settings, pushback: int) -> float:
+    """Seconds to wait before the next chunk after `pushback` pushed-back chunks in a row."""
+    if pushback == 0:
+        return 0.0
+    return float(min(settings.retry_base_seconds * 2 ** (pushback - 1), MAX_PUSHBACK_PAUSE))
 
 
 def backoff(settings: Settings, attempts: int) -> timedelta:
@@ -146,6 +171,8 @@ def prepare(
         )
     except UnsafeHeaderValue:
         return ledger.Outcome(inv.id, "failed", reason="unsafe_header_value")
+    if len(data) > MAX_MESSAGE_BYTES:
+        return ledger.Outcome(inv.id, "failed", reason="message_too_large")
     return Prepared(inv, recipient, data, message_id)
 
 
@@ -163,7 +190,10 @@ async def _deliver(sender: Sender, campaign: ledger.Campaign, p: Prepared) -> le
             inv.id, "deferred", reason="smtp_transient", smtp_code=e.code, next_attempt_at=retry
         )
     except PermanentSmtpError as e:
-        bounce = e.code is not None and outcomes.is_hard_bounce(e.code, str(e))
+        if e.code is None:
+            # Refused before any server reply: e.g. an SMTPUTF8 address to a plain server.
+            return ledger.Outcome(inv.id, "failed", reason=f"undeliverable: {e}")
+        bounce = outcomes.is_hard_bounce(e.code, str(e))
         return ledger.Outcome(
             inv.id, "failed", reason="hard_bounce" if bounce else "smtp_rejected", smtp_code=e.code
         )
@@ -221,7 +251,8 @@ async def send_slice(
         bound = log.bind(campaign_id=campaign.id, client_id=campaign.client_id, job_id=job_id)
         scope = suppression.Scope(campaign.kind, campaign.client_id)
         chunk = sender.settings.smtp_connections
-        while await ledger.campaign_status(conn, campaign.id) == "running":
+        while not sender.stopping and await ledger.campaign_status(conn, campaign.id) == "running":
+            await asyncio.sleep(pause_after_pushback(sender.settings, sender.pushback))
             claimed = await ledger.claim(
                 conn,
                 campaign_id=campaign.id,
@@ -234,8 +265,11 @@ async def send_slice(
             if not claimed:
                 break
             done = await _send_chunk(sender, conn, campaign, scope, claimed, bound)
+            sender.pushback = sender.pushback + 1 if pushed_back(done) else 0
             for o in done:
                 totals[o.state] = totals.get(o.state, 0) + 1
+        if sender.stopping:
+            raise WorkerStopping("worker stopping; the slice goes back to the queue")
         retry_at = await ledger.next_retry_at(conn, campaign.id, first_id, last_id)
         finished = await ledger.complete_if_done(conn, campaign.id)
         if finished:
@@ -252,6 +286,9 @@ async def _send_chunk(
     bound: Any,
 ) -> list[ledger.Outcome]:
     inv_by_id = {inv.id: inv for inv in claimed}
+    if sender.limiter is not None:
+        # Wait for permits before the opt-out check, so the check stays next to the send.
+        await sender.limiter.acquire(len(claimed))
     try:
         hits = await suppression.lookup(
             conn,

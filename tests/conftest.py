@@ -59,7 +59,12 @@ async def database_url(services: embedded.ServiceUrls) -> AsyncIterator[str]:
     admin = await asyncpg.connect(services.database_url)
     try:
         await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-        yield _with_database(services.database_url, name)
+    finally:
+        await admin.close()
+    yield _with_database(services.database_url, name)
+    # A new connection: fault tests restart Postgres while the test runs.
+    admin = await asyncpg.connect(services.database_url)
+    try:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
     finally:
         await admin.close()

@@ -109,11 +109,11 @@ class EmbeddedPostgres:
     def url(self, port: int, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{port}/{database}"
 
-    def start(self) -> int:
-        """Initialise the cluster on first use, start it, return its port."""
-        port = self.running_port()
-        if port is not None:
-            return port
+    def start(self, port: int | None = None) -> int:
+        """Initialise the cluster on first use, start it (on `port` if given), return its port."""
+        running = self.running_port()
+        if running is not None:
+            return running
         if not (self.pgdata / "PG_VERSION").exists():
             self.root.mkdir(parents=True, exist_ok=True)
             _give_to(self.root, self.user)
@@ -131,7 +131,7 @@ class EmbeddedPostgres:
                 ],
                 user=self.user,
             )
-        port = free_port()
+        port = port or free_port()
         options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
         _run(
             [

@@ -56,6 +56,10 @@ class Sender:
     stopping: bool = False
     # Consecutive chunks the SMTP server pushed back on (421, mostly 4xx): slows us down.
     pushback: int = 0
+    # One chunk at a time per process goes from opt-out check to recorded outcome, so at
+    # most SMTP_CONNECTIONS invitations are ever `sending` here (a crash leaves no more
+    # `unknown`), and each check stays next to its send.
+    window: asyncio.Lock = field(default_factory=asyncio.Lock)
     signing_key: bytes = field(init=False)
     hash_key: bytes = field(init=False)
 
@@ -264,7 +268,8 @@ async def send_slice(
             )
             if not claimed:
                 break
-            done = await _send_chunk(sender, conn, campaign, scope, claimed, bound)
+            async with sender.window:
+                done = await _send_chunk(sender, conn, campaign, scope, claimed, bound)
             sender.pushback = sender.pushback + 1 if pushed_back(done) else 0
             for o in done:
                 totals[o.state] = totals.get(o.state, 0) + 1

@@ -16,6 +16,7 @@ aiosmtpd's `SMTP` protocol with `loop.create_server` and yields the bound port.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -57,6 +58,10 @@ class RecordingHandler:
         self.dropped: list[RecordedMessage] = []
         self._rules: dict[tuple[Stage, str], list[_Rule]] = {}
         self._sessions: list[Session] = []
+        # Seconds every message waits before its DATA reply: a slow server.
+        self.data_delay = 0.0
+        # When each accepted message arrived (time.time()), in the order of `messages`.
+        self.arrivals: list[float] = []
 
     @property
     def connections(self) -> int:
@@ -134,7 +139,10 @@ class RecordingHandler:
             status = await self._apply("DATA", recipient, server, envelope)
             if status is not None:
                 return status
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         self.messages.append(_record(envelope))
+        self.arrivals.append(time.time())
         return "250 OK"
 
     def _greeted(self, session: Session, hostname: str) -> None:

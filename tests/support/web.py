@@ -1,0 +1,129 @@
+"""Driving the unsubscribe app and the CLI from tests: a real uvicorn server in the test's
+event loop, tokens as the worker signs them, `survey-worker` in a subprocess, and the check
+that logs hold no address or token."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from tests.support.pipeline import parse
+from tests.support.smtp import RecordedMessage
+from worker import addresses, tokens, web
+from worker.settings import PROJECT_ROOT, Settings
+
+# An unsubscribe token: 88 characters of the base64url alphabet (worker/tokens.py).
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{88}")
+
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, *, database_url: str | None = None, redis_url: str | None = None
+) -> AsyncIterator[str]:
+    """Run the app on 127.0.0.1 (any free port) in this event loop; yield its base URL."""
+    database_url = database_url or settings.database_url
+    redis_url = redis_url or settings.redis_url
+    assert database_url is not None and redis_url is not None
+    server = web.server(web.create_app(settings, database_url, redis_url), host="127.0.0.1", port=0)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn stopped during start-up")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def token_id(pool: asyncpg.Pool, client_id: str) -> int:
+    value: int = await pool.fetchval("SELECT token_id FROM clients WHERE id = $1", client_id)
+    return value
+
+
+def email_hash(settings: Settings, address: str) -> bytes:
+    return addresses.address_hash(settings.hash_key(), addresses.normalise(address))
+
+
+def token_for(
+    settings: Settings,
+    address: str,
+    client_token_id: int | None,
+    *,
+    locale: str = "en",
+    key: bytes | None = None,
+) -> str:
+    """The token the worker would put in a message to `address` (None: marketing)."""
+    claims = tokens.TokenClaims(
+        client_id=client_token_id, email_hash=email_hash(settings, address), locale=locale
+    )
+    return tokens.sign(key or settings.signing_keys()[0], claims)
+
+
+def unsubscribe_link(message: RecordedMessage) -> str:
+    """The List-Unsubscribe URL of a received message."""
+    return str(parse(message)["List-Unsubscribe"]).strip("<>")
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines the command printed on stdout."""
+        lines = []
+        for line in self.stdout.splitlines():
+            if line.startswith("{"):
+                lines.append(orjson.loads(line))
+        return lines
+
+
+async def cli(settings: Settings, *args: str) -> CliResult:
+    """Run `survey-worker ARGS` in a subprocess against the test's Postgres and Redis."""
+    env = {
+        **os.environ,
+        "APP_ENV": settings.app_env,
+        "DATABASE_URL": settings.database_url or "",
+        "REDIS_URL": settings.redis_url or "",
+        "UNSUBSCRIBE_SECRETS": settings.unsubscribe_secrets.get_secret_value(),
+        "ADDRESS_HASH_KEY": settings.address_hash_key.get_secret_value(),
+        "TEMPLATES_DIR": str(settings.templates_dir),
+        "RETENTION_DAYS": str(settings.retention_days),
+        "LOG_FORMAT": "json",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    return CliResult(process.returncode, stdout.decode(), stderr.decode())
+
+
+def assert_private(text: str, addresses_used: Iterable[str] = ()) -> None:
+    """Fail if `text` (logs) holds an unsubscribe token, link or one of the addresses."""
+    assert TOKEN_PATTERN.search(text) is None, "a token was logged"
+    assert "/unsubscribe/" not in text
+    for address in addresses_used:
+        assert address not in text
+        assert address.split("@")[0] + "@" not in text

@@ -1,0 +1,306 @@
+"""The unsubscribe web app on a real uvicorn server, real Postgres and real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+import structlog
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from tests.support.pipeline import add_client, run_workers
+from tests.support.web import assert_private, email_hash, serving, token_for, token_id
+from worker import embedded, web
+from worker.settings import Settings
+
+ANN = "ann.unsubscriber@example.com"
+SECURITY_HEADERS = {
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+}
+
+
+@pytest.fixture(autouse=True)
+def private_logs() -> Iterator[list[dict[str, object]]]:
+    """Capture every log line of the test and check, after it, that none holds an address
+    or a token."""
+    structlog.reset_defaults()
+    with capture_logs() as logs:
+        yield logs
+    assert_private(orjson.dumps(logs, default=str).decode(), [ANN])
+
+
+async def opt_outs(pool: asyncpg.Pool) -> list[tuple[str, str | None, str]]:
+    rows = await pool.fetch(
+        """SELECT client_id AS list, email, source FROM client_opt_outs
+           UNION ALL SELECT 'marketing', email, source FROM marketing_opt_outs ORDER BY 1"""
+    )
+    return [(r["list"], r["email"], r["source"]) for r in rows]
+
+
+async def audit_rows(pool: asyncpg.Pool) -> list[tuple[str, str, str, str | None]]:
+    rows = await pool.fetch("SELECT action, scope, actor, reason FROM opt_out_audit ORDER BY id")
+    return [(r["action"], r["scope"], r["actor"], r["reason"]) for r in rows]
+
+
+def assert_private_headers(response: httpx.Response) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers[name] == value
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp
+    assert "form-action 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert "set-cookie" not in response.headers
+    assert "location" not in response.headers
+
+
+def multipart_one_click(boundary: str = "sw-boundary-8058") -> tuple[bytes, str]:
+    """The RFC 8058 section 3.1 body as multipart/form-data, as a mail client sends it."""
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="List-Unsubscribe"\r\n'
+        "\r\n"
+        "One-Click\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+async def test_get_shows_the_confirmation_page_and_changes_nothing(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    await add_client(pg, "acme", "Acme & <Research>")
+    survey = token_for(settings, ANN, await token_id(pg, "acme"), locale="nl")
+    marketing = token_for(settings, ANN, None, locale="fr")
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        page = await client.get(f"/unsubscribe/{survey}")
+        again = await client.get(f"/unsubscribe/{survey}")
+        french = await client.get(f"/unsubscribe/{marketing}")
+    assert page.status_code == again.status_code == 200
+    assert_private_headers(page)
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    html = page.text
+    assert '<html lang="nl">' in html
+    assert "Acme &amp; &lt;Research&gt;" in html  # the client's name, escaped
+    assert "<Research>" not in html
+    assert html.count("<form") == 1 and 'method="post"' in html
+    assert html.count("<button") == 1 and "Afmelden</button>" in html
+    assert '<html lang="fr">' in french.text and "e-mails marketing" in french.text
+    assert await opt_outs(pg) == []
+    assert await audit_rows(pg) == []
+
+
+@pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
+async def test_one_click_post_records_once_with_200_and_no_redirect(
+    pg: asyncpg.Pool, settings: Settings, encoding: str
+) -> None:
+    await add_client(pg, "acme", "Acme Research")
+    token = token_for(settings, ANN, await token_id(pg, "acme"))
+    if encoding == "urlencoded":
+        body, content_type = b"List-Unsubscribe=One-Click", "application/x-www-form-urlencoded"
+    else:
+        body, content_type = multipart_one_click()
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        responses = [
+            await client.post(
+                f"/unsubscribe/{token}", content=body, headers={"content-type": content_type}
+            )
+            for _ in range(3)
+        ]
+    for response in responses:
+        assert response.status_code == 200
+        assert_private_headers(response)
+        assert "You are unsubscribed" in response.text
+        assert "survey invitations from Acme Research" in response.text
+    # No address stored: no invitation ever held it (the token carries only the hash).
+    assert await opt_outs(pg) == [("acme", None, "one-click")]
+    assert await audit_rows(pg) == [("opt_out", "client:acme", "recipient", "one-click")]
+
+
+async def test_the_page_button_records_a_web_opt_out_with_the_stored_address(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    await add_client(pg, "acme")
+    await pg.execute(
+        """WITH c AS (INSERT INTO campaigns (client_id, name, kind, template, survey_url)
+                      VALUES ('acme', 'x', 'marketing', 'marketing', '') RETURNING id)
+           INSERT INTO invitations (campaign_id, email, email_hash)
+           SELECT id, $1, $2 FROM c""",
+        ANN,
+        email_hash(settings, ANN),
+    )
+    token = token_for(settings, ANN, None)
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        response = await client.post(f"/unsubscribe/{token}", data={"confirm": "yes"})
+    assert response.status_code == 200
+    assert "marketing e-mail" in response.text
+    assert await opt_outs(pg) == [("marketing", ANN, "web")]
+
+
+def tampered(token: str) -> list[str]:
+    flipped = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
+    return [
+        flipped,
+        token[:-1],
+        token[:40],
+        token + "A",
+        token[:-2] + "==",
+        "x" * 88,
+        "not-a-token",
+    ]
+
+
+async def test_tampered_truncated_and_unknown_key_tokens_get_one_400_page(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    await add_client(pg, "acme")
+    genuine = token_for(settings, ANN, await token_id(pg, "acme"))
+    foreign = token_for(settings, ANN, await token_id(pg, "acme"), key=b"some-other-key-123")
+    bad = [*tampered(genuine), foreign]
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        responses = []
+        for token in bad:
+            responses.append(await client.get(f"/unsubscribe/{token}"))
+            responses.append(
+                await client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+            )
+    assert {r.status_code for r in responses} == {400}
+    assert len({r.text for r in responses}) == 1, "the page must not tell what was wrong"
+    for response in responses:
+        assert_private_headers(response)
+    assert '<html lang="en">' in responses[0].text
+    assert 'lang="nl"' in responses[0].text and 'lang="fr"' in responses[0].text
+    assert await opt_outs(pg) == []
+    assert await audit_rows(pg) == []
+
+
+async def test_key_rotation_old_key_works_while_listed_and_not_after(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    await add_client(pg, "acme")
+    old_token = token_for(settings, ANN, await token_id(pg, "acme"))
+    rotated = settings.model_copy(
+        update={"unsubscribe_secrets": SecretStr("test-signing-key-2,test-signing-key-1")}
+    )
+    retired = settings.model_copy(update={"unsubscribe_secrets": SecretStr("test-signing-key-2")})
+    one_click = {"List-Unsubscribe": "One-Click"}
+    async with serving(retired) as base, httpx.AsyncClient(base_url=base) as client:
+        refused = await client.post(f"/unsubscribe/{old_token}", data=one_click)
+    assert refused.status_code == 400
+    assert await opt_outs(pg) == []
+    async with serving(rotated) as base, httpx.AsyncClient(base_url=base) as client:
+        accepted = await client.post(f"/unsubscribe/{old_token}", data=one_click)
+        new_token = token_for(rotated, ANN, None)
+        assert rotated.signing_keys()[0] == b"test-signing-key-2"
+        marketing = await client.post(f"/unsubscribe/{new_token}", data=one_click)
+    assert accepted.status_code == marketing.status_code == 200
+    assert await opt_outs(pg) == [("acme", None, "one-click"), ("marketing", None, "one-click")]
+
+
+def closed_database_url() -> str:
+    return f"postgresql://postgres@127.0.0.1:{embedded.free_port()}/survey"
+
+
+async def test_postgres_down_queues_the_click_and_the_job_records_it(
+    pg: asyncpg.Pool, settings: Settings, private_logs: list[dict[str, object]]
+) -> None:
+    await add_client(pg, "acme", "Acme Research")
+    token = token_for(settings, ANN, await token_id(pg, "acme"), locale="fr")
+    async with (
+        serving(settings, database_url=closed_database_url()) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        page = await client.get(f"/unsubscribe/{token}")
+        first = await client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+        second = await client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+        health = await client.get("/healthz")
+    # The page still shows, with a generic name; the clicks are queued, not lost.
+    assert page.status_code == 200 and "cette organisation" in page.text
+    assert first.status_code == second.status_code == 202
+    assert "en cours de traitement" in first.text
+    assert_private_headers(first)
+    assert health.status_code == 200
+    assert health.json() == {"status": "degraded", "database": False, "queue": True}
+    assert await opt_outs(pg) == []
+    assert "opt_out.queued" in {e["event"] for e in private_logs}
+
+    await run_workers(settings)
+    assert await opt_outs(pg) == [("acme", None, "one-click")]
+    assert await audit_rows(pg) == [("opt_out", "client:acme", "recipient", "one-click")]
+
+
+async def test_postgres_and_redis_down_answers_503_try_again(settings: Settings) -> None:
+    token = token_for(settings, ANN, None, locale="nl")
+    async with (
+        serving(
+            settings,
+            database_url=closed_database_url(),
+            redis_url=f"redis://127.0.0.1:{embedded.free_port()}/0",
+        ) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        page = await client.get(f"/unsubscribe/{token}")
+        response = await client.post(f"/unsubscribe/{token}", data={"confirm": "yes"})
+        health = await client.get("/healthz")
+    assert page.status_code == 200  # the app starts and answers with both down
+    assert response.status_code == 503
+    assert "Probeer het" in response.text
+    assert_private_headers(response)
+    assert health.status_code == 503
+    assert health.json() == {"status": "down", "database": False, "queue": False}
+
+
+async def test_healthz_and_unknown_paths_carry_the_headers(settings: Settings) -> None:
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        health = await client.get("/healthz")
+        missing = await client.get("/nothing-here")
+        wrong_method = await client.put("/unsubscribe/abc")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "database": True, "queue": True}
+    assert missing.status_code == 404
+    assert wrong_method.status_code == 405
+    for response in (health, missing, wrong_method):
+        assert_private_headers(response)
+
+
+async def test_request_log_lines_name_the_route_not_the_path(
+    pg: asyncpg.Pool, settings: Settings, private_logs: list[dict[str, object]]
+) -> None:
+    await add_client(pg, "acme")
+    token = token_for(settings, ANN, await token_id(pg, "acme"))
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        await client.get(f"/unsubscribe/{token}")
+        await client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    requests = [e for e in private_logs if e["event"] == "http.request"]
+    assert [(e["method"], e["route"], e["status"]) for e in requests] == [
+        ("GET", "unsubscribe_page", 200),
+        ("POST", "unsubscribe", 200),
+    ]
+    recorded = next(e for e in private_logs if e["event"] == "opt_out.recorded")
+    assert recorded["scope"] == "client:acme"
+    assert recorded["source"] == "one-click"
+    assert len(str(recorded["recipient"])) == 16
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "expected"),
+    [
+        ("application/x-www-form-urlencoded", b"List-Unsubscribe=One-Click", True),
+        ("application/x-www-form-urlencoded; charset=utf-8", b"List-Unsubscribe=One-Click", True),
+        ("application/x-www-form-urlencoded", b"List-Unsubscribe=Other", False),
+        ("application/x-www-form-urlencoded", b"confirm=yes", False),
+        (multipart_one_click()[1], multipart_one_click()[0], True),
+        (multipart_one_click("other")[1], multipart_one_click()[0], False),
+        ("multipart/form-data", b"garbage", False),
+        ("text/plain", b"List-Unsubscribe=One-Click", False),
+        ("", b"", False),
+    ],
+)
+def test_is_one_click(content_type: str, body: bytes, expected: bool) -> None:
+    assert web.is_one_click(content_type, body) is expected

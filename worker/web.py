@@ -1,0 +1,375 @@
+"""The unsubscribe web app: Starlette, served by uvicorn (`survey-worker web`).
+
+    GET  /unsubscribe/{token}   a confirmation page; changes nothing (mail scanners
+                                prefetch links)
+    POST /unsubscribe/{token}   records the opt-out: the page's button, or RFC 8058 one-click
+    GET  /healthz               whether the app can record opt-outs now
+
+A POST never redirects and sets no cookie, and repeating it is harmless. An unusable token
+gets the same 400 page whatever is wrong with it. When Postgres is unavailable the click is
+queued as the `record_opt_out` job (202); when Redis is unavailable too, the person is asked
+to try again (503). Every response forbids caching, framing and referrers (the token is in
+the URL). Logs never hold a token or an address: uvicorn's access log, which prints paths,
+is off, and the app logs the route's name instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from email.message import Message as MimePart
+from typing import Any
+from urllib.parse import parse_qs
+
+import asyncpg
+import redis.exceptions
+import structlog
+import uvicorn
+from arq import create_pool
+from arq.connections import ArqRedis
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worker import addresses, db, optouts, pages, queue, tokens
+from worker.sender import DB_ERRORS
+from worker.settings import Settings
+
+log = structlog.get_logger("worker.web")
+
+CONNECT_TIMEOUT = 3.0
+QUERY_TIMEOUT = 5.0
+QUEUE_TIMEOUT = 3.0
+POOL_SIZE = 5
+# A one-click body is 26 bytes, a multipart one a few hundred: anything much larger is not
+# one, and is not read into memory.
+MAX_BODY = 4096
+QUEUE_ERRORS = (OSError, redis.exceptions.RedisError)
+
+
+class QueueUnavailable(Exception):
+    """Redis could not take the job."""
+
+
+class Backends:
+    """Postgres and Redis as the app reaches them.
+
+    Nothing connects at start-up, so the app starts and answers while either is down;
+    connections are made on first use and made again once a server is back.
+    """
+
+    def __init__(self, database_url: str, redis_url: str) -> None:
+        self._database_url = database_url
+        self._redis_url = redis_url
+        self._pool: asyncpg.Pool | None = None
+        self._redis: ArqRedis | None = None
+        self._redis_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Create the connection pool (min_size=0: it connects on the first query)."""
+        self._pool = await asyncpg.create_pool(
+            self._database_url,
+            min_size=0,
+            max_size=POOL_SIZE,
+            init=db.init_connection,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=QUERY_TIMEOUT,
+        )
+
+    async def close(self) -> None:
+        """Close whatever was opened."""
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._pool is not None:
+            await self._pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
+        """A pooled connection; raises one of `DB_ERRORS` when Postgres is unavailable."""
+        assert self._pool is not None, "Backends.open() was not called"
+        async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+            yield conn
+
+    async def _queue(self) -> ArqRedis:
+        async with self._redis_lock:
+            if self._redis is None:
+                settings = queue.redis_settings(self._redis_url)
+                # A click waits for this: fail at once rather than retry.
+                settings.conn_retries = 0
+                self._redis = await create_pool(
+                    settings,
+                    job_serializer=queue.serialize,
+                    job_deserializer=queue.deserialize,
+                )
+            return self._redis
+
+    async def enqueue(self, function: str, *args: Any, job_id: str) -> None:
+        """Enqueue an arq job (a no-op if one with `job_id` is queued); raises
+        `QueueUnavailable` when Redis cannot take it."""
+        try:
+            async with asyncio.timeout(QUEUE_TIMEOUT):
+                redis = await self._queue()
+                await redis.enqueue_job(function, *args, _job_id=job_id)
+        except QUEUE_ERRORS as e:
+            raise QueueUnavailable(type(e).__name__) from e
+
+    async def database_ok(self) -> bool:
+        """Whether Postgres answers now."""
+        try:
+            async with self.connection() as conn:
+                await conn.fetchval("SELECT 1")
+        except DB_ERRORS:
+            return False
+        return True
+
+    async def queue_ok(self) -> bool:
+        """Whether Redis answers now."""
+        try:
+            async with asyncio.timeout(QUEUE_TIMEOUT):
+                await (await self._queue()).ping()
+        except QUEUE_ERRORS:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class WebContext:
+    """What the handlers need, carried in Starlette's lifespan state."""
+
+    keys: list[bytes]
+    renderer: pages.Renderer
+    backends: Backends
+
+
+def is_one_click(content_type: str, body: bytes) -> bool:
+    """Whether a POST body is RFC 8058's `List-Unsubscribe=One-Click`.
+
+    RFC 8058 section 3.1: mail clients send it as application/x-www-form-urlencoded or,
+    as the RFC says they SHOULD, as multipart/form-data; both are understood.
+    """
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type == "application/x-www-form-urlencoded":
+        fields = parse_qs(body.decode("latin-1"), keep_blank_values=True)
+        return fields.get("List-Unsubscribe") == ["One-Click"]
+    if media_type != "multipart/form-data":
+        return False
+    # A multipart/form-data body is a MIME multipart entity (RFC 7578): the standard
+    # library's MIME parser reads it once given the Content-Type with its boundary.
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    entity = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not entity.is_multipart():
+        return False
+    for part in entity.get_payload():
+        if not isinstance(part, MimePart):
+            continue
+        if part.get_param("name", header="content-disposition") != "List-Unsubscribe":
+            continue
+        value = part.get_payload(decode=True)
+        if isinstance(value, bytes) and value.strip() == b"One-Click":
+            return True
+    return False
+
+
+async def _small_body(request: Request) -> bytes:
+    """The request body if it is at most MAX_BODY bytes, else nothing."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            return b""
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _page(web: WebContext, page: pages.Page) -> HTMLResponse:
+    return HTMLResponse(web.renderer.render(page), status_code=page.status)
+
+
+async def _client_name(conn: Any, claims: tokens.TokenClaims) -> str | None:
+    name: str | None = await conn.fetchval(
+        "SELECT name FROM clients WHERE token_id = $1", claims.client_id
+    )
+    return name
+
+
+async def unsubscribe_page(request: Request) -> Response:
+    """GET: the confirmation page, naming the list the person is about to leave."""
+    web: WebContext = request.state.web
+    claims = tokens.verify(web.keys, request.path_params["token"])
+    if claims is None:
+        log.info("unsubscribe.invalid_token", method="GET")
+        return _page(web, pages.invalid())
+    marketing = claims.client_id is None
+    client_name = None
+    if not marketing:
+        try:
+            async with web.backends.connection() as conn:
+                client_name = await _client_name(conn, claims)
+        except DB_ERRORS as e:
+            # The page can still be shown, with a generic name; the POST copes on its own.
+            log.warning("web.database_unavailable", error=type(e).__name__)
+        else:
+            if client_name is None:
+                log.info("unsubscribe.unknown_client", method="GET")
+                return _page(web, pages.invalid())
+    return _page(web, pages.confirm(claims.locale, marketing=marketing, client_name=client_name))
+
+
+async def unsubscribe(request: Request) -> Response:
+    """POST: record the opt-out (the page's button, or an RFC 8058 one-click request)."""
+    web: WebContext = request.state.web
+    token = request.path_params["token"]
+    claims = tokens.verify(web.keys, token)
+    if claims is None:
+        log.info("unsubscribe.invalid_token", method="POST")
+        return _page(web, pages.invalid())
+    body = await _small_body(request)
+    source = "one-click" if is_one_click(request.headers.get("content-type", ""), body) else "web"
+    recipient = addresses.recipient_id(claims.email_hash)
+    marketing = claims.client_id is None
+    try:
+        async with web.backends.connection() as conn:
+            client_name = None if marketing else await _client_name(conn, claims)
+            scope = None
+            if marketing or client_name is not None:
+                scope = await optouts.add_from_token(conn, claims, source=source)
+    except DB_ERRORS as e:
+        return await _queue_opt_out(web, token, claims, source, error=type(e).__name__)
+    if scope is None:
+        log.info("unsubscribe.unknown_client", method="POST")
+        return _page(web, pages.invalid())
+    log.info(
+        "opt_out.recorded", scope=optouts.scope_label(scope), recipient=recipient, source=source
+    )
+    return _page(web, pages.done(claims.locale, marketing=marketing, client_name=client_name))
+
+
+async def _queue_opt_out(
+    web: WebContext, token: str, claims: tokens.TokenClaims, source: str, *, error: str
+) -> Response:
+    """Postgres is unavailable: leave the opt-out to the `record_opt_out` job."""
+    recipient = addresses.recipient_id(claims.email_hash)
+    # One job per link however often it is clicked; the id must not reveal the token.
+    job_id = "record_opt_out:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    try:
+        await web.backends.enqueue("record_opt_out", token, source, job_id=job_id)
+    except QueueUnavailable as e:
+        log.error(
+            "opt_out.unavailable", recipient=recipient, source=source, error=error, queue=str(e)
+        )
+        return _page(web, pages.retry(claims.locale))
+    log.warning("opt_out.queued", recipient=recipient, source=source, error=error)
+    return _page(
+        web, pages.pending(claims.locale, marketing=claims.client_id is None, client_name=None)
+    )
+
+
+async def healthz(request: Request) -> Response:
+    """200 while the app can record opt-outs (directly, or through the queue), else 503."""
+    web: WebContext = request.state.web
+    database, job_queue = await asyncio.gather(web.backends.database_ok(), web.backends.queue_ok())
+    status = "ok" if database and job_queue else "degraded" if database or job_queue else "down"
+    return JSONResponse(
+        {"status": status, "database": database, "queue": job_queue},
+        status_code=200 if database or job_queue else 503,
+    )
+
+
+class PrivateResponses:
+    """ASGI middleware: privacy and security headers on every response, one log line each.
+
+    The log line names the route's handler, never the path: the path holds the token.
+    """
+
+    def __init__(self, app: ASGIApp, *, content_security_policy: str) -> None:
+        self.app = app
+        self.headers = {
+            "Content-Security-Policy": content_security_policy,
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "X-Frame-Options": "DENY",
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).update(self.headers)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            endpoint = scope.get("endpoint")
+            log.info(
+                "http.request",
+                method=scope["method"],
+                route=getattr(endpoint, "__name__", "-"),
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+
+def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlette:
+    """The unsubscribe app for these settings, Postgres and Redis."""
+    renderer = pages.Renderer()
+    keys = settings.signing_keys()
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, WebContext]]:
+        backends = Backends(database_url, redis_url)
+        await backends.open()
+        try:
+            yield {"web": WebContext(keys=keys, renderer=renderer, backends=backends)}
+        finally:
+            await backends.close()
+
+    app = Starlette(
+        routes=[
+            Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET"]),
+            Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.add_middleware(PrivateResponses, content_security_policy=renderer.content_security_policy)
+    return app
+
+
+def server(app: ASGIApp, *, host: str, port: int) -> uvicorn.Server:
+    """A uvicorn server for `app` (port 0: any free port), logging through our own logs."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        ws="none",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(settings: Settings, *, database_url: str, redis_url: str, host: str, port: int) -> None:
+    """Run the app until SIGINT or SIGTERM."""
+    log.info("web.starting", host=host, port=port)
+    server(create_app(settings, database_url, redis_url), host=host, port=port).run()

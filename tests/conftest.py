@@ -17,7 +17,8 @@ from worker import db, embedded
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_DB = "survey_test_template"
+# One template per pytest process: two test runs may share the embedded cluster.
+TEMPLATE_DB = f"survey_test_template_{os.getpid()}"
 
 
 def _with_database(url: str, name: str) -> str:
@@ -48,8 +49,16 @@ def services() -> Iterator[embedded.ServiceUrls]:
             finally:
                 await conn.close()
 
+        async def drop_template() -> None:
+            conn = await asyncpg.connect(urls.database_url)
+            try:
+                await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+            finally:
+                await conn.close()
+
         asyncio.run(make_template())
         yield urls
+        asyncio.run(drop_template())
 
 
 @pytest.fixture

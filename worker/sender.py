@@ -291,6 +291,10 @@ async def _send_chunk(
     bound: Any,
 ) -> list[ledger.Outcome]:
     inv_by_id = {inv.id: inv for inv in claimed}
+    if await ledger.campaign_status(conn, campaign.id) != "running":
+        # Paused or cancelled while this chunk waited for its turn.
+        await ledger.release(conn, list(inv_by_id), sender.worker_id)
+        return []
     if sender.limiter is not None:
         # Wait for permits before the opt-out check, so the check stays next to the send.
         await sender.limiter.acquire(len(claimed))

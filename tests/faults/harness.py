@@ -38,7 +38,7 @@ class WorkerProcess:
     def __init__(self, settings: Settings, log_dir: Path, name: str) -> None:
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(  # noqa: S603 - our own entry point
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "worker", "worker"],
             env=env_for(settings),
             cwd=ROOT,
@@ -55,11 +55,9 @@ class WorkerProcess:
     async def terminate(self, timeout: float = 30) -> int:
         """SIGTERM, then wait for the process to exit; returns its exit status."""
         self.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        code = self.process.poll()
-        if code is None:
+        try:
+            code = await asyncio.to_thread(self.process.wait, timeout)
+        except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait(10)
         self._log.close()

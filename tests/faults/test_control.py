@@ -1,0 +1,120 @@
+"""Pause, resume and cancel through the real CLI, and a send rate shared by two workers."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+
+import asyncpg
+
+from tests.faults.harness import (
+    ROOT,
+    WorkerProcess,
+    campaign_status,
+    env_for,
+    ledger_rows,
+    wait_until,
+)
+from tests.support.pipeline import add_client, csv_of, launch, received_by
+from tests.support.smtp import RecordingHandler
+from worker.settings import Settings
+
+SMTP = tuple[RecordingHandler, int]
+Spawn = Callable[[Settings], WorkerProcess]
+
+
+def cli(settings: Settings, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env_for(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+async def at_least(handler: RecordingHandler, n: int) -> None:
+    async def check() -> bool:
+        return len(handler.messages) >= n
+
+    await wait_until(check, what=f"{n} messages")
+
+
+async def test_pause_stops_sending_and_resume_finishes(
+    pg: asyncpg.Pool, fast: Settings, smtp: SMTP, spawn: Spawn
+) -> None:
+    handler = smtp[0]
+    handler.data_delay = 0.05
+    await add_client(pg, "acme")
+    emails = [f"p{i:02d}@example.com" for i in range(60)]
+    report = await launch(pg, fast, csv_of(*emails))
+    spawn(fast)
+    await at_least(handler, 8)
+    assert cli(fast, "pause", str(report.campaign_id)).endswith("paused")
+    assert cli(fast, "pause", str(report.campaign_id)).endswith("(unchanged)")
+    at_pause = len(handler.messages)
+    await asyncio.sleep(1.5)
+    # The chunk in flight may finish; nothing after it.
+    assert len(handler.messages) <= at_pause + fast.smtp_connections
+    paused_count = len(handler.messages)
+    await asyncio.sleep(1.0)
+    assert len(handler.messages) == paused_count
+    assert cli(fast, "resume", str(report.campaign_id)).endswith("running")
+    assert fast.database_url is not None
+    url = fast.database_url
+
+    async def done() -> bool:
+        return await campaign_status(url, report.campaign_id) == "completed"
+
+    await wait_until(done, what="completion after resume")
+    assert received_by(handler.messages) == dict.fromkeys(emails, 1)
+
+
+async def test_cancel_marks_the_rest_cancelled_and_sends_nothing_more(
+    pg: asyncpg.Pool, fast: Settings, smtp: SMTP, spawn: Spawn
+) -> None:
+    handler = smtp[0]
+    handler.data_delay = 0.05
+    await add_client(pg, "acme")
+    emails = [f"p{i:02d}@example.com" for i in range(60)]
+    report = await launch(pg, fast, csv_of(*emails))
+    spawn(fast)
+    await at_least(handler, 8)
+    assert cli(fast, "cancel", str(report.campaign_id)).endswith("cancelled")
+    at_cancel = len(handler.messages)
+    await asyncio.sleep(1.5)
+    assert len(handler.messages) <= at_cancel + fast.smtp_connections
+    assert cli(fast, "cancel", str(report.campaign_id)).endswith("(unchanged)")
+    assert fast.database_url is not None
+    ledger = await ledger_rows(fast.database_url, report.campaign_id)
+    states = {r["state"] for r in ledger.values()}
+    assert states <= {"sent", "cancelled"}
+    sent = {a for a, r in ledger.items() if r["state"] == "sent"}
+    assert set(received_by(handler.messages)) == sent
+    assert await campaign_status(fast.database_url, report.campaign_id) == "cancelled"
+
+
+async def test_two_workers_share_one_send_rate(
+    pg: asyncpg.Pool, fast: Settings, smtp: SMTP, spawn: Spawn
+) -> None:
+    handler = smtp[0]
+    rate = 10
+    settings = fast.model_copy(update={"send_rate": float(rate), "slice_size": 10})
+    await add_client(pg, "acme")
+    emails = [f"p{i:02d}@example.com" for i in range(60)]
+    await launch(pg, settings, csv_of(*emails))
+    spawn(settings)
+    spawn(settings)
+    await at_least(handler, len(emails))
+    # At `rate` messages per one-second window in total, 60 messages span six windows:
+    # at least four seconds from the first to the last even if the first window was
+    # nearly over; two workers at `rate` each would need half that. A slow machine can
+    # only make it longer.
+    assert handler.arrivals[-1] - handler.arrivals[0] >= len(emails) / rate - 2
+    assert received_by(handler.messages) == dict.fromkeys(emails, 1)

@@ -14,7 +14,7 @@ import structlog
 from arq import Retry
 from arq.connections import ArqRedis
 
-from worker import addresses, db, ledger, optouts, sender, tokens
+from worker import addresses, db, ledger, optouts, privacy, sender, tokens
 from worker.errors import SuppressionUnavailable, WorkerStopping
 from worker.mailer import SmtpConfig, SmtpPool
 from worker.ratelimit import RateLimiter
@@ -58,6 +58,17 @@ async def shutdown(ctx: Context) -> None:
     await ctx["pool"].close()
 
 
+def _malformed(ctx: Context, *ids: object) -> bool:
+    """True (and logged) when a job's arguments are not the ids it takes.
+
+    Platforms enqueue jobs directly; a bad payload must end that job, not crash or loop.
+    """
+    if all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids):
+        return False
+    log.error("job.malformed", job_id=ctx["job_id"], arguments=[type(i).__name__ for i in ids])
+    return True
+
+
 def _retry_delay(ctx: Context) -> float:
     return float(min(2 ** ctx["job_try"], 60))
 
@@ -67,6 +78,8 @@ async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
 
     Running it twice only enqueues slices that find nothing left to claim.
     """
+    if _malformed(ctx, campaign_id):
+        return {"slices": 0}
     settings = ctx["settings"]
     try:
         async with ctx["pool"].acquire() as conn:
@@ -106,6 +119,8 @@ async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int
     If the opt-out check or the database fails, nothing more is sent and the job retries.
     Deferred invitations bring the slice back when the first of them is due.
     """
+    if _malformed(ctx, campaign_id, first_id, last_id):
+        return {"counts": {}}
     try:
         result = await sender.send_slice(
             ctx["sender"], campaign_id, first_id, last_id, job_id=ctx["job_id"]
@@ -138,6 +153,8 @@ async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int
 
 async def send_invitation(ctx: Context, invitation_id: int) -> dict[str, Any]:
     """Send one invitation (one-off and test sends); a no-op once it reached a final state."""
+    if _malformed(ctx, invitation_id):
+        return {"counts": {}}
     async with ctx["pool"].acquire() as conn:
         campaign_id = await conn.fetchval(
             "SELECT campaign_id FROM invitations WHERE id = $1", invitation_id
@@ -151,6 +168,9 @@ async def send_invitation(ctx: Context, invitation_id: int) -> dict[str, Any]:
 async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any]:
     """Record the opt-out an unsubscribe token asks for (clicks the web app could not
     store at once). Idempotent: an opt-out already on the list is left as it is."""
+    if not isinstance(token, str) or not isinstance(source, str):
+        log.error("job.malformed", job_id=ctx["job_id"])
+        return {"recorded": False}
     claims = tokens.verify(ctx["settings"].signing_keys(), token)
     if claims is None:
         log.warning("opt_out.invalid_token", source=source, job_id=ctx["job_id"])
@@ -210,3 +230,12 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
         await ctx["redis"].enqueue_job("launch_campaign", campaign_id)
         log.warning("campaign.redriven", campaign_id=campaign_id, job_id=ctx["job_id"])
     return {"unknown": len(lost), "completed": completed, "redriven": len(stalled)}
+
+
+async def purge(ctx: Context) -> dict[str, Any]:
+    """Retention (daily cron): delete the invitations of campaigns that ended more than
+    RETENTION_DAYS ago. Running it again deletes nothing more; opt-outs are never touched.
+    A run that fails (database down) is not retried: the next day's run does its work."""
+    async with ctx["pool"].acquire() as conn:
+        report = await privacy.purge(conn, retention_days=ctx["settings"].retention_days)
+    return {"campaigns": report.campaigns, "invitations": report.invitations}

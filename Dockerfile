@@ -21,5 +21,8 @@ RUN pip install -e . \
     && chown -R survey /app
 
 USER survey
+# Healthy while this container's worker refreshes its heartbeat in Redis (every 10 s).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["survey-worker", "health"]
 ENTRYPOINT ["survey-worker"]
 CMD ["worker"]

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 import pytest
-import structlog
 from pydantic import SecretStr
-from structlog.testing import capture_logs
 
 from tests.support.pipeline import add_client, run_workers
-from tests.support.web import assert_private, email_hash, serving, token_for, token_id
+from tests.support.web import email_hash, private_logs, serving, token_for, token_id
 from worker import embedded, web
 from worker.settings import Settings
 
@@ -26,13 +24,9 @@ SECURITY_HEADERS = {
 
 
 @pytest.fixture(autouse=True)
-def private_logs() -> Iterator[list[dict[str, object]]]:
-    """Capture every log line of the test and check, after it, that none holds an address
-    or a token."""
-    structlog.reset_defaults()
-    with capture_logs() as logs:
-        yield logs
-    assert_private(orjson.dumps(logs, default=str).decode(), [ANN])
+def logs() -> Iterator[list[dict[str, Any]]]:
+    with private_logs() as captured:
+        yield captured
 
 
 async def opt_outs(pool: asyncpg.Pool) -> list[tuple[str, str | None, str]]:
@@ -208,7 +202,7 @@ def closed_database_url() -> str:
 
 
 async def test_postgres_down_queues_the_click_and_the_job_records_it(
-    pg: asyncpg.Pool, settings: Settings, private_logs: list[dict[str, object]]
+    pg: asyncpg.Pool, settings: Settings, logs: list[dict[str, Any]]
 ) -> None:
     await add_client(pg, "acme", "Acme Research")
     token = token_for(settings, ANN, await token_id(pg, "acme"), locale="fr")
@@ -228,7 +222,7 @@ async def test_postgres_down_queues_the_click_and_the_job_records_it(
     assert health.status_code == 200
     assert health.json() == {"status": "degraded", "database": False, "queue": True}
     assert await opt_outs(pg) == []
-    assert "opt_out.queued" in {e["event"] for e in private_logs}
+    assert "opt_out.queued" in {e["event"] for e in logs}
 
     await run_workers(settings)
     assert await opt_outs(pg) == [("acme", None, "one-click")]
@@ -270,19 +264,19 @@ async def test_healthz_and_unknown_paths_carry_the_headers(settings: Settings) -
 
 
 async def test_request_log_lines_name_the_route_not_the_path(
-    pg: asyncpg.Pool, settings: Settings, private_logs: list[dict[str, object]]
+    pg: asyncpg.Pool, settings: Settings, logs: list[dict[str, Any]]
 ) -> None:
     await add_client(pg, "acme")
     token = token_for(settings, ANN, await token_id(pg, "acme"))
     async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
         await client.get(f"/unsubscribe/{token}")
         await client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
-    requests = [e for e in private_logs if e["event"] == "http.request"]
+    requests = [e for e in logs if e["event"] == "http.request"]
     assert [(e["method"], e["route"], e["status"]) for e in requests] == [
         ("GET", "unsubscribe_page", 200),
         ("POST", "unsubscribe", 200),
     ]
-    recorded = next(e for e in private_logs if e["event"] == "opt_out.recorded")
+    recorded = next(e for e in logs if e["event"] == "opt_out.recorded")
     assert recorded["scope"] == "client:acme"
     assert recorded["source"] == "one-click"
     assert len(str(recorded["recipient"])) == 16

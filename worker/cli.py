@@ -19,7 +19,7 @@ import structlog
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from worker import addresses, campaigns, db, embedded, ledger, logs, optouts, queue
+from worker import addresses, campaigns, db, embedded, ledger, logs, optouts, privacy, queue
 from worker.errors import ConfigError, SurveyWorkerError
 from worker.render import TemplateStore
 from worker.settings import Settings
@@ -463,3 +463,122 @@ def demo(output: Path) -> None:
     os.environ.setdefault("APP_ENV", "demo")
     with _clear_errors():
         demo_run.main(output)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on.",
+)
+def web(host: str, port: int) -> None:
+    """Run the unsubscribe web app: GET /unsubscribe/TOKEN asks, POST records the opt-out."""
+    from worker import web as web_app
+
+    with environment(secrets=True) as env:
+        if env.settings.database_url is None:
+            # Embedded Postgres: migrate it. A configured one may be down right now, and the
+            # app must start anyway (it queues clicks until Postgres is back).
+            run(env, lambda conn: asyncio.sleep(0))
+        with _clear_errors():
+            web_app.serve(
+                env.settings,
+                database_url=env.urls.database_url,
+                redis_url=env.urls.redis_url,
+                host=host,
+                port=port,
+            )
+
+
+def _not_blank(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("must not be empty", param_hint=f"--{param.name}")
+    return value.strip()
+
+
+def _address_hash(env: Env, email: str) -> bytes:
+    with _clear_errors():
+        normalised = addresses.normalise(email)
+    return addresses.address_hash(env.settings.hash_key(), normalised)
+
+
+@main.command()
+@click.argument("email")
+@click.option("--client", "client_id", help="Take EMAIL off this client's opt-out list.")
+@click.option("--marketing", is_flag=True, help="Take EMAIL off the marketing opt-out list.")
+@click.option("--actor", required=True, callback=_not_blank, help="Who reverses it.")
+@click.option("--reason", required=True, callback=_not_blank, help="Why, for the audit trail.")
+def resubscribe(
+    email: str, client_id: str | None, marketing: bool, actor: str, reason: str
+) -> None:
+    """Reverse an opt-out on the privacy contact's request (audited; privacy_officer role)."""
+    scope = _scope(client_id, marketing)
+    with environment(secrets=True) as env:
+        email_hash = _address_hash(env, email)
+        removed = run(
+            env,
+            lambda conn: privacy.resubscribe(
+                conn, scope, email_hash=email_hash, actor=actor, reason=reason
+            ),
+        )
+    click.echo("opt-out reversed" if removed else "not on that list; nothing changed")
+
+
+@main.command("export-opt-outs")
+@click.option("--client", "client_id", help="Export this client's opt-out list.")
+@click.option("--marketing", is_flag=True, help="Export the marketing opt-out list.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CSV file to write (default: standard output).",
+)
+def export_opt_outs(client_id: str | None, marketing: bool, output: Path | None) -> None:
+    """Write one opt-out list as CSV: email,opted_out_at,source."""
+    scope = _scope(client_id, marketing)
+    with (
+        environment() as env,
+        _clear_errors(),
+        # Atomic: a failed export leaves no half-written file behind.
+        click.open_file(
+            str(output or "-"), "w", encoding="utf-8", atomic=output is not None
+        ) as out,
+    ):
+        report = run(env, lambda conn: privacy.export_opt_outs(conn, scope, out))
+    if report.without_address:
+        click.echo(
+            f"{report.without_address} entries without a stored address (erased) not exported",
+            err=True,
+        )
+    click.echo(f"{report.exported} opt-outs exported", err=True)
+
+
+@main.command()
+@click.argument("email")
+@click.option("--actor", required=True, callback=_not_blank, help="Who carries out the request.")
+def erase(email: str, actor: str) -> None:
+    """Erase EMAIL everywhere; its keyed hash stays, so its opt-outs still apply."""
+    with environment(secrets=True) as env:
+        email_hash = _address_hash(env, email)
+        report = run(env, lambda conn: privacy.erase(conn, email_hash=email_hash, actor=actor))
+    click.echo(
+        f"erased from {report.invitations} invitations, {report.client_opt_outs} client "
+        f"opt-out entries and {report.marketing_opt_outs} marketing opt-out entries"
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def purge(as_json: bool) -> None:
+    """Delete the invitations of campaigns that ended more than RETENTION_DAYS ago."""
+    with environment() as env:
+        days = env.settings.retention_days
+        report = run(env, lambda conn: privacy.purge(conn, retention_days=days))
+    _emit(
+        as_json,
+        {"campaigns": report.campaigns, "invitations": report.invitations, "retention_days": days},
+        f"purged {report.invitations} invitations of {report.campaigns} campaigns that ended "
+        f"more than {days} days ago",
+    )

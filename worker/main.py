@@ -29,7 +29,10 @@ class WorkerSettings:
     max_tries = 50
     max_jobs = 10
     keep_result = 60
-    cron_jobs: ClassVar[list[CronJob]] = []
+    cron_jobs: ClassVar[list[CronJob]] = [
+        # Retention, daily at a quiet hour (UTC); `unique` lets one worker run it.
+        cron(jobs.purge, name="purge", hour={3}, minute={17}),  # type: ignore[arg-type]
+    ]
 
 
 def health_key() -> str:

@@ -1,0 +1,254 @@
+"""Privacy operations: reversing an opt-out, exporting a list, erasing an address, retention.
+
+Each function works over one connection. The privacy contact's operations run in one
+transaction each and first switch to the `privacy_officer` database role when the connected
+user is a member of it (sql/002_roles.sql), so Postgres itself checks that the role may do
+what is asked; they audit what they did, without the clear address.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from datetime import UTC
+from typing import IO
+
+import structlog
+
+from worker import addresses
+from worker.db import Conn
+from worker.errors import SurveyWorkerError
+from worker.optouts import scope_label
+from worker.suppression import Scope
+
+log = structlog.get_logger("worker.privacy")
+
+PRIVACY_ROLE = "privacy_officer"
+EXPORT_HEADER = ("email", "opted_out_at", "source")
+# Rows fetched per round trip while streaming an export, and deleted per statement while
+# purging: large enough to be fast, small enough to keep memory and lock times flat.
+EXPORT_PREFETCH = 1_000
+PURGE_BATCH = 10_000
+
+
+class PrivacyRequestError(SurveyWorkerError):
+    """A privacy request cannot be carried out as asked; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """How many entries an export wrote, and how many it left out for lack of an address."""
+
+    exported: int
+    without_address: int
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    """How many rows lost the clear address, per table."""
+
+    invitations: int
+    client_opt_outs: int
+    marketing_opt_outs: int
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    """What a retention run deleted."""
+
+    campaigns: int
+    invitations: int
+
+
+def _required(value: str, what: str) -> str:
+    value = value.strip()
+    if not value:
+        raise PrivacyRequestError(f"{what} must not be empty")
+    return value
+
+
+async def act_as(conn: Conn, role: str) -> bool:
+    """Switch to `role` for the rest of the current transaction if the user may; True if so.
+
+    A user that is not a member keeps its own privileges, and Postgres decides.
+    """
+    if not await conn.fetchval("SELECT pg_has_role(current_user, $1, 'MEMBER')", role):
+        return False
+    # SET LOCAL ROLE takes no bind parameters; the role is one of our fixed names.
+    await conn.execute(f'SET LOCAL ROLE "{role}"')
+    return True
+
+
+async def check_scope(conn: Conn, scope: Scope) -> None:
+    """Refuse a client's list when there is no such client."""
+    if scope.kind == "survey" and not await conn.fetchval(
+        "SELECT true FROM clients WHERE id = $1", scope.client_id
+    ):
+        raise PrivacyRequestError(f"unknown client {scope.client_id!r}")
+
+
+async def resubscribe(
+    conn: Conn, scope: Scope, *, email_hash: bytes, actor: str, reason: str
+) -> bool:
+    """Take an address off an opt-out list on the privacy contact's request.
+
+    Writes an audit row with `actor` and `reason` (both required) and logs
+    `opt_out.reversed`; returns False, changing nothing, if the address was not on the list.
+    """
+    actor = _required(actor, "the actor")
+    reason = _required(reason, "the reason")
+    async with conn.transaction():
+        await act_as(conn, PRIVACY_ROLE)
+        await check_scope(conn, scope)
+        if scope.kind == "marketing":
+            removed = await conn.fetchval(
+                "DELETE FROM marketing_opt_outs WHERE email_hash = $1 RETURNING true",
+                email_hash,
+            )
+        else:
+            removed = await conn.fetchval(
+                """DELETE FROM client_opt_outs WHERE client_id = $1 AND email_hash = $2
+                   RETURNING true""",
+                scope.client_id,
+                email_hash,
+            )
+        if removed:
+            await conn.execute(
+                """INSERT INTO opt_out_audit (action, scope, email_hash, actor, reason)
+                   VALUES ('resubscribe', $1, $2, $3, $4)""",
+                scope_label(scope),
+                email_hash,
+                actor,
+                reason,
+            )
+    if removed:
+        log.info(
+            "opt_out.reversed",
+            scope=scope_label(scope),
+            recipient=addresses.recipient_id(email_hash),
+        )
+    return bool(removed)
+
+
+async def export_opt_outs(conn: Conn, scope: Scope, out: IO[str]) -> ExportReport:
+    """Write one opt-out list as CSV (`email,opted_out_at,source`) to `out`.
+
+    Only the entries of `scope` are read. Rows are streamed through a server-side cursor, so
+    the list never sits in memory whatever its size. Entries without a stored address
+    (erased, or recorded from a link after retention) cannot be exported and are counted.
+    """
+    writer = csv.writer(out)
+    writer.writerow(EXPORT_HEADER)
+    exported = without_address = 0
+    if scope.kind == "marketing":
+        query = "SELECT email, created_at, source FROM marketing_opt_outs ORDER BY created_at"
+        args: tuple[str, ...] = ()
+    else:
+        query = """SELECT email, created_at, source FROM client_opt_outs
+                   WHERE client_id = $1 ORDER BY created_at"""
+        args = (scope.client_id,)
+    async with conn.transaction(readonly=True):
+        await act_as(conn, PRIVACY_ROLE)
+        await check_scope(conn, scope)
+        async for row in conn.cursor(query, *args, prefetch=EXPORT_PREFETCH):
+            if row["email"] is None:
+                without_address += 1
+                continue
+            opted_out_at = row["created_at"].astimezone(UTC).isoformat(timespec="seconds")
+            writer.writerow((row["email"], opted_out_at, row["source"]))
+            exported += 1
+    return ExportReport(exported=exported, without_address=without_address)
+
+
+async def erase(conn: Conn, *, email_hash: bytes, actor: str) -> ErasureReport:
+    """Remove an address's personal data everywhere, keeping its keyed hash.
+
+    In one transaction the clear address is set to NULL on every invitation and opt-out
+    entry, and the invitations' template variables (names, personal links) are emptied.
+    The hashes stay, so the person remains suppressed wherever they opted out; an invitation
+    not sent yet can no longer be sent. Writes an audit row and logs `address.erased`.
+    """
+    actor = _required(actor, "the actor")
+    async with conn.transaction():
+        await act_as(conn, PRIVACY_ROLE)
+        invitations = await conn.execute(
+            """UPDATE invitations SET email = NULL, vars = '{}', updated_at = now()
+               WHERE email_hash = $1 AND (email IS NOT NULL OR vars <> '{}')""",
+            email_hash,
+        )
+        client_lists = await conn.execute(
+            """UPDATE client_opt_outs SET email = NULL
+               WHERE email_hash = $1 AND email IS NOT NULL""",
+            email_hash,
+        )
+        marketing = await conn.execute(
+            """UPDATE marketing_opt_outs SET email = NULL
+               WHERE email_hash = $1 AND email IS NOT NULL""",
+            email_hash,
+        )
+        await conn.execute(
+            """INSERT INTO opt_out_audit (action, scope, email_hash, actor, reason)
+               VALUES ('erase', 'all', $1, $2, 'erasure request')""",
+            email_hash,
+            actor,
+        )
+    report = ErasureReport(
+        invitations=_count(invitations),
+        client_opt_outs=_count(client_lists),
+        marketing_opt_outs=_count(marketing),
+    )
+    log.info(
+        "address.erased",
+        recipient=addresses.recipient_id(email_hash),
+        invitations=report.invitations,
+        client_opt_outs=report.client_opt_outs,
+        marketing_opt_outs=report.marketing_opt_outs,
+    )
+    return report
+
+
+async def purge(conn: Conn, *, retention_days: int) -> PurgeReport:
+    """Delete the invitations of campaigns that ended more than `retention_days` ago.
+
+    A campaign has ended when it is completed, cancelled or failed. Its row stays (it holds
+    no personal data); opt-outs and bounces are never touched, so suppression is not
+    weakened, and unsubscribe links from purged messages keep working because the token
+    carries all the opt-out needs. Deletes in batches; safe to run again at any time.
+    """
+    campaign_ids: list[int] = [
+        r["id"]
+        for r in await conn.fetch(
+            """SELECT c.id FROM campaigns c
+               WHERE c.status IN ('completed', 'cancelled', 'failed')
+                 AND c.completed_at < now() - make_interval(days => $1)
+                 AND EXISTS (SELECT 1 FROM invitations i WHERE i.campaign_id = c.id)
+               ORDER BY c.id""",
+            retention_days,
+        )
+    ]
+    deleted = 0
+    for campaign_id in campaign_ids:
+        while True:
+            status = await conn.execute(
+                """DELETE FROM invitations WHERE id IN (
+                       SELECT id FROM invitations WHERE campaign_id = $1 LIMIT $2)""",
+                campaign_id,
+                PURGE_BATCH,
+            )
+            count = _count(status)
+            deleted += count
+            if count < PURGE_BATCH:
+                break
+    report = PurgeReport(campaigns=len(campaign_ids), invitations=deleted)
+    log.info(
+        "retention.purged",
+        retention_days=retention_days,
+        campaigns=report.campaigns,
+        invitations=report.invitations,
+    )
+    return report
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as `UPDATE 3`."""
+    return int(status.rsplit(" ", 1)[-1])

@@ -9,17 +9,23 @@ then a summary and a few of the worker's decision log lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.parser
+import email.policy
 import io
 import os
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import click
 import orjson
 
-from worker import addresses, campaigns, db, embedded, ledger, optouts, queue, sink
+from worker import addresses, campaigns, db, embedded, ledger, optouts, privacy, queue, sink
 from worker.render import TemplateStore
 from worker.settings import Settings
 from worker.suppression import Scope
@@ -54,6 +60,9 @@ PEOPLE = [
 CLIENT_OPT_OUTS = ("oliver", "bram", "manon")  # on Acme's own opt-out list
 MARKETING_ONLY = "isla"  # opted out of the firm's marketing mail only: still invited
 OTHER_CLIENT = "milan"  # opted out of Globex's surveys only: still invited by Acme
+UNSUBSCRIBER = "grace"  # unsubscribes with one click after the first campaign
+NEWCOMER = "Zoe"  # only in the follow-up campaign
+WEB_START_TIMEOUT = 30.0
 
 
 def _address(first_name: str) -> str:
@@ -68,7 +77,9 @@ def recipients_csv() -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-async def _prepare(settings: Settings, urls: embedded.ServiceUrls) -> int:
+async def _prepare(settings: Settings, urls: embedded.ServiceUrls) -> bool:
+    """Clients and opt-out lists as the demo needs them; True if a previous run's one-click
+    opt-out was reversed."""
     conn = await asyncpg.connect(urls.database_url)
     try:
         await db.migrate(conn)
@@ -91,6 +102,26 @@ async def _prepare(settings: Settings, urls: embedded.ServiceUrls) -> int:
                 source="demo",
                 actor="demo",
             )
+        # A previous run unsubscribed this person through the web app: the privacy contact's
+        # reversal puts them back, so that every run shows the same thing.
+        return await privacy.resubscribe(
+            conn,
+            Scope("survey", "acme"),
+            email_hash=addresses.address_hash(key, _address(UNSUBSCRIBER.capitalize())),
+            actor="demo",
+            reason="demo reset: the demo unsubscribes this person again",
+        )
+    finally:
+        await conn.close()
+
+
+async def _launch(
+    settings: Settings, urls: embedded.ServiceUrls, name: str, recipients: bytes
+) -> int:
+    """Create an Acme survey campaign and enqueue it; return its id."""
+    conn = await asyncpg.connect(urls.database_url)
+    try:
+        await db.init_connection(conn)
         report = await campaigns.launch(
             conn,
             campaigns.LaunchRequest(
@@ -98,12 +129,12 @@ async def _prepare(settings: Settings, urls: embedded.ServiceUrls) -> int:
                 template="invitation",
                 kind="survey",
                 survey_url="https://survey.acme-research.example/customer-2026",
-                name="Customer satisfaction 2026 (demo)",
+                name=name,
                 locale="en",
             ),
-            io.BytesIO(recipients_csv()),
+            io.BytesIO(recipients),
             templates=TemplateStore(settings.templates_dir),
-            hash_key=key,
+            hash_key=settings.hash_key(),
             progress=lambda _n: None,
         )
     finally:
@@ -137,6 +168,7 @@ def main(output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
     for old in output.glob("*.eml"):
         old.unlink()
+    web_base = f"http://127.0.0.1:{embedded.free_port()}"
     with (
         embedded.services(
             database_url=settings.database_url,
@@ -147,7 +179,14 @@ def main(output: Path) -> None:
     ):
         click.echo(f"Postgres: {urls.database_url}\nRedis:    {urls.redis_url}")
         click.echo(f"SMTP sink on 127.0.0.1:{smtp_port}, saving messages to {output}/")
-        campaign_id = asyncio.run(_prepare(settings, urls))
+        if asyncio.run(_prepare(settings, urls)):
+            click.echo(
+                "reset: the previous run's one-click opt-out was reversed as the privacy "
+                "contact would (`survey-worker resubscribe`), so every run shows the same"
+            )
+        campaign_id = asyncio.run(
+            _launch(settings, urls, "Customer satisfaction 2026 (demo)", recipients_csv())
+        )
         click.echo(f"campaign {campaign_id} launched for client acme, 25 recipients")
         env = {
             **os.environ,
@@ -158,21 +197,126 @@ def main(output: Path) -> None:
             "SMTP_PORT": str(smtp_port),
             "SMTP_TLS": "none",
             "LOG_FORMAT": "json",
+            # The links in the messages lead to the web app this demo runs.
+            "PUBLIC_BASE_URL": web_base,
         }
         log_path = output / "worker.log"
+        log_path.unlink(missing_ok=True)
         click.echo("running a worker until the queue is empty ...")
-        with log_path.open("wb") as log_file:
-            done = subprocess.run(
-                [sys.executable, "-m", "worker", "worker", "--burst"],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        if done.returncode != 0:
-            raise click.ClickException(f"the worker failed; see {log_path}")
+        _run_worker(env, log_path)
         status, counts, reasons = asyncio.run(_summary(urls, campaign_id))
-    _print_summary(campaign_id, status, counts, reasons, output, log_path)
+        _print_summary(campaign_id, status, counts, reasons, output, log_path)
+        with _web_app(env, web_base, output / "web.log"):
+            _unsubscribe_and_follow_up(settings, urls, env, output, log_path)
+
+
+def _run_worker(env: dict[str, str], log_path: Path) -> None:
+    """Run a real worker process until the queue is empty, appending to its log."""
+    with log_path.open("ab") as log_file:
+        done = subprocess.run(
+            [sys.executable, "-m", "worker", "worker", "--burst"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise click.ClickException(f"the worker failed; see {log_path}")
+
+
+@contextlib.contextmanager
+def _web_app(env: dict[str, str], base: str, log_path: Path) -> Iterator[None]:
+    """Run `survey-worker web` at `base` until the block ends."""
+    port = base.rpartition(":")[2]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(  # noqa: S603 - this interpreter, arguments built here
+            [sys.executable, "-m", "worker", "web", "--host", "127.0.0.1", "--port", port],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_healthy(process, base, log_path)
+            click.echo(f"\nunsubscribe web app on {base} (log: {log_path})")
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_until_healthy(process: subprocess.Popen[bytes], base: str, log_path: Path) -> None:
+    deadline = time.monotonic() + WEB_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(f"the web app stopped; see {log_path}")
+        # A fixed http://127.0.0.1 URL of the app this demo started.
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{base}/healthz", timeout=2) as response,  # noqa: S310
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.1)
+    raise click.ClickException(f"the web app did not start in time; see {log_path}")
+
+
+def _one_click(link: str) -> int:
+    """POST RFC 8058's one-click body to an unsubscribe link, as a mail client does."""
+    request = urllib.request.Request(  # noqa: S310 - the demo's own http://127.0.0.1 app
+        link,
+        data=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        status: int = response.status
+        return status
+
+
+def _unsubscribe_link(output: Path, recipient: str) -> str:
+    """The List-Unsubscribe URL of the saved message to `recipient`."""
+    parser = email.parser.BytesParser(policy=email.policy.default)
+    for path in sorted(output.glob("*.eml")):
+        headers = parser.parsebytes(path.read_bytes(), headersonly=True)
+        if recipient in str(headers["To"]):
+            return str(headers["List-Unsubscribe"]).strip("<>")
+    raise click.ClickException(f"no saved message to {recipient}")
+
+
+def _unsubscribe_and_follow_up(
+    settings: Settings,
+    urls: embedded.ServiceUrls,
+    env: dict[str, str],
+    output: Path,
+    log_path: Path,
+) -> None:
+    """One person unsubscribes with one click; the next campaign does not mail them."""
+    person = _address(UNSUBSCRIBER.capitalize())
+    link = _unsubscribe_link(output, person)
+    click.echo(f"unsubscribe link in the message to {person}:\n  {link}")
+    status = _one_click(link)
+    click.echo(f"one-click POST (RFC 8058, List-Unsubscribe=One-Click): HTTP {status}")
+    follow_up = [person, _address(NEWCOMER)]
+    csv_bytes = ("email\n" + "".join(f"{e}\n" for e in follow_up)).encode()
+    campaign_id = asyncio.run(_launch(settings, urls, "Follow-up (demo)", csv_bytes))
+    click.echo(f"\nfollow-up campaign {campaign_id} to {' and '.join(follow_up)} ...")
+    _run_worker(env, log_path)
+    _print_counts(campaign_id, *asyncio.run(_summary(urls, campaign_id)))
+    click.echo(f"{person} unsubscribed with one click and was not mailed again.")
+
+
+def _print_counts(
+    campaign_id: int, status: str, counts: dict[str, int], reasons: dict[str, int]
+) -> None:
+    click.echo(f"campaign {campaign_id}: {status}")
+    for state, n in sorted(counts.items()):
+        click.echo(f"  {state:<11} {n}")
+    for key, n in reasons.items():
+        click.echo(f"    {key.replace(':', ' by ')}: {n}")
 
 
 def _print_summary(
@@ -183,11 +327,8 @@ def _print_summary(
     output: Path,
     log_path: Path,
 ) -> None:
-    click.echo(f"\ncampaign {campaign_id}: {status}")
-    for state, n in sorted(counts.items()):
-        click.echo(f"  {state:<11} {n}")
-    for key, n in reasons.items():
-        click.echo(f"    {key.replace(':', ' by ')}: {n}")
+    click.echo("")
+    _print_counts(campaign_id, status, counts, reasons)
     emls = sorted(output.glob("*.eml"))
     click.echo(f"\n{len(emls)} messages saved in {output}/, e.g. {emls[0] if emls else '-'}")
     click.echo("\na few decision log lines (recipients are keyed hashes, never addresses):")

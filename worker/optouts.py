@@ -44,15 +44,31 @@ async def add(
                 source,
             )
         if inserted:
-            await conn.execute(
-                """INSERT INTO opt_out_audit (action, scope, email_hash, actor, reason)
-                   VALUES ('opt_out', $1, $2, $3, $4)""",
+            await audit(
+                conn,
+                "opt_out",
                 scope_label(scope),
-                email_hash,
-                actor,
-                source,
+                email_hash=email_hash,
+                actor=actor,
+                reason=source,
             )
     return bool(inserted)
+
+
+async def audit(
+    conn: Conn, action: str, scope: str, *, email_hash: bytes, actor: str, reason: str | None
+) -> None:
+    """Write an `opt_out_audit` row: `action` is opt_out, resubscribe or erase; `scope` a
+    `scope_label`, or "all". The row holds the keyed hash, never the address."""
+    await conn.execute(
+        """INSERT INTO opt_out_audit (action, scope, email_hash, actor, reason)
+           VALUES ($1, $2, $3, $4, $5)""",
+        action,
+        scope,
+        email_hash,
+        actor,
+        reason,
+    )
 
 
 async def scope_of(conn: Conn, claims: TokenClaims) -> Scope | None:

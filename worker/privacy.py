@@ -15,10 +15,9 @@ from typing import IO
 
 import structlog
 
-from worker import addresses
+from worker import addresses, optouts
 from worker.db import Conn
 from worker.errors import SurveyWorkerError
-from worker.optouts import scope_label
 from worker.suppression import Scope
 
 log = structlog.get_logger("worker.privacy")
@@ -113,18 +112,18 @@ async def resubscribe(
                 email_hash,
             )
         if removed:
-            await conn.execute(
-                """INSERT INTO opt_out_audit (action, scope, email_hash, actor, reason)
-                   VALUES ('resubscribe', $1, $2, $3, $4)""",
-                scope_label(scope),
-                email_hash,
-                actor,
-                reason,
+            await optouts.audit(
+                conn,
+                "resubscribe",
+                optouts.scope_label(scope),
+                email_hash=email_hash,
+                actor=actor,
+                reason=reason,
             )
     if removed:
         log.info(
             "opt_out.reversed",
-            scope=scope_label(scope),
+            scope=optouts.scope_label(scope),
             recipient=addresses.recipient_id(email_hash),
         )
     return bool(removed)
@@ -186,11 +185,8 @@ async def erase(conn: Conn, *, email_hash: bytes, actor: str) -> ErasureReport:
                WHERE email_hash = $1 AND email IS NOT NULL""",
             email_hash,
         )
-        await conn.execute(
-            """INSERT INTO opt_out_audit (action, scope, email_hash, actor, reason)
-               VALUES ('erase', 'all', $1, $2, 'erasure request')""",
-            email_hash,
-            actor,
+        await optouts.audit(
+            conn, "erase", "all", email_hash=email_hash, actor=actor, reason="erasure request"
         )
     report = ErasureReport(
         invitations=_count(invitations),

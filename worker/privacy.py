@@ -66,19 +66,17 @@ def _required(value: str, what: str) -> str:
     return value
 
 
-async def act_as(conn: Conn, role: str) -> bool:
-    """Switch to `role` for the rest of the current transaction if the user may; True if so.
+async def act_as(conn: Conn, role: str) -> None:
+    """Switch to `role` for the rest of the current transaction if the user is a member.
 
     A user that is not a member keeps its own privileges, and Postgres decides.
     """
-    if not await conn.fetchval("SELECT pg_has_role(current_user, $1, 'MEMBER')", role):
-        return False
-    # SET LOCAL ROLE takes no bind parameters; the role is one of our fixed names.
-    await conn.execute(f'SET LOCAL ROLE "{role}"')
-    return True
+    if await conn.fetchval("SELECT pg_has_role(current_user, $1, 'MEMBER')", role):
+        # SET LOCAL ROLE takes no bind parameters; the role is one of our fixed names.
+        await conn.execute(f'SET LOCAL ROLE "{role}"')
 
 
-async def check_scope(conn: Conn, scope: Scope) -> None:
+async def _check_scope(conn: Conn, scope: Scope) -> None:
     """Refuse a client's list when there is no such client."""
     if scope.kind == "survey" and not await conn.fetchval(
         "SELECT true FROM clients WHERE id = $1", scope.client_id
@@ -98,7 +96,7 @@ async def resubscribe(
     reason = _required(reason, "the reason")
     async with conn.transaction():
         await act_as(conn, PRIVACY_ROLE)
-        await check_scope(conn, scope)
+        await _check_scope(conn, scope)
         if scope.kind == "marketing":
             removed = await conn.fetchval(
                 "DELETE FROM marketing_opt_outs WHERE email_hash = $1 RETURNING true",
@@ -148,7 +146,7 @@ async def export_opt_outs(conn: Conn, scope: Scope, out: IO[str]) -> ExportRepor
         args = (scope.client_id,)
     async with conn.transaction(readonly=True):
         await act_as(conn, PRIVACY_ROLE)
-        await check_scope(conn, scope)
+        await _check_scope(conn, scope)
         async for row in conn.cursor(query, *args, prefetch=EXPORT_PREFETCH):
             if row["email"] is None:
                 without_address += 1

@@ -41,6 +41,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker import addresses, db, optouts, pages, queue, tokens
+from worker.errors import SurveyWorkerError
 from worker.sender import DB_ERRORS
 from worker.settings import Settings
 
@@ -56,7 +57,7 @@ MAX_BODY = 4096
 QUEUE_ERRORS = (OSError, redis.exceptions.RedisError)
 
 
-class QueueUnavailable(Exception):
+class QueueUnavailable(SurveyWorkerError):
     """Redis could not take the job."""
 
 
@@ -195,7 +196,7 @@ def _page(web: WebContext, page: pages.Page) -> HTMLResponse:
     return HTMLResponse(web.renderer.render(page), status_code=page.status)
 
 
-async def _client_name(conn: Any, claims: tokens.TokenClaims) -> str | None:
+async def _client_name(conn: db.Conn, claims: tokens.TokenClaims) -> str | None:
     name: str | None = await conn.fetchval(
         "SELECT name FROM clients WHERE token_id = $1", claims.client_id
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -13,7 +14,7 @@ import pytest
 
 from tests.support.pipeline import add_client, csv_of, launch, opt_out, received_by, run_workers
 from tests.support.smtp import RecordingHandler
-from tests.support.web import email_hash, serving, token_for, token_id
+from tests.support.web import email_hash, private_logs, serving, token_for, token_id
 from worker import db, privacy
 from worker.settings import Settings
 from worker.suppression import Scope
@@ -29,6 +30,12 @@ def with_user(url: str, user: str) -> str:
 
 
 LoginUser = Callable[[str], Awaitable[str]]
+
+
+@pytest.fixture(autouse=True)
+def logs() -> Iterator[list[dict[str, Any]]]:
+    with private_logs() as captured:
+        yield captured
 
 
 @pytest.fixture

@@ -90,10 +90,12 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def redis_url(services: embedded.ServiceUrls) -> AsyncIterator[str]:
     """The test Redis, flushed before the test."""
-    client = redis.asyncio.from_url(services.redis_url)
+    # Its own database number per pytest process: two runs may share the embedded server.
+    url = f"{services.redis_url.rpartition('/')[0]}/{os.getpid() % 15 + 1}"
+    client = redis.asyncio.from_url(url)
     await client.flushdb()
     await client.aclose()
-    yield services.redis_url
+    yield url
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -190,6 +191,8 @@ def launch(
     as_json: bool,
 ) -> None:
     """Create a campaign, import its recipients and start sending it."""
+    if not re.fullmatch(r"[a-zA-Z]{2}", locale):
+        raise click.BadParameter("a locale is two letters, e.g. en", param_hint="--locale")
     request = campaigns.LaunchRequest(
         client_id=client_id,
         template=template,

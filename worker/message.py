@@ -120,7 +120,7 @@ def build(msg: OutgoingMessage) -> bytes:
         _fold("List-Unsubscribe", [f" <{msg.unsubscribe_url}>"]),
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+        _fold("Content-Type", [" multipart/alternative;", f' boundary="{boundary}"']),
     ]
     part_headers = "charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
     return b"".join(
@@ -138,12 +138,13 @@ def build(msg: OutgoingMessage) -> bytes:
 def _qp(body: str) -> bytes:
     """A body as UTF-8 quoted-printable with CRLF line breaks and lines of at most 76."""
     lines = body.replace("\r\n", "\n").replace("\r", "\n").encode()
-    # b2a_qp keeps "\n" as the line break; it encodes every other CR or LF, so the
-    # only "\n" in its output are line breaks, hard or soft.
+    # Every line break is now a bare "\n", which b2a_qp keeps (istext) and also uses for
+    # its soft line breaks, so each "\n" of its output becomes the CRLF of RFC 2045.
     return binascii.b2a_qp(lines, istext=True).replace(b"\n", b"\r\n")
 
 
 def _address(field: str, address: str) -> str:
+    """`address` itself, once it is known to be a bare addr-spec; UTF-8 needs SMTPUTF8."""
     if not _ADDRESS.fullmatch(address):
         raise InvalidAddress(f"{field} is not a bare e-mail address")
     return address

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,7 @@ DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # Larger messages are refused here rather than by the relay: oversized CSV variables.
 MAX_MESSAGE_BYTES = 2_000_000
 MAX_PUSHBACK_PAUSE = 30.0
+LOCALE = re.compile(r"[a-z]{2}")
 
 
 @dataclass
@@ -136,11 +138,12 @@ def prepare(
         recipient = addresses.normalise(inv.email)
     except InvalidAddress as e:
         return ledger.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
-    locale = inv.locale or campaign.locale
+    locale = (inv.locale or campaign.locale).lower()
     claims = tokens.TokenClaims(
         client_id=campaign.client_token_id if campaign.kind == "survey" else None,
         email_hash=inv.email_hash,
-        locale=locale[:2],
+        # Tokens carry a two-letter locale for the unsubscribe page; anything else is `en`.
+        locale=locale if LOCALE.fullmatch(locale) else "en",
     )
     unsubscribe_url = links.unsubscribe_link(
         sender.settings.public_base_url, tokens.sign(sender.signing_key, claims)
@@ -175,6 +178,11 @@ def prepare(
         )
     except UnsafeHeaderValue:
         return ledger.Outcome(inv.id, "failed", reason="unsafe_header_value")
+    except InvalidAddress as e:
+        return ledger.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
+    except ValueError as e:
+        # A header the message format cannot carry (e.g. a line over 998 octets).
+        return ledger.Outcome(inv.id, "failed", reason=f"unencodable_message: {e}")
     if len(data) > MAX_MESSAGE_BYTES:
         return ledger.Outcome(inv.id, "failed", reason="message_too_large")
     return Prepared(inv, recipient, data, message_id)

@@ -104,7 +104,7 @@ async def test_redis_flushed_mid_campaign_completes_through_reconcile(
     await received_at_least(handler, 20)
     assert fast.redis_url is not None
     client = redis.asyncio.Redis.from_url(fast.redis_url)
-    await client.flushall()
+    await client.flushdb()
     await client.aclose()
     await completed(fast, campaign_id)
     states = await assert_each_sent_once(fast, handler, campaign_id)

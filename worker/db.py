@@ -31,11 +31,23 @@ async def init_connection(conn: Conn) -> None:
     )
 
 
-async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
-    """A connection pool whose jsonb columns read and write Python objects."""
+async def create_pool(
+    url: str, *, max_size: int = 10, synchronous_commit: bool = True
+) -> asyncpg.Pool:
+    """A connection pool whose jsonb columns read and write Python objects.
+
+    The worker's pool commits asynchronously: what it writes besides the `sending` mark
+    (claims, outcomes) is safe to lose in a database crash, see `ledger.start_chunk`.
+    """
+    settings = {} if synchronous_commit else {"synchronous_commit": "off"}
     try:
         pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=max_size, init=init_connection, command_timeout=60
+            url,
+            min_size=1,
+            max_size=max_size,
+            init=init_connection,
+            command_timeout=60,
+            server_settings=settings,
         )
     except (OSError, asyncpg.PostgresError) as e:
         raise ConfigError(f"cannot connect to Postgres: {e}") from e

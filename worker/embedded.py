@@ -162,7 +162,7 @@ class EmbeddedPostgres:
 
 
 class EmbeddedRedis:
-    """A Redis server in `data_dir` without persistence: Redis is only a trigger."""
+    """A Redis server in `data_dir`, saved to disk when stopped."""
 
     def __init__(self, data_dir: Path) -> None:
         self.root = data_dir.resolve() / "redis"
@@ -199,8 +199,11 @@ class EmbeddedRedis:
                 str(self.root / "redis.pid"),
                 "--logfile",
                 str(self.root / "server.log"),
+                # A save point makes Redis write its jobs to disk when it is stopped, so a
+                # job enqueued by one command survives until the next command starts it.
                 "--save",
-                "",
+                "3600",
+                "1",
                 "--appendonly",
                 "no",
             ]

@@ -22,6 +22,8 @@ from worker.render import TemplateStore
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.jobs")
+# Jobs one worker process runs at once; each holds a database connection while it runs.
+CONCURRENT_JOBS = 10
 
 
 class Context(TypedDict):
@@ -40,7 +42,9 @@ class Context(TypedDict):
 async def startup(ctx: Context) -> None:
     """Open the database pool and the SMTP pool once per worker process."""
     settings = ctx["settings"]
-    ctx["pool"] = await db.create_pool(ctx["database_url"], max_size=4)
+    ctx["pool"] = await db.create_pool(
+        ctx["database_url"], max_size=CONCURRENT_JOBS + 2, synchronous_commit=False
+    )
     ctx["mailer"] = SmtpPool(SmtpConfig.from_settings(settings))
     ctx["sender"] = sender.Sender(
         pool=ctx["pool"],

@@ -141,38 +141,78 @@ async def release(conn: Conn, invitation_ids: Sequence[int], worker_id: str) -> 
     )
 
 
-async def mark_sending(conn: Conn, invitation_ids: Sequence[int], worker_id: str) -> list[int]:
-    """Move claimed invitations to `sending` right before SMTP; return those moved."""
-    rows = await conn.fetch(
-        """UPDATE invitations SET state = 'sending', attempts = attempts + 1, updated_at = now()
-           WHERE id = ANY($1) AND claimed_by = $2 AND state IN ('pending', 'deferred')
-           RETURNING id""",
-        list(invitation_ids),
-        worker_id,
-    )
-    return [r["id"] for r in rows]
+async def start_chunk(
+    conn: Conn,
+    campaign_id: int,
+    early: Sequence[Outcome],
+    sending: Sequence[int],
+    worker_id: str,
+) -> list[int] | None:
+    """Record a chunk's suppressed and failed invitations and move the rest to `sending`.
+
+    One statement, committed durably before any SMTP starts (a lost `sending` mark could
+    turn into an uncounted duplicate). Returns the ids now `sending`, or None when the
+    campaign is no longer running (paused or cancelled meanwhile): then nothing changed.
+    """
+    ids = [o.invitation_id for o in early] + list(sending)
+    states = [o.state for o in early] + ["sending"] * len(sending)
+    reasons = [o.reason for o in early] + [None] * len(sending)
+    async with conn.transaction():
+        # The worker's sessions commit asynchronously; this commit must not.
+        await conn.execute("SET LOCAL synchronous_commit TO on")
+        row = await conn.fetchrow(
+            """WITH running AS (
+                   SELECT 1 FROM campaigns WHERE id = $1 AND status = 'running'),
+               upd AS (
+                   UPDATE invitations i
+                   SET state = v.state, reason = v.reason,
+                       attempts = i.attempts + (v.state = 'sending')::int,
+                       lease_until = CASE WHEN v.state = 'sending' THEN i.lease_until END,
+                       claimed_by = CASE WHEN v.state = 'sending' THEN i.claimed_by END,
+                       updated_at = now()
+                   FROM unnest($2::bigint[], $3::text[], $4::text[]) AS v(id, state, reason)
+                   WHERE i.id = v.id AND i.claimed_by = $5
+                     AND i.state IN ('pending', 'deferred')
+                     AND EXISTS (SELECT 1 FROM running)
+                   RETURNING i.id, i.state)
+               SELECT EXISTS (SELECT 1 FROM running) AS running,
+                      array(SELECT id FROM upd WHERE state = 'sending') AS sending""",
+            campaign_id,
+            ids,
+            states,
+            reasons,
+            worker_id,
+        )
+    assert row is not None
+    return list(row["sending"]) if row["running"] else None
 
 
 async def record(conn: Conn, outcomes: Sequence[Outcome], worker_id: str) -> None:
-    """Record the outcomes of a chunk in one statement and drop the claims.
+    """Record the SMTP outcomes of a chunk in one statement and drop the claims.
 
-    Only rows still claimed by this worker in an open state are touched, so a late or
-    repeated write can never overwrite a final state.
+    Only rows still claimed by this worker and `sending` are touched, so a late or repeated
+    write can never overwrite a final state. Hard bounces join the global bounce list in
+    the same statement. If this write is lost (asynchronous commit, a crash), the rows stay
+    `sending` and `reconcile` counts them `unknown`: never a silent duplicate.
     """
     if not outcomes:
         return
     await conn.execute(
-        """UPDATE invitations i
-           SET state = o.state, reason = o.reason, smtp_code = o.smtp_code,
-               message_id = COALESCE(o.message_id, i.message_id),
-               next_attempt_at = o.next_attempt_at,
-               sent_at = CASE WHEN o.state = 'sent' THEN now() ELSE i.sent_at END,
-               lease_until = NULL, claimed_by = NULL, updated_at = now()
-           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
-                       $6::timestamptz[])
-                AS o(id, state, reason, smtp_code, message_id, next_attempt_at)
-           WHERE i.id = o.id AND i.claimed_by = $7
-             AND i.state IN ('pending', 'sending', 'deferred')""",
+        """WITH upd AS (
+               UPDATE invitations i
+               SET state = o.state, reason = o.reason, smtp_code = o.smtp_code,
+                   message_id = COALESCE(o.message_id, i.message_id),
+                   next_attempt_at = o.next_attempt_at,
+                   sent_at = CASE WHEN o.state = 'sent' THEN now() ELSE i.sent_at END,
+                   lease_until = NULL, claimed_by = NULL, updated_at = now()
+               FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
+                           $6::timestamptz[])
+                    AS o(id, state, reason, smtp_code, message_id, next_attempt_at)
+               WHERE i.id = o.id AND i.claimed_by = $7 AND i.state = 'sending'
+               RETURNING i.email_hash, o.reason, o.smtp_code)
+           INSERT INTO bounces (email_hash, kind, smtp_code)
+           SELECT email_hash, 'hard', smtp_code FROM upd WHERE reason = 'hard_bounce'
+           ON CONFLICT DO NOTHING""",
         [o.invitation_id for o in outcomes],
         [o.state for o in outcomes],
         [o.reason for o in outcomes],

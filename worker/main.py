@@ -12,6 +12,9 @@ from arq.worker import Function, Worker, func
 from worker import jobs, queue
 from worker.settings import Settings
 
+# With retries at most a minute apart: about a week.
+RECORD_OPT_OUT_TRIES = 10_000
+
 
 class WorkerSettings:
     """arq settings; `survey-worker worker` passes `redis_settings` and `ctx` at start."""
@@ -20,14 +23,19 @@ class WorkerSettings:
         func(jobs.launch_campaign, name="launch_campaign"),  # type: ignore[arg-type]
         func(jobs.send_batch, name="send_batch"),  # type: ignore[arg-type]
         func(jobs.send_invitation, name="send_invitation"),  # type: ignore[arg-type]
-        func(jobs.record_opt_out, name="record_opt_out"),  # type: ignore[arg-type]
+        # A queued click is an opt-out: keep retrying for days while Postgres is away.
+        func(
+            jobs.record_opt_out,  # type: ignore[arg-type]
+            name="record_opt_out",
+            max_tries=RECORD_OPT_OUT_TRIES,
+        ),
     ]
     on_startup = jobs.startup
     on_shutdown = jobs.shutdown
     job_serializer = queue.serialize
     job_deserializer = queue.deserialize
     max_tries = 50
-    max_jobs = 10
+    max_jobs = jobs.CONCURRENT_JOBS
     keep_result = 60
     cron_jobs: ClassVar[list[CronJob]] = [
         # Retention, daily at a quiet hour (UTC); `unique` lets one worker run it.

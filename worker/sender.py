@@ -232,20 +232,6 @@ def _log_decision(
     getattr(bound, level)(f"invitation.{outcome.state}", **fields)
 
 
-async def _record_bounces(
-    conn: Conn,
-    done: Sequence[ledger.Outcome],
-    inv_by_id: dict[int, ledger.Invitation],
-) -> None:
-    bounced = [o for o in done if o.reason == "hard_bounce"]
-    if bounced:
-        await conn.executemany(
-            """INSERT INTO bounces (email_hash, kind, smtp_code) VALUES ($1, 'hard', $2)
-               ON CONFLICT DO NOTHING""",
-            [(inv_by_id[o.invitation_id].email_hash, o.smtp_code) for o in bounced],
-        )
-
-
 async def send_slice(
     sender: Sender, campaign_id: int, first_id: int, last_id: int, *, job_id: str | None
 ) -> SliceResult:
@@ -262,22 +248,32 @@ async def send_slice(
             return SliceResult(totals, None, campaign_done=False)
         bound = log.bind(campaign_id=campaign.id, client_id=campaign.client_id, job_id=job_id)
         scope = suppression.Scope(campaign.kind, campaign.client_id)
-        chunk = sender.settings.smtp_connections
-        while not sender.stopping and await ledger.campaign_status(conn, campaign.id) == "running":
+        while campaign.status == "running" and not sender.stopping:
             await asyncio.sleep(pause_after_pushback(sender.settings, sender.pushback))
             claimed = await ledger.claim(
                 conn,
                 campaign_id=campaign.id,
                 first_id=first_id,
                 last_id=last_id,
-                limit=chunk,
+                limit=sender.settings.chunk_size,
                 worker_id=sender.worker_id,
                 lease_seconds=sender.settings.claim_lease_seconds,
             )
             if not claimed:
                 break
+            try:
+                # Rendering needs no lock: it overlaps with other slices' database and SMTP
+                # waits. Messages of people the check then suppresses are simply dropped.
+                prepared = [prepare(sender, campaign, inv) for inv in claimed]
+            except TemplateProblem as e:
+                await ledger.release(conn, [inv.id for inv in claimed], sender.worker_id)
+                if await ledger.fail_campaign(conn, campaign.id, f"template: {e}"):
+                    bound.error("campaign.failed", reason=f"template: {e}")
+                break
             async with sender.window:
-                done = await _send_chunk(sender, conn, campaign, scope, claimed, bound)
+                done = await _send_chunk(sender, conn, campaign, scope, claimed, prepared, bound)
+            if done is None:
+                break
             sender.pushback = sender.pushback + 1 if pushed_back(done) else 0
             for o in done:
                 totals[o.state] = totals.get(o.state, 0) + 1
@@ -296,13 +292,11 @@ async def _send_chunk(
     campaign: ledger.Campaign,
     scope: suppression.Scope,
     claimed: list[ledger.Invitation],
+    prepared: list[Prepared | ledger.Outcome],
     bound: Any,
-) -> list[ledger.Outcome]:
+) -> list[ledger.Outcome] | None:
+    """Check, mark, send and record one chunk; None if the campaign stopped running."""
     inv_by_id = {inv.id: inv for inv in claimed}
-    if await ledger.campaign_status(conn, campaign.id) != "running":
-        # Paused or cancelled while this chunk waited for its turn.
-        await ledger.release(conn, list(inv_by_id), sender.worker_id)
-        return []
     if sender.limiter is not None:
         # Wait for permits before the opt-out check, so the check stays next to the send.
         await sender.limiter.acquire(len(claimed))
@@ -320,35 +314,24 @@ async def _send_chunk(
             await ledger.release(conn, list(inv_by_id), sender.worker_id)
         raise
     early: list[ledger.Outcome] = []
-    ready: list[Prepared] = []
-    try:
-        for inv in claimed:
-            reason = suppression.decide(inv.email_hash, hits)
-            if reason is not None:
-                early.append(ledger.Outcome(inv.id, "suppressed", reason=reason))
-                continue
-            prepared = prepare(sender, campaign, inv)
-            if isinstance(prepared, Prepared):
-                ready.append(prepared)
-            else:
-                early.append(prepared)
-    except TemplateProblem as e:
+    ready: dict[int, Prepared] = {}
+    for inv, item in zip(claimed, prepared, strict=True):
+        reason = suppression.decide(inv.email_hash, hits)
+        if reason is not None:
+            early.append(ledger.Outcome(inv.id, "suppressed", reason=reason))
+        elif isinstance(item, Prepared):
+            ready[inv.id] = item
+        else:
+            early.append(item)
+    started = await ledger.start_chunk(conn, campaign.id, early, list(ready), sender.worker_id)
+    if started is None:
+        # Paused or cancelled while this chunk waited for its turn.
         await ledger.release(conn, list(inv_by_id), sender.worker_id)
-        if await ledger.fail_campaign(conn, campaign.id, f"template: {e}"):
-            bound.error("campaign.failed", reason=f"template: {e}")
-        return []
-    async with conn.transaction():
-        await ledger.record(conn, early, sender.worker_id)
-        started = set(
-            await ledger.mark_sending(conn, [p.invitation.id for p in ready], sender.worker_id)
-        )
+        return None
     for o in early:
         _log_decision(bound, inv_by_id, o)
-    ready = [p for p in ready if p.invitation.id in started]
-    done = list(await asyncio.gather(*(_deliver(sender, campaign, p) for p in ready)))
-    async with conn.transaction():
-        await ledger.record(conn, done, sender.worker_id)
-        await _record_bounces(conn, done, inv_by_id)
+    done = list(await asyncio.gather(*(_deliver(sender, campaign, ready[i]) for i in started)))
+    await ledger.record(conn, done, sender.worker_id)
     for o in done:
         _log_decision(bound, inv_by_id, o)
     return early + done

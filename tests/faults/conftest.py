@@ -23,6 +23,7 @@ def fast(settings: Settings) -> Settings:
             "suppression_timeout_seconds": 2.0,
             "slice_size": 20,
             "smtp_connections": 4,
+            "chunk_size": 4,
         }
     )
 

@@ -117,7 +117,7 @@ async def test_opt_out_during_a_slow_campaign_is_honoured(
 ) -> None:
     handler = smtp[0]
     handler.data_delay = 0.1
-    settings = fast.model_copy(update={"smtp_connections": 2})
+    settings = fast.model_copy(update={"smtp_connections": 2, "chunk_size": 2})
     await add_client(pg, "acme")
     emails = [f"p{i:02d}@example.com" for i in range(30)]
     report = await launch(pg, settings, csv_of(*emails))

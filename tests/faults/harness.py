@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 from pydantic import SecretStr
 
+from tests.support.smtp import RecordingHandler
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,3 +110,12 @@ async def ledger_rows(database_url: str, campaign_id: int) -> dict[str, asyncpg.
     finally:
         await conn.close()
     return {r["email"]: r for r in rows}
+
+
+async def received_at_least(handler: RecordingHandler, n: int) -> None:
+    """Wait until the test SMTP server has accepted `n` messages."""
+
+    async def check() -> bool:
+        return len(handler.messages) >= n
+
+    await wait_until(check, what=f"{n} messages")

@@ -15,6 +15,7 @@ from tests.faults.harness import (
     campaign_status,
     env_for,
     ledger_rows,
+    received_at_least,
     wait_until,
 )
 from tests.support.pipeline import add_client, csv_of, launch, received_by
@@ -39,25 +40,26 @@ def cli(settings: Settings, *args: str) -> str:
     return done.stdout.strip()
 
 
-async def at_least(handler: RecordingHandler, n: int) -> None:
-    async def check() -> bool:
-        return len(handler.messages) >= n
-
-    await wait_until(check, what=f"{n} messages")
+async def slow_campaign_under_way(
+    pg: asyncpg.Pool, fast: Settings, handler: RecordingHandler, spawn: Spawn
+) -> tuple[int, list[str]]:
+    """60 invitations to a slow server, one worker, the first 8 delivered."""
+    handler.data_delay = 0.05
+    await add_client(pg, "acme")
+    emails = [f"p{i:02d}@example.com" for i in range(60)]
+    report = await launch(pg, fast, csv_of(*emails))
+    spawn(fast)
+    await received_at_least(handler, 8)
+    return report.campaign_id, emails
 
 
 async def test_pause_stops_sending_and_resume_finishes(
     pg: asyncpg.Pool, fast: Settings, smtp: SMTP, spawn: Spawn
 ) -> None:
     handler = smtp[0]
-    handler.data_delay = 0.05
-    await add_client(pg, "acme")
-    emails = [f"p{i:02d}@example.com" for i in range(60)]
-    report = await launch(pg, fast, csv_of(*emails))
-    spawn(fast)
-    await at_least(handler, 8)
-    assert cli(fast, "pause", str(report.campaign_id)).endswith("paused")
-    assert cli(fast, "pause", str(report.campaign_id)).endswith("(unchanged)")
+    campaign_id, emails = await slow_campaign_under_way(pg, fast, handler, spawn)
+    assert cli(fast, "pause", str(campaign_id)).endswith("paused")
+    assert cli(fast, "pause", str(campaign_id)).endswith("(unchanged)")
     at_pause = len(handler.messages)
     await asyncio.sleep(1.5)
     # The chunk in flight may finish; nothing after it.
@@ -65,12 +67,12 @@ async def test_pause_stops_sending_and_resume_finishes(
     paused_count = len(handler.messages)
     await asyncio.sleep(1.0)
     assert len(handler.messages) == paused_count
-    assert cli(fast, "resume", str(report.campaign_id)).endswith("running")
+    assert cli(fast, "resume", str(campaign_id)).endswith("running")
     assert fast.database_url is not None
     url = fast.database_url
 
     async def done() -> bool:
-        return await campaign_status(url, report.campaign_id) == "completed"
+        return await campaign_status(url, campaign_id) == "completed"
 
     await wait_until(done, what="completion after resume")
     assert received_by(handler.messages) == dict.fromkeys(emails, 1)
@@ -80,24 +82,19 @@ async def test_cancel_marks_the_rest_cancelled_and_sends_nothing_more(
     pg: asyncpg.Pool, fast: Settings, smtp: SMTP, spawn: Spawn
 ) -> None:
     handler = smtp[0]
-    handler.data_delay = 0.05
-    await add_client(pg, "acme")
-    emails = [f"p{i:02d}@example.com" for i in range(60)]
-    report = await launch(pg, fast, csv_of(*emails))
-    spawn(fast)
-    await at_least(handler, 8)
-    assert cli(fast, "cancel", str(report.campaign_id)).endswith("cancelled")
+    campaign_id, _ = await slow_campaign_under_way(pg, fast, handler, spawn)
+    assert cli(fast, "cancel", str(campaign_id)).endswith("cancelled")
     at_cancel = len(handler.messages)
     await asyncio.sleep(1.5)
     assert len(handler.messages) <= at_cancel + fast.chunk_size
-    assert cli(fast, "cancel", str(report.campaign_id)).endswith("(unchanged)")
+    assert cli(fast, "cancel", str(campaign_id)).endswith("(unchanged)")
     assert fast.database_url is not None
-    ledger = await ledger_rows(fast.database_url, report.campaign_id)
+    ledger = await ledger_rows(fast.database_url, campaign_id)
     states = {r["state"] for r in ledger.values()}
     assert states <= {"sent", "cancelled"}
     sent = {a for a, r in ledger.items() if r["state"] == "sent"}
     assert set(received_by(handler.messages)) == sent
-    assert await campaign_status(fast.database_url, report.campaign_id) == "cancelled"
+    assert await campaign_status(fast.database_url, campaign_id) == "cancelled"
 
 
 async def test_two_workers_share_one_send_rate(
@@ -111,7 +108,7 @@ async def test_two_workers_share_one_send_rate(
     await launch(pg, settings, csv_of(*emails))
     spawn(settings)
     spawn(settings)
-    await at_least(handler, len(emails))
+    await received_at_least(handler, len(emails))
     # At `rate` messages per one-second window in total, 60 messages span six windows:
     # at least four seconds from the first to the last even if the first window was
     # nearly over; two workers at `rate` each would need half that. A slow machine can

@@ -18,8 +18,11 @@ from typing import Literal, Protocol, Self
 from aiosmtplib import (
     SMTP,
     SMTPException,
+    SMTPRecipientRefused,
     SMTPResponseException,
+    SMTPSenderRefused,
     SMTPServerDisconnected,
+    SMTPStatus,
     SMTPTimeoutError,
 )
 
@@ -181,10 +184,20 @@ class SmtpPool:
             options.append("BODY=8BITMIME")
         encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
         command = "MAIL FROM"
+        extensions = [option.encode() for option in options]
         try:
-            await smtp.mail(sender, options=options, encoding=encoding)
+            # The addresses are bare, validated addr-specs (addresses.normalise): send them
+            # as they are rather than through smtp.mail()/rcpt(), whose address parsing
+            # costs more than the rest of the command.
+            reply = await smtp.execute_command(
+                b"MAIL", b"FROM:<" + sender.encode(encoding) + b">", *extensions
+            )
+            if reply.code != SMTPStatus.completed:
+                raise SMTPSenderRefused(reply.code, reply.message, sender)
             command = "RCPT TO"
-            await smtp.rcpt(recipient, encoding=encoding)
+            reply = await smtp.execute_command(b"RCPT", b"TO:<" + recipient.encode(encoding) + b">")
+            if reply.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+                raise SMTPRecipientRefused(reply.code, reply.message, recipient)
         except SMTPResponseException as exc:
             # Not chained: aiosmtplib's error holds the recipient's clear address.
             raise await _refusal(

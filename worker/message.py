@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ def build(msg: OutgoingMessage) -> bytes:
     # 2046 section 5.1.1); the hash only makes it unique and repeatable.
     boundary = "=_" + hashlib.sha256(msg.message_id.encode()).hexdigest()[:32]
     headers = [
-        _fold("Date", [" " + format_datetime(msg.date)]),
+        _fold("Date", [" " + _date(msg.date)]),
         _mailbox("From", msg.sender_name, _address("sender", msg.sender)),
         _mailbox("To", msg.recipient_name, _address("recipient", msg.recipient)),
         _fold("Subject", _unstructured(msg.subject, len("Subject:"))),
@@ -133,6 +134,12 @@ def build(msg: OutgoingMessage) -> bytes:
             f"\r\n--{boundary}--\r\n".encode(),
         )
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _date(when: datetime) -> str:
+    """The Date header value (RFC 5322 section 3.3); a chunk of messages shares one."""
+    return format_datetime(when)
 
 
 def _qp(body: str) -> bytes:

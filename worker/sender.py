@@ -125,7 +125,7 @@ def _list_id(campaign: ledger.Campaign) -> str:
 
 
 def prepare(
-    sender: Sender, campaign: ledger.Campaign, inv: ledger.Invitation
+    sender: Sender, campaign: ledger.Campaign, inv: ledger.Invitation, now: datetime
 ) -> Prepared | ledger.Outcome:
     """Render and assemble one message, or the failure that stops it.
 
@@ -171,7 +171,7 @@ def prepare(
                 text=rendered.text,
                 html=rendered.html,
                 message_id=message_id,
-                date=datetime.now(UTC),
+                date=now,
                 list_id=_list_id(campaign),
                 unsubscribe_url=unsubscribe_url,
             )
@@ -264,7 +264,8 @@ async def send_slice(
             try:
                 # Rendering needs no lock: it overlaps with other slices' database and SMTP
                 # waits. Messages of people the check then suppresses are simply dropped.
-                prepared = [prepare(sender, campaign, inv) for inv in claimed]
+                now = datetime.now(UTC).replace(microsecond=0)
+                prepared = [prepare(sender, campaign, inv, now) for inv in claimed]
             except TemplateProblem as e:
                 await ledger.release(conn, [inv.id for inv in claimed], sender.worker_id)
                 if await ledger.fail_campaign(conn, campaign.id, f"template: {e}"):

@@ -165,7 +165,13 @@ async def launch(
             imports.Rejected(r["line"], "duplicate address (imported once)") for r in duplicates
         )
         if report.imported == 0:
-            raise LaunchProblem("no valid recipient in the file; nothing was launched")
+            report.rejected.sort(key=lambda r: r.line)
+            lines = "; ".join(f"line {r.line}: {r.reason}" for r in report.rejected[:3])
+            more = len(report.rejected) - 3
+            raise LaunchProblem(
+                "no valid recipient in the file; nothing was launched"
+                + (f" ({lines}" + (f"; {more} more" if more > 0 else "") + ")" if lines else "")
+            )
     report.rejected.sort(key=lambda r: r.line)
     return report
 

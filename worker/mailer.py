@@ -31,6 +31,7 @@ from worker.outcomes import classify_reply
 from worker.settings import Settings
 
 _REDACTED = "[address]"
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 # Anything shaped like an e-mail address in a server's reply text, with its brackets.
 _ADDRESS_IN_TEXT = re.compile(r"<?[^\s<>()\[\],;:]+@[^\s<>()\[\],;:\"']+>?")
@@ -213,20 +214,63 @@ class SmtpPool:
             raise PermanentSmtpError(f"{command}: the address cannot be sent over SMTP") from None
 
     async def _content(self, smtp: SMTP, *, recipient: str, message: bytes) -> int:
-        """Send DATA and the content; return the 2xx code of the server's final reply."""
+        """Send DATA and the content; return the 2xx code of the server's final reply.
+
+        Written on aiosmtplib's protocol (`write`, then `read_response` before any other
+        await) rather than `SMTP.data()`, for two reasons: a failure before the 354 reply
+        is known to have sent nothing (transient, not ambiguous), and the content, which
+        `message.build` already made CRLF-only, is dot-stuffed without a regex pass.
+        """
+        protocol = smtp.protocol
+        timeout = self._config.timeout
         try:
-            response = await smtp.data(message)
-        except SMTPResponseException as exc:
-            raise await _refusal(
-                smtp, exc, command="DATA", recipient=recipient, otherwise=AmbiguousSmtpError
-            ) from None
+            if protocol is None:
+                raise SMTPServerDisconnected("not connected")
+            protocol.write(b"DATA\r\n")
+            start = await protocol.read_response(timeout=timeout)
         except (SMTPServerDisconnected, SMTPTimeoutError) as exc:
-            # aiosmtplib's data() sends DATA, waits for 354 and sends the content in one call,
-            # so a lost connection or timeout cannot be placed before or after the content
-            # left: assume it did, and may have been delivered.
+            smtp.close()
+            raise TransientSmtpError(f"DATA: {exc}") from exc
+        if start.code != SMTPStatus.start_input:
+            raise await _refusal(
+                smtp,
+                SMTPResponseException(start.code, start.message),
+                command="DATA",
+                recipient=recipient,
+                otherwise=TransientSmtpError,
+            ) from None
+        try:
+            protocol.write(dot_stuffed(message))
+            reply = await protocol.read_response(timeout=timeout)
+        except (SMTPServerDisconnected, SMTPTimeoutError) as exc:
+            # The content left: the server may have accepted it before the reply was lost.
             smtp.close()
             raise AmbiguousSmtpError(f"DATA: {exc}; the message may have been delivered") from exc
-        return response.code
+        if reply.code != SMTPStatus.completed:
+            raise await _refusal(
+                smtp,
+                SMTPResponseException(reply.code, reply.message),
+                command="DATA",
+                recipient=recipient,
+                otherwise=AmbiguousSmtpError,
+            ) from None
+        return reply.code
+
+
+def dot_stuffed(message: bytes) -> bytes:
+    """The content as sent after DATA: CRLF lines, leading dots doubled, ending in CRLF.CRLF.
+
+    RFC 5321 section 4.5.2 (transparency) and section 2.3.8 (lines end in CRLF only).
+    """
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
+        message = _LINE_BREAK.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
 
 
 async def _refusal(

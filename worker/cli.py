@@ -40,7 +40,7 @@ def _clear_errors() -> Iterator[None]:
         raise click.ClickException(f"configuration: {where}: {first['msg']}") from None
     except SurveyWorkerError as e:
         raise click.ClickException(str(e)) from None
-    except (OSError, asyncpg.PostgresError) as e:
+    except (OSError, asyncpg.PostgresError, redis.exceptions.RedisError) as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from None
 
 
@@ -250,7 +250,7 @@ def _enqueue_launch(redis_url: str, campaign_id: int) -> bool:
 
     try:
         asyncio.run(go())
-    except (OSError, ConnectionError) as e:
+    except (OSError, redis.exceptions.RedisError) as e:
         structlog.get_logger().warning(
             "campaign.enqueue_failed", campaign_id=campaign_id, error=type(e).__name__
         )

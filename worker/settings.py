@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     slice_size: int = Field(default=500, ge=1, le=10_000)
-    chunk_size: int = Field(default=100, ge=1, le=10_000)
-    smtp_connections: int = Field(default=10, ge=1, le=200)
+    chunk_size: int = Field(default=250, ge=1, le=10_000)
+    smtp_connections: int = Field(default=20, ge=1, le=200)
     send_rate: float = Field(default=0.0, ge=0)
     suppression_timeout_seconds: float = Field(default=5.0, gt=0)
     smtp_max_attempts: int = Field(default=5, ge=1)

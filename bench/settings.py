@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from worker.settings import Settings
@@ -63,11 +62,4 @@ def bench_settings(
 
 def worker_env(settings: Settings, path: str) -> dict[str, str]:
     """The complete environment that gives a worker process exactly these settings."""
-    env = {"PATH": path, "HOME": str(Path.home())}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[name.upper()] = str(value)
-    return env
+    return {"PATH": path, "HOME": str(Path.home()), **settings.as_environment()}

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from tests.faults.harness import ROOT, env_for
+from tests.faults.harness import cli
 from tests.support.pipeline import add_client, run_workers
 from tests.support.smtp import RecordingHandler
 from worker import db
@@ -19,18 +17,6 @@ from worker.embedded import ServiceUrls
 from worker.settings import Settings
 
 SMTP = tuple[RecordingHandler, int]
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env_for(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_help_lists_the_commands(settings: Settings) -> None:

@@ -19,6 +19,7 @@ from aiosmtplib import (
     SMTP,
     SMTPException,
     SMTPRecipientRefused,
+    SMTPResponse,
     SMTPResponseException,
     SMTPSenderRefused,
     SMTPServerDisconnected,
@@ -221,40 +222,56 @@ class SmtpPool:
         is known to have sent nothing (transient, not ambiguous), and the content, which
         `message.build` already made CRLF-only, is dot-stuffed without a regex pass.
         """
+        await self._step(
+            smtp,
+            b"DATA\r\n",
+            expect=SMTPStatus.start_input,
+            recipient=recipient,
+            failure=TransientSmtpError,
+        )
+        # From here on the content has left: if the reply is lost, the server may have
+        # accepted the message.
+        reply = await self._step(
+            smtp,
+            dot_stuffed(message),
+            expect=SMTPStatus.completed,
+            recipient=recipient,
+            failure=AmbiguousSmtpError,
+        )
+        return reply.code
+
+    async def _step(
+        self,
+        smtp: SMTP,
+        data: bytes,
+        *,
+        expect: int,
+        recipient: str,
+        failure: type[SmtpError],
+    ) -> SMTPResponse:
+        """Write one DATA step and read its reply; anything but `expect` raises.
+
+        A lost connection or a timeout raises `failure`; a refusal raises what `_refusal`
+        decides, with `failure` for replies that are no refusal.
+        """
         protocol = smtp.protocol
-        timeout = self._config.timeout
         try:
             if protocol is None:
                 raise SMTPServerDisconnected("not connected")
-            protocol.write(b"DATA\r\n")
-            start = await protocol.read_response(timeout=timeout)
+            protocol.write(data)
+            reply = await protocol.read_response(timeout=self._config.timeout)
         except (SMTPServerDisconnected, SMTPTimeoutError) as exc:
             smtp.close()
-            raise TransientSmtpError(f"DATA: {exc}") from exc
-        if start.code != SMTPStatus.start_input:
-            raise await _refusal(
-                smtp,
-                SMTPResponseException(start.code, start.message),
-                command="DATA",
-                recipient=recipient,
-                otherwise=TransientSmtpError,
-            ) from None
-        try:
-            protocol.write(dot_stuffed(message))
-            reply = await protocol.read_response(timeout=timeout)
-        except (SMTPServerDisconnected, SMTPTimeoutError) as exc:
-            # The content left: the server may have accepted it before the reply was lost.
-            smtp.close()
-            raise AmbiguousSmtpError(f"DATA: {exc}; the message may have been delivered") from exc
-        if reply.code != SMTPStatus.completed:
+            raise failure(f"DATA: {exc}") from exc
+        if reply.code != expect:
             raise await _refusal(
                 smtp,
                 SMTPResponseException(reply.code, reply.message),
                 command="DATA",
                 recipient=recipient,
-                otherwise=AmbiguousSmtpError,
+                otherwise=failure,
             ) from None
-        return reply.code
+        return reply
 
 
 def dot_stuffed(message: bytes) -> bytes:

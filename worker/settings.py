@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     unknown_policy: Literal["hold", "resend"] = "hold"
     retention_days: int = Field(default=365, ge=1)
 
+    def as_environment(self) -> dict[str, str]:
+        """These settings as environment variables: a child process reading them (with no
+        `.env` of its own in the way) gets exactly these settings."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[name.upper()] = str(value)
+        return env
+
     def signing_keys(self) -> list[bytes]:
         """The unsubscribe signing keys, newest first: the first signs, all verify."""
         keys = [k.strip() for k in self.unsubscribe_secrets.get_secret_value().split(",")]

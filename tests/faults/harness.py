@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
-from pydantic import SecretStr
 
 from tests.support.smtp import RecordingHandler
 from worker.settings import Settings
@@ -22,15 +21,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def env_for(settings: Settings) -> dict[str, str]:
     """The environment that gives a subprocess exactly these settings."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[name.upper()] = str(value)
-    env["LOG_FORMAT"] = "json"
-    return env
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/"),
+        **settings.as_environment(),
+        "LOG_FORMAT": "json",
+    }
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `survey-worker ARGS` as a process with these settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env_for(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 class WorkerProcess:

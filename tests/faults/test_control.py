@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Callable
 
 import asyncpg
 
 from tests.faults.harness import (
-    ROOT,
     WorkerProcess,
     campaign_status,
-    env_for,
+    cli,
     ledger_rows,
     received_at_least,
     wait_until,
@@ -26,16 +23,9 @@ SMTP = tuple[RecordingHandler, int]
 Spawn = Callable[[Settings], WorkerProcess]
 
 
-def cli(settings: Settings, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env_for(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def ok(settings: Settings, *args: str) -> str:
+    """Run a CLI command that must succeed; its output."""
+    done = cli(settings, *args)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -58,8 +48,8 @@ async def test_pause_stops_sending_and_resume_finishes(
 ) -> None:
     handler = smtp[0]
     campaign_id, emails = await slow_campaign_under_way(pg, fast, handler, spawn)
-    assert cli(fast, "pause", str(campaign_id)).endswith("paused")
-    assert cli(fast, "pause", str(campaign_id)).endswith("(unchanged)")
+    assert ok(fast, "pause", str(campaign_id)).endswith("paused")
+    assert ok(fast, "pause", str(campaign_id)).endswith("(unchanged)")
     at_pause = len(handler.messages)
     await asyncio.sleep(1.5)
     # The chunk in flight may finish; nothing after it.
@@ -67,7 +57,7 @@ async def test_pause_stops_sending_and_resume_finishes(
     paused_count = len(handler.messages)
     await asyncio.sleep(1.0)
     assert len(handler.messages) == paused_count
-    assert cli(fast, "resume", str(campaign_id)).endswith("running")
+    assert ok(fast, "resume", str(campaign_id)).endswith("running")
     assert fast.database_url is not None
     url = fast.database_url
 
@@ -83,11 +73,11 @@ async def test_cancel_marks_the_rest_cancelled_and_sends_nothing_more(
 ) -> None:
     handler = smtp[0]
     campaign_id, _ = await slow_campaign_under_way(pg, fast, handler, spawn)
-    assert cli(fast, "cancel", str(campaign_id)).endswith("cancelled")
+    assert ok(fast, "cancel", str(campaign_id)).endswith("cancelled")
     at_cancel = len(handler.messages)
     await asyncio.sleep(1.5)
     assert len(handler.messages) <= at_cancel + fast.chunk_size
-    assert cli(fast, "cancel", str(campaign_id)).endswith("(unchanged)")
+    assert ok(fast, "cancel", str(campaign_id)).endswith("(unchanged)")
     assert fast.database_url is not None
     ledger = await ledger_rows(fast.database_url, campaign_id)
     states = {r["state"] for r in ledger.values()}

@@ -1,0 +1,60 @@
+"""The pure pacing rules: retry backoff, slowing down on pushback, the shared rate's windows."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker import ratelimit
+from worker.ledger import Outcome
+from worker.sender import MAX_PUSHBACK_PAUSE, backoff, pause_after_pushback, pushed_back
+from worker.settings import Settings
+
+SETTINGS = Settings(_env_file=None, retry_base_seconds=2.0)  # type: ignore[call-arg]
+
+
+@given(attempts=st.integers(min_value=1, max_value=30))
+def test_backoff_doubles_per_attempt_with_jitter_in_the_upper_half(attempts: int) -> None:
+    ceiling = 2.0 * 2 ** (attempts - 1)
+    delay = backoff(SETTINGS, attempts)
+    assert timedelta(seconds=ceiling / 2) <= delay <= timedelta(seconds=ceiling)
+
+
+def test_a_421_or_a_mostly_deferred_chunk_is_pushback() -> None:
+    sent = Outcome(1, "sent", smtp_code=250)
+    busy = Outcome(2, "deferred", smtp_code=421)
+    later = Outcome(3, "deferred", smtp_code=451)
+    assert pushed_back([sent, sent, sent, busy])
+    assert pushed_back([sent, later, later])
+    assert not pushed_back([sent, sent, later])
+    assert not pushed_back([later])
+    assert not pushed_back([])
+
+
+def test_the_pause_doubles_while_the_server_pushes_back_and_is_capped() -> None:
+    pauses = [pause_after_pushback(SETTINGS, n) for n in range(12)]
+    assert pauses[:4] == [0.0, 2.0, 4.0, 8.0]
+    assert max(pauses) == MAX_PUSHBACK_PAUSE
+    assert pauses == sorted(pauses)
+
+
+@given(
+    rate=st.floats(min_value=0.01, max_value=100_000),
+    asked=st.integers(min_value=1, max_value=10_000),
+    before=st.integers(min_value=0, max_value=200_000),
+)
+def test_a_window_never_grants_more_than_its_allowance(
+    rate: float, asked: int, before: int
+) -> None:
+    allowance = int(rate * ratelimit.window_length(rate))
+    got = ratelimit.granted(rate, asked, before + asked)
+    assert 0 <= got <= asked
+    assert got == max(0, min(asked, allowance - before))
+    assert before + got <= max(allowance, before)
+
+
+def test_slow_rates_count_over_longer_windows() -> None:
+    assert ratelimit.window_length(50) == 1
+    assert ratelimit.window_length(0.25) == 4

@@ -298,12 +298,12 @@ def _control(campaign_id: int, action: str) -> str:
             elif action == "resume":
                 moved = await ledger.set_status(conn, campaign_id, "running", ("paused",))
             else:
-                async with conn.transaction():
-                    moved = await ledger.set_status(
-                        conn, campaign_id, "cancelled", ("running", "paused")
-                    )
-                    if moved:
-                        await ledger.cancel_open(conn, campaign_id)
+                # The status first, committed on its own: workers see it at their next
+                # chunk and let go of the rows they hold, which cancel_open then marks.
+                moved = await ledger.set_status(
+                    conn, campaign_id, "cancelled", ("running", "paused")
+                )
+                await ledger.cancel_open(conn, campaign_id)
             new_state = await ledger.campaign_status(conn, campaign_id)
             if moved:
                 structlog.get_logger().info(f"campaign.{new_state}", campaign_id=campaign_id)

@@ -4,8 +4,8 @@ Every state change is a conditional update (`WHERE state = ...`), so a job that 
 or two workers racing for the same rows, can never move an invitation twice.
 
 Invitation states:
-  pending    waiting; free to claim unless a live lease (`lease_until`) says a worker holds it
-  sending    the SMTP transaction for it has started
+  pending    waiting; a worker claims it by locking the row (FOR UPDATE SKIP LOCKED)
+  sending    the SMTP transaction for it has started; `lease_until` bounds how long
   sent       the server accepted it (2xx)                                         final
   suppressed an opt-out list or the bounce list forbids it (`reason` says which)  final
   deferred   4xx or connection error; retried at `next_attempt_at`
@@ -92,53 +92,27 @@ async def open_ranges(conn: Conn, campaign_id: int, slice_size: int) -> list[tup
 
 
 async def claim(
-    conn: Conn,
-    *,
-    campaign_id: int,
-    first_id: int,
-    last_id: int,
-    limit: int,
-    worker_id: str,
-    lease_seconds: float,
+    conn: Conn, *, campaign_id: int, first_id: int, last_id: int, limit: int
 ) -> list[Invitation]:
-    """Lease up to `limit` due invitations in the range to this worker.
+    """Lock up to `limit` due invitations of the range for this worker's transaction.
 
-    `FOR UPDATE SKIP LOCKED` plus the lease condition means no two workers ever hold the
-    same invitation; a claim by a worker that died frees itself when its lease runs out.
+    Call inside a transaction. `FOR UPDATE SKIP LOCKED` means no two workers ever hold the
+    same invitation, and nothing is written: if the worker dies before `start_chunk`
+    commits, its locks vanish with its connection and the rows are simply due again.
     """
     rows = await conn.fetch(
-        """UPDATE invitations i
-           SET lease_until = now() + make_interval(secs => $6), claimed_by = $5,
-               updated_at = now()
-           WHERE i.id IN (
-               SELECT id FROM invitations
-               WHERE campaign_id = $1 AND id BETWEEN $2 AND $3
-                 AND (state = 'pending'
-                      OR (state = 'deferred' AND next_attempt_at <= now()))
-                 AND (lease_until IS NULL OR lease_until < now())
-               ORDER BY id
-               LIMIT $4
-               FOR UPDATE SKIP LOCKED)
-           RETURNING i.id, i.email, i.email_hash, i.locale, i.vars, i.attempts""",
+        """SELECT id, email, email_hash, locale, vars, attempts FROM invitations
+           WHERE campaign_id = $1 AND id BETWEEN $2 AND $3
+             AND (state = 'pending' OR (state = 'deferred' AND next_attempt_at <= now()))
+           ORDER BY id
+           LIMIT $4
+           FOR UPDATE SKIP LOCKED""",
         campaign_id,
         first_id,
         last_id,
         limit,
-        worker_id,
-        lease_seconds,
     )
-    rows = sorted(rows, key=lambda r: r["id"])
     return [Invitation(**dict(r)) for r in rows]
-
-
-async def release(conn: Conn, invitation_ids: Sequence[int], worker_id: str) -> None:
-    """Give back claims that were not used (nothing was sent for them)."""
-    await conn.execute(
-        """UPDATE invitations SET lease_until = NULL, claimed_by = NULL
-           WHERE id = ANY($1) AND claimed_by = $2 AND state IN ('pending', 'deferred')""",
-        list(invitation_ids),
-        worker_id,
-    )
 
 
 async def start_chunk(
@@ -146,43 +120,48 @@ async def start_chunk(
     campaign_id: int,
     early: Sequence[Outcome],
     sending: Sequence[int],
+    *,
     worker_id: str,
+    lease_seconds: float,
 ) -> list[int] | None:
     """Record a chunk's suppressed and failed invitations and move the rest to `sending`.
 
-    One statement, committed durably before any SMTP starts (a lost `sending` mark could
-    turn into an uncounted duplicate). Returns the ids now `sending`, or None when the
-    campaign is no longer running (paused or cancelled meanwhile): then nothing changed.
+    Runs in the transaction that `claim` locked the rows in, as its last statement; the
+    caller commits it durably before any SMTP starts (a lost `sending` mark could turn
+    into an uncounted duplicate). `sending` rows get a lease: if the worker dies before
+    recording their outcome, `reconcile` counts them `unknown` when it runs out. Returns
+    the ids now `sending`, or None when the campaign is no longer running (paused or
+    cancelled meanwhile): then nothing changed.
     """
     ids = [o.invitation_id for o in early] + list(sending)
     states = [o.state for o in early] + ["sending"] * len(sending)
     reasons = [o.reason for o in early] + [None] * len(sending)
-    async with conn.transaction():
-        # The worker's sessions commit asynchronously; this commit must not.
-        await conn.execute("SET LOCAL synchronous_commit TO on")
-        row = await conn.fetchrow(
-            """WITH running AS (
-                   SELECT 1 FROM campaigns WHERE id = $1 AND status = 'running'),
-               upd AS (
-                   UPDATE invitations i
-                   SET state = v.state, reason = v.reason,
-                       attempts = i.attempts + (v.state = 'sending')::int,
-                       lease_until = CASE WHEN v.state = 'sending' THEN i.lease_until END,
-                       claimed_by = CASE WHEN v.state = 'sending' THEN i.claimed_by END,
-                       updated_at = now()
-                   FROM unnest($2::bigint[], $3::text[], $4::text[]) AS v(id, state, reason)
-                   WHERE i.id = v.id AND i.claimed_by = $5
-                     AND i.state IN ('pending', 'deferred')
-                     AND EXISTS (SELECT 1 FROM running)
-                   RETURNING i.id, i.state)
-               SELECT EXISTS (SELECT 1 FROM running) AS running,
-                      array(SELECT id FROM upd WHERE state = 'sending') AS sending""",
-            campaign_id,
-            ids,
-            states,
-            reasons,
-            worker_id,
-        )
+    # The worker's sessions commit asynchronously; this transaction must not.
+    await conn.execute("SET LOCAL synchronous_commit TO on")
+    row = await conn.fetchrow(
+        """WITH running AS (
+               SELECT 1 FROM campaigns WHERE id = $1 AND status = 'running'),
+           upd AS (
+               UPDATE invitations i
+               SET state = v.state, reason = v.reason,
+                   attempts = i.attempts + (v.state = 'sending')::int,
+                   lease_until = CASE WHEN v.state = 'sending'
+                                      THEN now() + make_interval(secs => $6) END,
+                   claimed_by = CASE WHEN v.state = 'sending' THEN $5 END,
+                   updated_at = now()
+               FROM unnest($2::bigint[], $3::text[], $4::text[]) AS v(id, state, reason)
+               WHERE i.id = v.id AND i.state IN ('pending', 'deferred')
+                 AND EXISTS (SELECT 1 FROM running)
+               RETURNING i.id, i.state)
+           SELECT EXISTS (SELECT 1 FROM running) AS running,
+                  array(SELECT id FROM upd WHERE state = 'sending') AS sending""",
+        campaign_id,
+        ids,
+        states,
+        reasons,
+        worker_id,
+        lease_seconds,
+    )
     assert row is not None
     return list(row["sending"]) if row["running"] else None
 
@@ -363,11 +342,13 @@ async def set_status(conn: Conn, campaign_id: int, new: str, allowed_from: tuple
 
 
 async def cancel_open(conn: Conn, campaign_id: int) -> int:
-    """Mark the campaign's invitations that have not started sending `cancelled`."""
+    """Mark the invitations of a cancelled campaign that have not started sending
+    `cancelled` (waiting for workers to let go of rows they hold); idempotent."""
     result = await conn.execute(
         """UPDATE invitations SET state = 'cancelled', reason = 'campaign_cancelled',
                lease_until = NULL, claimed_by = NULL, updated_at = now()
-           WHERE campaign_id = $1 AND state IN ('pending', 'deferred')""",
+           WHERE campaign_id = $1 AND state IN ('pending', 'deferred')
+             AND EXISTS (SELECT 1 FROM campaigns WHERE id = $1 AND status = 'cancelled')""",
         campaign_id,
     )
     return int(result.split()[-1])

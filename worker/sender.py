@@ -25,7 +25,6 @@ from worker.errors import (
     AmbiguousSmtpError,
     InvalidAddress,
     PermanentSmtpError,
-    SuppressionUnavailable,
     TemplateProblem,
     TransientSmtpError,
     UnsafeHeaderValue,
@@ -250,29 +249,7 @@ async def send_slice(
         scope = suppression.Scope(campaign.kind, campaign.client_id)
         while campaign.status == "running" and not sender.stopping:
             await asyncio.sleep(pause_after_pushback(sender.settings, sender.pushback))
-            claimed = await ledger.claim(
-                conn,
-                campaign_id=campaign.id,
-                first_id=first_id,
-                last_id=last_id,
-                limit=sender.settings.chunk_size,
-                worker_id=sender.worker_id,
-                lease_seconds=sender.settings.claim_lease_seconds,
-            )
-            if not claimed:
-                break
-            try:
-                # Rendering needs no lock: it overlaps with other slices' database and SMTP
-                # waits. Messages of people the check then suppresses are simply dropped.
-                now = datetime.now(UTC).replace(microsecond=0)
-                prepared = [prepare(sender, campaign, inv, now) for inv in claimed]
-            except TemplateProblem as e:
-                await ledger.release(conn, [inv.id for inv in claimed], sender.worker_id)
-                if await ledger.fail_campaign(conn, campaign.id, f"template: {e}"):
-                    bound.error("campaign.failed", reason=f"template: {e}")
-                break
-            async with sender.window:
-                done = await _send_chunk(sender, conn, campaign, scope, claimed, prepared, bound)
+            done = await _claim_and_send(sender, conn, campaign, scope, first_id, last_id, bound)
             if done is None:
                 break
             sender.pushback = sender.pushback + 1 if pushed_back(done) else 0
@@ -287,33 +264,92 @@ async def send_slice(
     return SliceResult(totals, retry_at, campaign_done=finished)
 
 
-async def _send_chunk(
+async def _claim_and_send(
+    sender: Sender,
+    conn: Conn,
+    campaign: ledger.Campaign,
+    scope: suppression.Scope,
+    first_id: int,
+    last_id: int,
+    bound: Any,
+) -> list[ledger.Outcome] | None:
+    """Claim, check, mark, send and record one chunk; None when there is nothing (more)
+    to do: the range is done, the campaign stopped running, or its template failed.
+
+    The claim is a set of row locks in a transaction that ends, durably, when the chunk
+    is marked `sending`; a failure before that (the opt-out check above all) rolls it
+    back, and nothing was written or sent.
+    """
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        claimed = await ledger.claim(
+            conn,
+            campaign_id=campaign.id,
+            first_id=first_id,
+            last_id=last_id,
+            limit=sender.settings.chunk_size,
+        )
+        if not claimed:
+            await tx.rollback()
+            return None
+        now = datetime.now(UTC).replace(microsecond=0)
+        # Rendering needs no window: it overlaps with other slices' database and SMTP waits.
+        # Messages of people the check then suppresses are simply dropped.
+        prepared = [prepare(sender, campaign, inv, now) for inv in claimed]
+    except TemplateProblem as e:
+        await tx.rollback()
+        if await ledger.fail_campaign(conn, campaign.id, f"template: {e}"):
+            bound.error("campaign.failed", reason=f"template: {e}")
+        return None
+    except BaseException:
+        with contextlib.suppress(*DB_ERRORS):
+            await tx.rollback()
+        raise
+    async with sender.window:
+        try:
+            started = await _check_and_start(sender, conn, campaign, scope, claimed, prepared)
+        except BaseException:
+            with contextlib.suppress(*DB_ERRORS):
+                await tx.rollback()
+            raise
+        if started is None:
+            # Paused or cancelled while this chunk waited for its turn.
+            await tx.rollback()
+            return None
+        await tx.commit()
+        early, ready = started
+        inv_by_id = {inv.id: inv for inv in claimed}
+        for o in early:
+            _log_decision(bound, inv_by_id, o)
+        done = list(await asyncio.gather(*(_deliver(sender, campaign, p) for p in ready)))
+        await ledger.record(conn, done, sender.worker_id)
+    for o in done:
+        _log_decision(bound, inv_by_id, o)
+    return early + done
+
+
+async def _check_and_start(
     sender: Sender,
     conn: Conn,
     campaign: ledger.Campaign,
     scope: suppression.Scope,
     claimed: list[ledger.Invitation],
     prepared: list[Prepared | ledger.Outcome],
-    bound: Any,
-) -> list[ledger.Outcome] | None:
-    """Check, mark, send and record one chunk; None if the campaign stopped running."""
-    inv_by_id = {inv.id: inv for inv in claimed}
+) -> tuple[list[ledger.Outcome], list[Prepared]] | None:
+    """Run the opt-out check for a claimed chunk and mark it; None if the campaign stopped.
+
+    Raises SuppressionUnavailable when the check cannot run: the caller rolls back.
+    """
     if sender.limiter is not None:
         # Wait for permits before the opt-out check, so the check stays next to the send.
         await sender.limiter.acquire(len(claimed))
-    try:
-        hits = await suppression.lookup(
-            conn,
-            scope,
-            [inv.email_hash for inv in claimed],
-            timeout=sender.settings.suppression_timeout_seconds,
-        )
-    except SuppressionUnavailable:
-        # Fail closed: nothing of this chunk is sent. Give the claims back if the database
-        # still answers; otherwise their leases run out on their own.
-        with contextlib.suppress(*DB_ERRORS):
-            await ledger.release(conn, list(inv_by_id), sender.worker_id)
-        raise
+    hits = await suppression.lookup(
+        conn,
+        scope,
+        [inv.email_hash for inv in claimed],
+        timeout=sender.settings.suppression_timeout_seconds,
+    )
     early: list[ledger.Outcome] = []
     ready: dict[int, Prepared] = {}
     for inv, item in zip(claimed, prepared, strict=True):
@@ -324,18 +360,17 @@ async def _send_chunk(
             ready[inv.id] = item
         else:
             early.append(item)
-    started = await ledger.start_chunk(conn, campaign.id, early, list(ready), sender.worker_id)
+    started = await ledger.start_chunk(
+        conn,
+        campaign.id,
+        early,
+        list(ready),
+        worker_id=sender.worker_id,
+        lease_seconds=sender.settings.claim_lease_seconds,
+    )
     if started is None:
-        # Paused or cancelled while this chunk waited for its turn.
-        await ledger.release(conn, list(inv_by_id), sender.worker_id)
         return None
-    for o in early:
-        _log_decision(bound, inv_by_id, o)
-    done = list(await asyncio.gather(*(_deliver(sender, campaign, ready[i]) for i in started)))
-    await ledger.record(conn, done, sender.worker_id)
-    for o in done:
-        _log_decision(bound, inv_by_id, o)
-    return early + done
+    return early, [ready[i] for i in started]
 
 
 async def log_completion(conn: Conn, campaign: ledger.Campaign) -> None:

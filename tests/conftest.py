@@ -3,6 +3,7 @@ TEST_REDIS_URL name servers), and a real aiosmtpd SMTP server per test."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +13,7 @@ import asyncpg
 import pytest
 import redis.asyncio
 
+from tests.support.admin import admin, with_database
 from tests.support.smtp import RecordingHandler, start_smtp_server
 from worker import db, embedded
 from worker.settings import Settings
@@ -19,11 +21,6 @@ from worker.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 # One template per pytest process: two test runs may share the embedded cluster.
 TEMPLATE_DB = f"survey_test_template_{os.getpid()}"
-
-
-def _with_database(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
 
 
 @pytest.fixture(scope="session")
@@ -34,27 +31,21 @@ def services() -> Iterator[embedded.ServiceUrls]:
         redis_url=os.environ.get("TEST_REDIS_URL"),
         data_dir=ROOT / ".data" / "test",
     ) as urls:
-        import asyncio
 
         async def make_template() -> None:
-            conn = await asyncpg.connect(urls.database_url)
-            try:
-                await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
-                await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
-            finally:
-                await conn.close()
-            conn = await asyncpg.connect(_with_database(urls.database_url, TEMPLATE_DB))
+            await admin(
+                urls.database_url,
+                f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)",
+                f"CREATE DATABASE {TEMPLATE_DB}",
+            )
+            conn = await asyncpg.connect(with_database(urls.database_url, TEMPLATE_DB))
             try:
                 await db.migrate(conn)
             finally:
                 await conn.close()
 
         async def drop_template() -> None:
-            conn = await asyncpg.connect(urls.database_url)
-            try:
-                await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
-            finally:
-                await conn.close()
+            await admin(urls.database_url, f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
 
         asyncio.run(make_template())
         yield urls
@@ -65,18 +56,9 @@ def services() -> Iterator[embedded.ServiceUrls]:
 async def database_url(services: embedded.ServiceUrls) -> AsyncIterator[str]:
     """A fresh, migrated database for one test, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-    finally:
-        await admin.close()
-    yield _with_database(services.database_url, name)
-    # A new connection: fault tests restart Postgres while the test runs.
-    admin = await asyncpg.connect(services.database_url)
-    try:
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    await admin(services.database_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    yield with_database(services.database_url, name)
+    await admin(services.database_url, f"DROP DATABASE {name} WITH (FORCE)")
 
 
 @pytest.fixture

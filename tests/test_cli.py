@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from tests.faults.harness import cli
+from tests.support.admin import admin, with_database
 from tests.support.pipeline import add_client, run_workers
 from tests.support.smtp import RecordingHandler
 from worker import db
@@ -17,6 +18,21 @@ from worker.embedded import ServiceUrls
 from worker.settings import Settings
 
 SMTP = tuple[RecordingHandler, int]
+
+
+def launch_args(recipients: Path) -> list[str]:
+    """`launch` of a survey campaign for client acme from `recipients`."""
+    return [
+        "launch",
+        "--client",
+        "acme",
+        "--template",
+        "invitation",
+        "--recipients",
+        str(recipients),
+        "--survey-url",
+        "https://survey.test/s",
+    ]
 
 
 def test_help_lists_the_commands(settings: Settings) -> None:
@@ -54,19 +70,7 @@ async def test_launch_json_reports_rejected_lines_and_status_counts(
         "ann@example.com,Ann again,nl\n"
         "dan@example.com,Dan,fr\n"
     )
-    done = cli(
-        settings,
-        "launch",
-        "--client",
-        "acme",
-        "--template",
-        "invitation",
-        "--recipients",
-        str(recipients),
-        "--survey-url",
-        "https://survey.test/s",
-        "--json",
-    )
+    done = cli(settings, *launch_args(recipients), "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["imported"] == 2
@@ -98,18 +102,7 @@ async def test_launch_errors_are_one_line_and_import_nothing(
     recipients = tmp_path / "people.csv"
     if content is not None:
         recipients.write_text(content)
-    done = cli(
-        settings,
-        "launch",
-        "--client",
-        "acme",
-        "--template",
-        "invitation",
-        "--recipients",
-        str(recipients),
-        "--survey-url",
-        "https://survey.test/s",
-    )
+    done = cli(settings, *launch_args(recipients))
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -125,12 +118,8 @@ def test_migrate_is_idempotent(settings: Settings) -> None:
 
 async def test_migrations_apply_to_an_empty_database(services: ServiceUrls) -> None:
     name = f"empty_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(services.database_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    conn = await asyncpg.connect(services.database_url.rpartition("/")[0] + f"/{name}")
+    await admin(services.database_url, f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(with_database(services.database_url, name))
     try:
         applied = await db.migrate(conn)
         assert applied == [p.name for _, p in db.migration_files()]
@@ -151,8 +140,4 @@ async def test_migrations_apply_to_an_empty_database(services: ServiceUrls) -> N
         } <= tables
     finally:
         await conn.close()
-    conn = await asyncpg.connect(services.database_url)
-    try:
-        await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    await admin(services.database_url, f"DROP DATABASE {name} WITH (FORCE)")

@@ -15,8 +15,6 @@ from worker.db import Conn
 from worker.errors import InvalidAddress, SurveyWorkerError, TemplateProblem
 from worker.render import TemplateStore
 
-COPY_BATCH = 5_000
-
 
 class LaunchProblem(SurveyWorkerError):
     """A campaign cannot be launched as asked; nothing was created."""

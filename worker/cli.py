@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from worker import addresses, campaigns, db, embedded, ledger, logs, optouts, privacy, queue
-from worker.errors import ConfigError, SurveyWorkerError
+from worker.errors import ConfigError, NotFound, SurveyWorkerError
 from worker.render import TemplateStore
 from worker.settings import Settings
 from worker.suppression import Scope
@@ -40,7 +40,7 @@ def _clear_errors() -> Iterator[None]:
         raise click.ClickException(f"configuration: {where}: {first['msg']}") from None
     except SurveyWorkerError as e:
         raise click.ClickException(str(e)) from None
-    except (OSError, asyncpg.PostgresError, redis.exceptions.RedisError) as e:
+    except (*db.DB_ERRORS, *queue.ERRORS) as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from None
 
 
@@ -90,6 +90,15 @@ def run(env: Env, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         return asyncio.run(main())
 
 
+async def _no_work(_conn: asyncpg.Connection) -> None:
+    return None
+
+
+def prepare_database(env: Env) -> None:
+    """Migrate the embedded database, or check that a configured one has the schema."""
+    run(env, _no_work)
+
+
 def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(data) if as_json else text)
 
@@ -123,7 +132,7 @@ def worker(burst: bool) -> None:
     from worker.main import create_worker
 
     with environment(secrets=True) as env:
-        run(env, lambda conn: asyncio.sleep(0))
+        prepare_database(env)
         with _clear_errors():
             _install_uvloop()
             create_worker(
@@ -250,7 +259,7 @@ def _enqueue_launch(redis_url: str, campaign_id: int) -> bool:
 
     try:
         asyncio.run(go())
-    except (OSError, redis.exceptions.RedisError) as e:
+    except queue.ERRORS as e:
         structlog.get_logger().warning(
             "campaign.enqueue_failed", campaign_id=campaign_id, error=type(e).__name__
         )
@@ -268,7 +277,7 @@ def status(campaign_id: int, as_json: bool) -> None:
         async def work(conn: asyncpg.Connection) -> dict[str, Any]:
             state = await ledger.campaign_status(conn, campaign_id)
             if state is None:
-                raise campaigns.LaunchProblem(f"no campaign {campaign_id}")
+                raise NotFound(f"no campaign {campaign_id}")
             counts = await ledger.counts(conn, campaign_id)
             return {
                 "campaign_id": campaign_id,
@@ -289,10 +298,10 @@ def _control(campaign_id: int, action: str) -> str:
     """Pause, resume or cancel a campaign; idempotent; returns what happened."""
     with environment() as env:
 
-        async def work(conn: asyncpg.Connection) -> str:
+        async def work(conn: asyncpg.Connection) -> tuple[bool, str | None]:
             state = await ledger.campaign_status(conn, campaign_id)
             if state is None:
-                raise campaigns.LaunchProblem(f"no campaign {campaign_id}")
+                raise NotFound(f"no campaign {campaign_id}")
             if action == "pause":
                 moved = await ledger.set_status(conn, campaign_id, "paused", ("running",))
             elif action == "resume":
@@ -304,15 +313,14 @@ def _control(campaign_id: int, action: str) -> str:
                     conn, campaign_id, "cancelled", ("running", "paused")
                 )
                 await ledger.cancel_open(conn, campaign_id)
-            new_state = await ledger.campaign_status(conn, campaign_id)
-            if moved:
-                structlog.get_logger().info(f"campaign.{new_state}", campaign_id=campaign_id)
-            return f"campaign {campaign_id}: {new_state}" + ("" if moved else " (unchanged)")
+            return moved, await ledger.campaign_status(conn, campaign_id)
 
-        message = run(env, work)
-        if action == "resume" and message.endswith("running"):
-            _enqueue_launch(env.urls.redis_url, campaign_id)
-    return message
+        moved, state = run(env, work)
+        if moved:
+            structlog.get_logger().info(f"campaign.{state}", campaign_id=campaign_id)
+            if state == "running":
+                _enqueue_launch(env.urls.redis_url, campaign_id)
+    return f"campaign {campaign_id}: {state}" + ("" if moved else " (unchanged)")
 
 
 @main.command()
@@ -373,7 +381,7 @@ def health() -> None:
         client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2)
         try:
             return bool(await client.exists(health_key()))
-        except (OSError, redis.exceptions.RedisError):
+        except queue.ERRORS:
             return False
         finally:
             await client.aclose()
@@ -389,6 +397,13 @@ def _scope(client_id: str | None, marketing: bool) -> Scope:
     return Scope("marketing", "") if marketing else Scope("survey", client_id or "")
 
 
+def _address(env: Env, email: str) -> tuple[str, bytes]:
+    """The normalised address and its keyed hash (a bad address is one clear error)."""
+    with _clear_errors():
+        normalised = addresses.normalise(email)
+    return normalised, addresses.address_hash(env.settings.hash_key(), normalised)
+
+
 @main.command("opt-out")
 @click.argument("email")
 @click.option("--client", "client_id", help="Opt out of this client's surveys.")
@@ -397,15 +412,10 @@ def opt_out(email: str, client_id: str | None, marketing: bool) -> None:
     """Put EMAIL on a client's opt-out list or on the marketing list, at once."""
     scope = _scope(client_id, marketing)
     with environment(secrets=True) as env:
-        with _clear_errors():
-            normalised = addresses.normalise(email)
-        email_hash = addresses.address_hash(env.settings.hash_key(), normalised)
+        normalised, email_hash = _address(env, email)
 
         async def work(conn: asyncpg.Connection) -> bool:
-            if scope.kind == "survey" and not await conn.fetchval(
-                "SELECT true FROM clients WHERE id = $1", scope.client_id
-            ):
-                raise campaigns.LaunchProblem(f"unknown client {scope.client_id!r}")
+            await optouts.require_client(conn, scope)
             return await optouts.add(
                 conn,
                 scope,
@@ -485,7 +495,7 @@ def web(host: str, port: int) -> None:
         if env.settings.database_url is None:
             # Embedded Postgres: migrate it. A configured one may be down right now, and the
             # app must start anyway (it queues clicks until Postgres is back).
-            run(env, lambda conn: asyncio.sleep(0))
+            prepare_database(env)
         with _clear_errors():
             web_app.serve(
                 env.settings,
@@ -502,12 +512,6 @@ def _not_blank(_ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value.strip()
 
 
-def _address_hash(env: Env, email: str) -> bytes:
-    with _clear_errors():
-        normalised = addresses.normalise(email)
-    return addresses.address_hash(env.settings.hash_key(), normalised)
-
-
 @main.command()
 @click.argument("email")
 @click.option("--client", "client_id", help="Take EMAIL off this client's opt-out list.")
@@ -520,7 +524,7 @@ def resubscribe(
     """Reverse an opt-out on the privacy contact's request (audited; privacy_officer role)."""
     scope = _scope(client_id, marketing)
     with environment(secrets=True) as env:
-        email_hash = _address_hash(env, email)
+        _, email_hash = _address(env, email)
         removed = run(
             env,
             lambda conn: privacy.resubscribe(
@@ -564,7 +568,7 @@ def export_opt_outs(client_id: str | None, marketing: bool, output: Path | None)
 def erase(email: str, actor: str) -> None:
     """Erase EMAIL everywhere; its keyed hash stays, so its opt-outs still apply."""
     with environment(secrets=True) as env:
-        email_hash = _address_hash(env, email)
+        _, email_hash = _address(env, email)
         report = run(env, lambda conn: privacy.erase(conn, email_hash=email_hash, actor=actor))
     click.echo(
         f"erased from {report.invitations} invitations, {report.client_opt_outs} client "

@@ -16,6 +16,9 @@ from worker.settings import PROJECT_ROOT
 # A connection of its own or one borrowed from a pool: the queries take either.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
+# What a lost, refused or broken database connection raises.
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 SQL_DIR = PROJECT_ROOT / "sql"
 MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # Any fixed number: it only has to be the same in every process that migrates.
@@ -99,3 +102,8 @@ async def migrate(conn: Conn, sql_dir: Path = SQL_DIR) -> list[str]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied
+
+
+def row_count(status: str) -> int:
+    """The row count of a command status such as `UPDATE 3`."""
+    return int(status.rsplit(" ", 1)[-1])

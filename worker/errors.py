@@ -15,6 +15,10 @@ class ConfigError(SurveyWorkerError):
     """The configuration is unusable (missing secret, bad URL, placeholder in production)."""
 
 
+class NotFound(SurveyWorkerError):
+    """A client or campaign named by the user does not exist."""
+
+
 class InvalidAddress(SurveyWorkerError):
     """An e-mail address that must not be used; `reason` says why, without the address."""
 

@@ -97,7 +97,7 @@ async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
                 return {"slices": 0}
             ranges = await ledger.open_ranges(conn, campaign_id, settings.slice_size)
             total = sum((await ledger.counts(conn, campaign_id)).values())
-    except sender.DB_ERRORS as e:
+    except db.DB_ERRORS as e:
         raise Retry(defer=_retry_delay(ctx)) from e
     for first, last in ranges:
         await ctx["redis"].enqueue_job("send_batch", campaign_id, first, last)
@@ -131,7 +131,7 @@ async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int
         )
     except WorkerStopping as e:
         raise Retry(defer=1) from e
-    except (SuppressionUnavailable, *sender.DB_ERRORS) as e:
+    except (SuppressionUnavailable, *db.DB_ERRORS) as e:
         log.warning(
             "batch.retry", campaign_id=campaign_id, reason=type(e).__name__, job_id=ctx["job_id"]
         )
@@ -182,7 +182,7 @@ async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any
     try:
         async with ctx["pool"].acquire() as conn:
             scope = await optouts.add_from_token(conn, claims, source=source)
-    except sender.DB_ERRORS as e:
+    except db.DB_ERRORS as e:
         raise Retry(defer=_retry_delay(ctx)) from e
     if scope is None:
         log.warning("opt_out.unknown_client", source=source, job_id=ctx["job_id"])
@@ -206,14 +206,11 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
     reconcile interval are launched again; the ledger's claims make all of it idempotent.
     """
     settings = ctx["settings"]
+    resend = settings.unknown_policy == "resend"
+    event = "invitation.requeued" if resend else "invitation.unknown"
     async with ctx["pool"].acquire() as conn:
-        lost = await ledger.expire_sending(conn, resend=settings.unknown_policy == "resend")
+        lost = await ledger.expire_sending(conn, resend=resend)
         for invitation_id, campaign_id, client_id, email_hash in lost:
-            event = (
-                "invitation.requeued"
-                if settings.unknown_policy == "resend"
-                else ("invitation.unknown")
-            )
             log.warning(
                 event,
                 campaign_id=campaign_id,

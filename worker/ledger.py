@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from worker.db import Conn
+from worker.db import Conn, row_count
 
 
 @dataclass(frozen=True)
@@ -304,8 +304,7 @@ async def stalled_campaigns(conn: Conn, idle_seconds: float) -> list[int]:
              AND EXISTS (SELECT 1 FROM invitations i
                          WHERE i.campaign_id = c.id
                            AND (i.state = 'pending'
-                                OR (i.state = 'deferred' AND i.next_attempt_at <= now()))
-                           AND (i.lease_until IS NULL OR i.lease_until < now()))
+                                OR (i.state = 'deferred' AND i.next_attempt_at <= now())))
              AND NOT EXISTS (SELECT 1 FROM invitations i
                              WHERE i.campaign_id = c.id
                                AND i.updated_at > now() - make_interval(secs => $1))
@@ -351,7 +350,7 @@ async def cancel_open(conn: Conn, campaign_id: int) -> int:
              AND EXISTS (SELECT 1 FROM campaigns WHERE id = $1 AND status = 'cancelled')""",
         campaign_id,
     )
-    return int(result.split()[-1])
+    return row_count(result)
 
 
 async def reopen_unknown(conn: Conn, campaign_id: int) -> int:
@@ -362,4 +361,4 @@ async def reopen_unknown(conn: Conn, campaign_id: int) -> int:
            WHERE campaign_id = $1 AND state = 'unknown'""",
         campaign_id,
     )
-    return int(result.split()[-1])
+    return row_count(result)

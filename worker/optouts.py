@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from worker.db import Conn
+from worker.errors import NotFound
 from worker.suppression import Scope
 from worker.tokens import TokenClaims
+
+
+async def require_client(conn: Conn, scope: Scope) -> None:
+    """Refuse a client's list when there is no such client."""
+    if scope.kind == "survey" and not await conn.fetchval(
+        "SELECT true FROM clients WHERE id = $1", scope.client_id
+    ):
+        raise NotFound(f"unknown client {scope.client_id!r}")
 
 
 def scope_label(scope: Scope) -> str:

@@ -15,7 +15,7 @@ from typing import IO
 
 import structlog
 
-from worker import addresses, optouts
+from worker import addresses, db, optouts
 from worker.db import Conn
 from worker.errors import SurveyWorkerError
 from worker.suppression import Scope
@@ -76,14 +76,6 @@ async def act_as(conn: Conn, role: str) -> None:
         await conn.execute(f'SET LOCAL ROLE "{role}"')
 
 
-async def _check_scope(conn: Conn, scope: Scope) -> None:
-    """Refuse a client's list when there is no such client."""
-    if scope.kind == "survey" and not await conn.fetchval(
-        "SELECT true FROM clients WHERE id = $1", scope.client_id
-    ):
-        raise PrivacyRequestError(f"unknown client {scope.client_id!r}")
-
-
 async def resubscribe(
     conn: Conn, scope: Scope, *, email_hash: bytes, actor: str, reason: str
 ) -> bool:
@@ -96,7 +88,7 @@ async def resubscribe(
     reason = _required(reason, "the reason")
     async with conn.transaction():
         await act_as(conn, PRIVACY_ROLE)
-        await _check_scope(conn, scope)
+        await optouts.require_client(conn, scope)
         if scope.kind == "marketing":
             removed = await conn.fetchval(
                 "DELETE FROM marketing_opt_outs WHERE email_hash = $1 RETURNING true",
@@ -146,7 +138,7 @@ async def export_opt_outs(conn: Conn, scope: Scope, out: IO[str]) -> ExportRepor
         args = (scope.client_id,)
     async with conn.transaction(readonly=True):
         await act_as(conn, PRIVACY_ROLE)
-        await _check_scope(conn, scope)
+        await optouts.require_client(conn, scope)
         async for row in conn.cursor(query, *args, prefetch=EXPORT_PREFETCH):
             if row["email"] is None:
                 without_address += 1
@@ -187,9 +179,9 @@ async def erase(conn: Conn, *, email_hash: bytes, actor: str) -> ErasureReport:
             conn, "erase", "all", email_hash=email_hash, actor=actor, reason="erasure request"
         )
     report = ErasureReport(
-        invitations=_count(invitations),
-        client_opt_outs=_count(client_lists),
-        marketing_opt_outs=_count(marketing),
+        invitations=db.row_count(invitations),
+        client_opt_outs=db.row_count(client_lists),
+        marketing_opt_outs=db.row_count(marketing),
     )
     log.info(
         "address.erased",
@@ -229,7 +221,7 @@ async def purge(conn: Conn, *, retention_days: int) -> PurgeReport:
                 campaign_id,
                 PURGE_BATCH,
             )
-            count = _count(status)
+            count = db.row_count(status)
             deleted += count
             if count < PURGE_BATCH:
                 break
@@ -241,8 +233,3 @@ async def purge(conn: Conn, *, retention_days: int) -> PurgeReport:
         invitations=report.invitations,
     )
     return report
-
-
-def _count(status: str) -> int:
-    """The row count of a command status such as `UPDATE 3`."""
-    return int(status.rsplit(" ", 1)[-1])

@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import redis.exceptions
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+
+# What an unreachable or failing Redis raises.
+ERRORS = (OSError, redis.exceptions.RedisError)
 
 
 def serialize(value: dict[str, Any]) -> bytes:
@@ -20,18 +24,20 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return value
 
 
-def redis_settings(url: str) -> RedisSettings:
+def redis_settings(url: str, *, retries: int = 1) -> RedisSettings:
     """arq's settings for the Redis at `url`, failing fast when it is down."""
     settings = RedisSettings.from_dsn(url)
-    settings.conn_retries = 1
+    settings.conn_retries = retries
     settings.conn_timeout = 2
     return settings
 
 
-async def connect(url: str) -> ArqRedis:
+async def connect(url: str, *, retries: int = 1) -> ArqRedis:
     """An arq Redis pool that encodes jobs as JSON."""
     return await create_pool(
-        redis_settings(url), job_serializer=serialize, job_deserializer=deserialize
+        redis_settings(url, retries=retries),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
     )
 
 

@@ -1,8 +1,9 @@
 """Sending one slice of a campaign: claim, check opt-outs, render, SMTP, record, log.
 
-The slice is worked through in chunks no bigger than the number of SMTP connections, so
-the opt-out check for a message runs at most one chunk before it goes on the wire, and a
-crash leaves at most one chunk in the ambiguous `sending` state.
+The slice is worked through in chunks of CHUNK_SIZE invitations, one at a time per worker
+process from opt-out check to recorded outcome, so the check for a message runs at most
+one chunk before it goes on the wire, and a crash leaves at most one chunk in the
+ambiguous `sending` state.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 
 import asyncpg
 import structlog
+from asyncpg.transaction import Transaction
 
 from worker import addresses, ledger, links, message, outcomes, suppression, tokens
-from worker.db import Conn
+from worker.db import DB_ERRORS, Conn
 from worker.errors import (
     AmbiguousSmtpError,
     InvalidAddress,
@@ -36,7 +38,6 @@ from worker.render import TemplateStore
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.sender")
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # Larger messages are refused here rather than by the relay: oversized CSV variables.
 MAX_MESSAGE_BYTES = 2_000_000
 MAX_PUSHBACK_PAUSE = 30.0
@@ -58,7 +59,7 @@ class Sender:
     # Consecutive chunks the SMTP server pushed back on (421, mostly 4xx): slows us down.
     pushback: int = 0
     # One chunk at a time per process goes from opt-out check to recorded outcome, so at
-    # most SMTP_CONNECTIONS invitations are ever `sending` here (a crash leaves no more
+    # most CHUNK_SIZE invitations are ever `sending` here (a crash leaves no more
     # `unknown`), and each check stays next to its send.
     window: asyncio.Lock = field(default_factory=asyncio.Lock)
     signing_key: bytes = field(init=False)
@@ -75,7 +76,6 @@ class SliceResult:
 
     counts: dict[str, int]
     retry_at: datetime | None
-    campaign_done: bool
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,7 @@ async def send_slice(
         campaign = await ledger.load_campaign(conn, campaign_id)
         if campaign is None:
             log.warning("campaign.missing", campaign_id=campaign_id, job_id=job_id)
-            return SliceResult(totals, None, campaign_done=False)
+            return SliceResult(totals, None)
         bound = log.bind(campaign_id=campaign.id, client_id=campaign.client_id, job_id=job_id)
         scope = suppression.Scope(campaign.kind, campaign.client_id)
         while campaign.status == "running" and not sender.stopping:
@@ -261,7 +261,7 @@ async def send_slice(
         finished = await ledger.complete_if_done(conn, campaign.id)
         if finished:
             await log_completion(conn, campaign)
-    return SliceResult(totals, retry_at, campaign_done=finished)
+    return SliceResult(totals, retry_at)
 
 
 async def _claim_and_send(
@@ -303,15 +303,13 @@ async def _claim_and_send(
             bound.error("campaign.failed", reason=f"template: {e}")
         return None
     except BaseException:
-        with contextlib.suppress(*DB_ERRORS):
-            await tx.rollback()
+        await _abandon(tx)
         raise
     async with sender.window:
         try:
             started = await _check_and_start(sender, conn, campaign, scope, claimed, prepared)
         except BaseException:
-            with contextlib.suppress(*DB_ERRORS):
-                await tx.rollback()
+            await _abandon(tx)
             raise
         if started is None:
             # Paused or cancelled while this chunk waited for its turn.
@@ -327,6 +325,12 @@ async def _claim_and_send(
     for o in done:
         _log_decision(bound, inv_by_id, o)
     return early + done
+
+
+async def _abandon(tx: Transaction) -> None:
+    """Roll the claim back after an error; if the database is gone, so are the locks."""
+    with contextlib.suppress(*DB_ERRORS):
+        await tx.rollback()
 
 
 async def _check_and_start(

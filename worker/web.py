@@ -28,10 +28,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import asyncpg
-import redis.exceptions
 import structlog
 import uvicorn
-from arq import create_pool
 from arq.connections import ArqRedis
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
@@ -41,8 +39,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker import addresses, db, optouts, pages, queue, tokens
+from worker.db import DB_ERRORS
 from worker.errors import SurveyWorkerError
-from worker.sender import DB_ERRORS
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.web")
@@ -54,7 +52,6 @@ POOL_SIZE = 5
 # A one-click body is 26 bytes, a multipart one a few hundred: anything much larger is not
 # one, and is not read into memory.
 MAX_BODY = 4096
-QUEUE_ERRORS = (OSError, redis.exceptions.RedisError)
 
 
 class QueueUnavailable(SurveyWorkerError):
@@ -103,14 +100,8 @@ class Backends:
     async def _queue(self) -> ArqRedis:
         async with self._redis_lock:
             if self._redis is None:
-                settings = queue.redis_settings(self._redis_url)
                 # A click waits for this: fail at once rather than retry.
-                settings.conn_retries = 0
-                self._redis = await create_pool(
-                    settings,
-                    job_serializer=queue.serialize,
-                    job_deserializer=queue.deserialize,
-                )
+                self._redis = await queue.connect(self._redis_url, retries=0)
             return self._redis
 
     async def enqueue(self, function: str, *args: Any, job_id: str) -> None:
@@ -120,7 +111,7 @@ class Backends:
             async with asyncio.timeout(QUEUE_TIMEOUT):
                 redis = await self._queue()
                 await redis.enqueue_job(function, *args, _job_id=job_id)
-        except QUEUE_ERRORS as e:
+        except queue.ERRORS as e:
             raise QueueUnavailable(type(e).__name__) from e
 
     async def database_ok(self) -> bool:
@@ -137,7 +128,7 @@ class Backends:
         try:
             async with asyncio.timeout(QUEUE_TIMEOUT):
                 await (await self._queue()).ping()
-        except QUEUE_ERRORS:
+        except queue.ERRORS:
             return False
         return True
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import trustme
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
@@ -43,9 +45,10 @@ def config(port: int, **overrides: Any) -> SmtpConfig:
     return SmtpConfig(**(values | overrides))
 
 
-@pytest.fixture
-def handler() -> RecordingHandler:
-    return RecordingHandler()
+@pytest.fixture(params=[True, False], ids=["pipelining", "lock-step"])
+def handler(request: pytest.FixtureRequest) -> RecordingHandler:
+    """A server offering PIPELINING (as Postfix does), and one that does not."""
+    return RecordingHandler(pipelining=request.param)
 
 
 @pytest.fixture
@@ -72,6 +75,15 @@ async def test_an_accepted_message_arrives_byte_identical(
 ) -> None:
     assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
     assert handler.messages == [RecordedMessage(SENDER, (ALICE,), MESSAGE, ())]
+
+
+async def test_mail_rcpt_and_data_go_in_one_write_only_when_the_server_offers_pipelining(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    for _ in range(3):
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert len(handler.messages) == 3
+    assert handler.pipelined == (3 if handler.pipelining else 0)
 
 
 async def test_sequential_sends_share_one_connection(
@@ -201,6 +213,27 @@ async def test_required_starttls_never_falls_back_to_plaintext(
             await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
     assert handler.messages == []
     assert handler.connections == 1
+
+
+async def test_delivers_over_starttls_to_a_server_it_trusts(
+    handler: RecordingHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    with ca.cert_pem.tempfile() as ca_file:
+        # OpenSSL's default trust store, which the pool uses, honours SSL_CERT_FILE.
+        monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+        async with (
+            start_smtp_server(handler, tls_context=server_tls, require_starttls=True) as port,
+            SmtpPool(config(port, tls="starttls", connections=1)) as pool,
+        ):
+            for recipient in (ALICE, BOB):
+                assert await pool.send(sender=SENDER, recipient=recipient, message=MESSAGE) == 250
+    assert [m.recipients for m in handler.messages] == [(ALICE,), (BOB,)]
+    assert [m.data for m in handler.messages] == [MESSAGE, MESSAGE]
+    # One connection for both: aiosmtpd starts a second session on it after STARTTLS.
+    assert handler.connections == 2
 
 
 async def test_reconnects_after_the_server_closed_an_idle_connection() -> None:

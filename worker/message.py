@@ -98,9 +98,6 @@ def build(msg: OutgoingMessage) -> bytes:
         raise ValueError("date must be timezone-aware")
     if not _MSG_ID.fullmatch(msg.message_id):
         raise ValueError("message_id is not an RFC 5322 msg-id")
-    list_id = _LIST_ID.fullmatch(msg.list_id)
-    if list_id is None:
-        raise ValueError('list_id must read "description <label.namespace>"')
     if not _URL.fullmatch(msg.unsubscribe_url):
         raise ValueError("unsubscribe_url is not a URL")
 
@@ -111,12 +108,12 @@ def build(msg: OutgoingMessage) -> bytes:
     # 2046 section 5.1.1); the hash only makes it unique and repeatable.
     boundary = "=_" + hashlib.sha256(msg.message_id.encode()).hexdigest()[:32]
     headers = [
-        _fold("Date", [" " + _date(msg.date)]),
-        _mailbox("From", msg.sender_name, _address("sender", msg.sender)),
+        _date_header(msg.date),
+        _from_header(msg.sender_name, msg.sender),
         _mailbox("To", msg.recipient_name, _address("recipient", msg.recipient)),
         _fold("Subject", _unstructured(msg.subject, len("Subject:"))),
         _fold("Message-ID", [f" <{msg.message_id}>"]),
-        _fold("List-Id", [*_phrase(list_id[1], len("List-Id:")), f" <{list_id[2]}>"]),
+        _list_id_header(msg.list_id),
         # RFC 2369 section 3.2, and RFC 8058 section 3.1 for one-click unsubscription.
         _fold("List-Unsubscribe", [f" <{msg.unsubscribe_url}>"]),
         "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
@@ -136,18 +133,51 @@ def build(msg: OutgoingMessage) -> bytes:
     )
 
 
+# The headers below are the same for many messages: a chunk shares its Date, a campaign
+# its From and List-Id.
 @functools.lru_cache(maxsize=4)
-def _date(when: datetime) -> str:
-    """The Date header value (RFC 5322 section 3.3); a chunk of messages shares one."""
-    return format_datetime(when)
+def _date_header(when: datetime) -> str:
+    """The Date header (RFC 5322 section 3.3)."""
+    return _fold("Date", [" " + format_datetime(when)])
+
+
+@functools.lru_cache(maxsize=64)
+def _from_header(display_name: str, address: str) -> str:
+    """The From header."""
+    return _mailbox("From", display_name, _address("sender", address))
+
+
+@functools.lru_cache(maxsize=64)
+def _list_id_header(list_id: str) -> str:
+    """The List-Id header (RFC 2919)."""
+    parts = _LIST_ID.fullmatch(list_id)
+    if parts is None:
+        raise ValueError('list_id must read "description <label.namespace>"')
+    return _fold("List-Id", [*_phrase(parts[1], len("List-Id:")), f" <{parts[2]}>"])
 
 
 def _qp(body: str) -> bytes:
-    """A body as UTF-8 quoted-printable with CRLF line breaks and lines of at most 76."""
-    lines = body.replace("\r\n", "\n").replace("\r", "\n").encode()
-    # Every line break is now a bare "\n", which b2a_qp keeps (istext) and also uses for
-    # its soft line breaks, so each "\n" of its output becomes the CRLF of RFC 2045.
-    return binascii.b2a_qp(lines, istext=True).replace(b"\n", b"\r\n")
+    """A body as UTF-8 quoted-printable with CRLF line breaks and lines of at most 76.
+
+    Quoted-printable encodes each line on its own (RFC 2045 section 6.7), and most lines
+    of a campaign's messages are the same template text, so short lines come from a cache.
+    """
+    lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return b"\r\n".join(
+        [_qp_cached(line) if len(line) <= _CACHED_LINE else _qp_line(line) for line in lines]
+    )
+
+
+def _qp_line(line: str) -> bytes:
+    # b2a_qp puts "\n" between the pieces of a line too long for one; each of them becomes
+    # the CRLF of a soft line break (RFC 2045 section 6.7, rule 5).
+    return binascii.b2a_qp(line.encode(), istext=True).replace(b"\n", b"\r\n")
+
+
+# A thousand lines of up to a thousand characters: a few megabytes at most. Longer lines
+# (a minified template's single line, different for every recipient) are not kept.
+_CACHED_LINE = 1000
+_qp_cached = functools.lru_cache(maxsize=1000)(_qp_line)
 
 
 def _address(field: str, address: str) -> str:
@@ -243,6 +273,7 @@ def _fold(name: str, words: list[str]) -> str:
         else:
             line += word
     lines.append(line)
-    if max(len(li.encode()) for li in lines) > _HARD_LIMIT:
+    # A UTF-8 character takes at most four octets, so only a long line can be too long.
+    if any(len(li) > _HARD_LIMIT // 4 and len(li.encode()) > _HARD_LIMIT for li in lines):
         raise ValueError(f"{name} header has a line longer than {_HARD_LIMIT} octets")
     return "\r\n".join(lines)

@@ -51,9 +51,15 @@ class RecordingHandler:
     `messages` holds the accepted messages in order, `dropped` those whose content arrived
     before a `drop` rule cut the connection (the client cannot know they arrived), and
     `connections` counts the SMTP sessions clients opened (one per EHLO/HELO'd connection).
+
+    With `pipelining` the EHLO reply offers PIPELINING (RFC 2920), as Postfix does;
+    `pipelined` counts the transactions whose DATA command had already arrived when the
+    RCPT command was handled, which only a pipelining client does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, pipelining: bool = True) -> None:
+        self.pipelining = pipelining
+        self.pipelined = 0
         self.messages: list[RecordedMessage] = []
         self.dropped: list[RecordedMessage] = []
         self._rules: dict[tuple[Stage, str], list[_Rule]] = {}
@@ -96,6 +102,9 @@ class RecordingHandler:
         responses: list[str],
     ) -> list[str]:
         self._greeted(session, hostname)
+        if self.pipelining:
+            # The last line is the one without a hyphen; extensions go before it.
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(
@@ -127,6 +136,10 @@ class RecordingHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        # What the client sent and aiosmtpd has not read yet (asyncio's StreamReader keeps
+        # it in `_buffer`).
+        if b"DATA" in server._reader._buffer:
+            self.pipelined += 1
         status = await self._apply("RCPT", address, server, envelope)
         if status is not None:
             return status

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.mailer import dot_stuffed
+from worker.smtp_session import dot_stuffed
 
 lines = st.lists(st.text(alphabet=".ab \r\n", max_size=12), max_size=8)
 

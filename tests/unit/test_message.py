@@ -151,6 +151,18 @@ def test_exactly_two_parts_text_then_html_with_the_exact_bodies(text: str, html:
     assert not any(p.defects for p in parts)
 
 
+@given(
+    lines=st.lists(
+        st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"), max_size=300)
+    )
+)
+def test_body_lines_read_back_the_same_wherever_they_were_seen_before(lines: list[str]) -> None:
+    # Encoded lines are cached: the second message meets every line again, in reverse.
+    for body in ("\n".join(lines), "\n".join(reversed(lines))):
+        parts = list(_parse(build(_make(text=body, html=body))).iter_parts())
+        assert [p.get_content() for p in parts] == [_crlf(body)] * 2
+
+
 def test_a_body_quoting_the_boundary_does_not_split_the_part() -> None:
     boundary = _parse(build(BASE)).get_boundary()
     assert boundary is not None

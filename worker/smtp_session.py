@@ -1,0 +1,300 @@
+"""One open SMTP session carrying mail transactions, pipelined when the server offers it.
+
+aiosmtplib opens the session (connect, EHLO, STARTTLS, AUTH); `Session.take_over` then
+reads the server's replies itself, because aiosmtplib's protocol expects exactly one reply
+per write and loses the replies to pipelined commands. With PIPELINING (RFC 2920) a
+message costs two round trips instead of four: MAIL, RCPT and DATA in one write, then the
+content.
+
+Every failure is one of the errors in `worker.errors`, chosen by what is known about the
+message: `TransientSmtpError` before the content has left, `AmbiguousSmtpError` once it
+has and no verdict came back, `PermanentSmtpError` for a 5xx refusal. No error message
+holds the recipient's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from typing import NamedTuple, cast
+
+from aiosmtplib import SMTP
+
+from worker.errors import AmbiguousSmtpError, PermanentSmtpError, SmtpError, TransientSmtpError
+from worker.outcomes import classify_reply
+
+# RFC 5321 section 4.5.3.1.5: a reply line is at most 512 octets; allow servers some slack,
+# but never let one that sends no line ending fill the memory.
+MAX_REPLY = 64 * 1024
+QUIT_TIMEOUT = 2.0
+
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_REDACTED = "[address]"
+# The envelope's commands and the replies that let the transaction go on.
+_ENVELOPE = (("MAIL FROM", (250,)), ("RCPT TO", (250, 251)), ("DATA", (354,)))
+# Anything shaped like an e-mail address in a server's reply text, with its brackets.
+_ADDRESS_IN_TEXT = re.compile(r"<?[^\s<>()\[\],;:]+@[^\s<>()\[\],;:\"']+>?")
+
+
+class Reply(NamedTuple):
+    """One server reply: its code and its text, the lines of a multiline reply joined."""
+
+    code: int
+    text: str
+
+
+class _SessionLost(Exception):
+    """The session cannot go on: the connection is gone, a reply is late or malformed."""
+
+
+class _Replies(asyncio.Protocol):
+    """Collects the replies the server sends on a transport, in order."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._replies: deque[Reply] = deque()
+        self._lines: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self.lost: str | None = None
+
+    @property
+    def pending(self) -> int:
+        """Replies received and not read yet."""
+        return len(self._replies)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        start = 0
+        while (end := self._buffer.find(b"\n", start)) != -1:
+            line = bytes(self._buffer[start : end + 1]).rstrip(b"\r\n")
+            start = end + 1
+            if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
+                self._lose("malformed reply")
+                return
+            self._lines.append(line)
+            if line[3:4] != b"-":
+                text = "\n".join(li[4:].strip().decode("utf-8", "replace") for li in self._lines)
+                self._replies.append(Reply(int(line[:3]), text))
+                self._lines = []
+        del self._buffer[:start]
+        if len(self._buffer) + sum(map(len, self._lines)) > MAX_REPLY:
+            self._lose("reply too long")
+        elif self._replies:
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._lose("connection closed by the server")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(f"connection lost: {exc}" if exc else "connection closed")
+
+    async def next(self) -> Reply:
+        """The next reply; `_SessionLost` when none can come."""
+        while not self._replies:
+            if self.lost is not None:
+                raise _SessionLost(self.lost)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._replies.popleft()
+
+    def _lose(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class Session:
+    """An SMTP session between mail transactions; `deliver` sends one message on it."""
+
+    def __init__(
+        self, transport: asyncio.WriteTransport, *, timeout: float, extensions: set[str]
+    ) -> None:
+        self._transport = transport
+        self._replies = _Replies()
+        transport.set_protocol(self._replies)
+        self._timeout = timeout
+        self._pipelining = "pipelining" in extensions
+        self._smtputf8 = "smtputf8" in extensions
+        self._8bitmime = "8bitmime" in extensions
+
+    @classmethod
+    def take_over(cls, smtp: SMTP, *, timeout: float) -> Session:
+        """Carry on the session `smtp` has opened (greeted, secured, logged in) without it."""
+        if smtp.transport is None:
+            raise TransientSmtpError("the SMTP session closed while it was being opened")
+        offered = {e for e in ("pipelining", "smtputf8", "8bitmime") if smtp.supports_extension(e)}
+        transport = cast(asyncio.WriteTransport, smtp.transport)
+        return cls(transport, timeout=timeout, extensions=offered)
+
+    @property
+    def usable(self) -> bool:
+        """Open, and with no reply the server sent unasked (such as a 421 before closing)."""
+        return (
+            self._replies.lost is None
+            and self._replies.pending == 0
+            and not self._transport.is_closing()
+        )
+
+    def close(self) -> None:
+        """Drop the connection without a goodbye."""
+        self._transport.close()
+
+    async def quit(self) -> None:
+        """Say goodbye (RFC 5321 section 4.1.1.10) if the server is still there, and close."""
+        try:
+            if self.usable:
+                self._write(b"QUIT\r\n")
+                async with asyncio.timeout(QUIT_TIMEOUT):
+                    await self._replies.next()
+        except (_SessionLost, TimeoutError):
+            pass
+        finally:
+            self.close()
+
+    async def deliver(self, *, sender: str, recipient: str, message: bytes) -> int:
+        """Send `message` from `sender` to `recipient`; return the 2xx code of the final reply.
+
+        Raises `TransientSmtpError`, `PermanentSmtpError` or `AmbiguousSmtpError` as the
+        module describes. After a refusal the session is reset (RSET) for the next message;
+        after any other failure it is closed.
+        """
+        mail, rcpt = self._envelope(sender, recipient, message)
+        data = b"DATA\r\n"
+        try:
+            if self._pipelining:
+                self._write(mail + rcpt + data)
+                async with asyncio.timeout(self._timeout):
+                    replies = [await self._replies.next() for _ in range(3)]
+            else:
+                replies = []
+                for command in (mail, rcpt, data):
+                    self._write(command)
+                    replies.append(await self._read())
+                    if replies[-1].code not in (250, 251, 354):
+                        break
+        except (_SessionLost, TimeoutError) as exc:
+            self.close()
+            raise TransientSmtpError(f"before the content: {_reason(exc)}") from None
+        await self._check_envelope(replies, recipient)
+        # From here on the content has left: if the reply is lost, the server may have
+        # accepted the message.
+        try:
+            self._write(dot_stuffed(message))
+            reply = await self._read()
+        except (_SessionLost, TimeoutError) as exc:
+            self.close()
+            raise AmbiguousSmtpError(f"after the content: {_reason(exc)}") from None
+        if reply.code != 250:
+            raise await self._refusal("DATA", reply, recipient, otherwise=AmbiguousSmtpError)
+        return reply.code
+
+    def _envelope(self, sender: str, recipient: str, message: bytes) -> tuple[bytes, bytes]:
+        """The MAIL and RCPT command lines for one message."""
+        if _CONTROL.search(sender) or _CONTROL.search(recipient):
+            raise PermanentSmtpError("the address cannot be sent over SMTP")
+        options = b""
+        encoding = "ascii"
+        if not (sender.isascii() and recipient.isascii()):
+            # RFC 6531: a non-ASCII address may only travel to a server offering SMTPUTF8.
+            if not self._smtputf8:
+                raise PermanentSmtpError(
+                    "the address is not ASCII and the server does not support SMTPUTF8"
+                )
+            options += b" SMTPUTF8"
+            encoding = "utf-8"
+        if self._8bitmime and not message.isascii():
+            # RFC 6152: declare 8-bit content to a server that accepts it.
+            options += b" BODY=8BITMIME"
+        return (
+            b"MAIL FROM:<" + sender.encode(encoding) + b">" + options + b"\r\n",
+            b"RCPT TO:<" + recipient.encode(encoding) + b">\r\n",
+        )
+
+    async def _check_envelope(self, replies: list[Reply], recipient: str) -> None:
+        """Raise the refusal among the replies to MAIL, RCPT and DATA, if any.
+
+        Without pipelining the commands stop at the first refusal, so `replies` may hold
+        fewer than three.
+        """
+        for (command, codes), reply in zip(_ENVELOPE, replies, strict=False):
+            if reply.code not in codes:
+                if replies[-1].code == 354:
+                    # A server that refused MAIL or RCPT yet invites the content (RFC 2920
+                    # section 3.1 forbids it) awaits a message: the session is unusable.
+                    self.close()
+                raise await self._refusal(command, reply, recipient, otherwise=TransientSmtpError)
+
+    async def _refusal(
+        self, command: str, reply: Reply, recipient: str, *, otherwise: type[SmtpError]
+    ) -> SmtpError:
+        """The error for a reply refusing `command`, leaving the session ready or closed.
+
+        A 5xx is permanent and a 4xx transient; after either the session is reset. Any
+        other code is no refusal a server may send there: the session is out of step and
+        closed, and the error is `otherwise` (transient before the content, ambiguous after).
+        """
+        text = f"{command} refused: {reply.code} {_redact(reply.text, recipient)}"
+        match classify_reply(reply.code):
+            case "failed":
+                await self._reset()
+                return PermanentSmtpError(text, code=reply.code)
+            case "deferred":
+                await self._reset()
+                return TransientSmtpError(text, code=reply.code)
+            case _:
+                self.close()
+                return otherwise(f"unexpected reply: {text}")
+
+    async def _reset(self) -> None:
+        """RSET after a refusal (RFC 5321 section 4.1.1.5); drop the session if that fails."""
+        try:
+            self._write(b"RSET\r\n")
+            if (await self._read()).code != 250:
+                self.close()
+        except (_SessionLost, TimeoutError):
+            self.close()
+
+    def _write(self, data: bytes) -> None:
+        if self._replies.lost is not None or self._transport.is_closing():
+            raise _SessionLost(self._replies.lost or "connection closed")
+        self._transport.write(data)
+
+    async def _read(self) -> Reply:
+        async with asyncio.timeout(self._timeout):
+            return await self._replies.next()
+
+
+def dot_stuffed(message: bytes) -> bytes:
+    """The content as sent after DATA: CRLF lines, leading dots doubled, ending in CRLF.CRLF.
+
+    RFC 5321 section 4.5.2 (transparency) and section 2.3.8 (lines end in CRLF only).
+    """
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
+        message = _LINE_BREAK.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
+
+
+def _reason(exc: Exception) -> str:
+    return "no reply in time" if isinstance(exc, TimeoutError) else str(exc)
+
+
+def _redact(text: str, address: str) -> str:
+    """The server's reply text on one line, without the recipient's or any other address."""
+    text = re.sub(rf"<?{re.escape(address)}>?", _REDACTED, text, flags=re.IGNORECASE)
+    return " ".join(_ADDRESS_IN_TEXT.sub(_REDACTED, text).split())

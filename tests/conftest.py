@@ -106,5 +106,7 @@ def settings(database_url: str, redis_url: str, smtp: tuple[RecordingHandler, in
         templates_dir=ROOT / "templates",
         retry_base_seconds=0.2,
         slice_size=10,
+        # Campaigns of a few slices already run through the window of slices in flight.
+        slices_in_flight=2,
         smtp_connections=4,
     )

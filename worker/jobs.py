@@ -86,9 +86,11 @@ def _retry_delay(ctx: Context) -> float:
 
 
 async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
-    """Fan a running campaign out into `send_batch` jobs, one per slice of open invitations.
+    """Start (or restart) a running campaign: enqueue `send_batch` jobs for its first
+    SLICES_IN_FLIGHT slices of open invitations; each finished slice enqueues the next.
 
-    Running it twice only enqueues slices that find nothing left to claim.
+    Running it twice only enqueues slices that find nothing left to claim; it is also how
+    `reconcile`, `resume` and `resend-unknown` restart a campaign whose jobs were lost.
     """
     if _malformed(ctx, campaign_id):
         return {"slices": 0}
@@ -103,12 +105,17 @@ async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
                     status=campaign.status if campaign else None,
                 )
                 return {"slices": 0}
-            ranges = await ledger.open_ranges(conn, campaign_id, settings.slice_size)
+            ranges = await ledger.dispatch(
+                conn,
+                campaign_id,
+                slice_size=settings.slice_size,
+                slices=settings.slices_in_flight,
+                restart=True,
+            )
             total = sum((await ledger.counts(conn, campaign_id)).values())
     except db.DB_ERRORS as e:
         raise Retry(defer=_retry_delay(ctx)) from e
-    for first, last in ranges:
-        await ctx["redis"].enqueue_job("send_batch", campaign_id, first, last)
+    await _enqueue_slices(ctx, campaign_id, ranges)
     log.info(
         "campaign.launched",
         campaign_id=campaign_id,
@@ -124,15 +131,43 @@ async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
     return {"slices": len(ranges)}
 
 
-async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int) -> dict[str, Any]:
-    """Send the due invitations of one slice `[first_id, last_id]` of a campaign.
+async def _enqueue_slices(ctx: Context, campaign_id: int, ranges: list[tuple[int, int]]) -> None:
+    for first, last in ranges:
+        await ctx["redis"].enqueue_job("send_batch", campaign_id, first, last)
 
-    Safe to run twice or on two workers at once: invitations are claimed on the ledger.
+
+async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int) -> dict[str, Any]:
+    """Send the due invitations of one slice `[first_id, last_id]` of a campaign, then
+    enqueue the campaign's next slice.
+
+    Safe to run twice or on two workers at once: invitations are claimed on the ledger,
+    and the next slice is taken from the campaign's dispatch cursor under a row lock.
     If the opt-out check or the database fails, nothing more is sent and the job retries.
     Deferred invitations bring the slice back when the first of them is due.
     """
     if _malformed(ctx, campaign_id, first_id, last_id):
         return {"counts": {}}
+    counts = await _send_range(ctx, campaign_id, first_id, last_id)
+    try:
+        async with ctx["pool"].acquire() as conn:
+            ranges = await ledger.dispatch(
+                conn,
+                campaign_id,
+                slice_size=ctx["settings"].slice_size,
+                slices=1,
+                restart=False,
+            )
+    except db.DB_ERRORS as e:
+        # The slice is done; the retry finds nothing to claim and enqueues the next one.
+        raise Retry(defer=_retry_delay(ctx)) from e
+    await _enqueue_slices(ctx, campaign_id, ranges)
+    return {"counts": counts}
+
+
+async def _send_range(
+    ctx: Context, campaign_id: int, first_id: int, last_id: int
+) -> dict[str, int]:
+    """Send the due invitations with ids in `[first_id, last_id]`; their counts per state."""
     try:
         result = await sender.send_slice(
             ctx["sender"], campaign_id, first_id, last_id, job_id=ctx["job_id"]
@@ -160,7 +195,7 @@ async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int
         counts=result.counts,
         job_id=ctx["job_id"],
     )
-    return {"counts": result.counts}
+    return result.counts
 
 
 async def send_invitation(ctx: Context, invitation_id: int) -> dict[str, Any]:
@@ -174,7 +209,7 @@ async def send_invitation(ctx: Context, invitation_id: int) -> dict[str, Any]:
     if campaign_id is None:
         log.warning("invitation.missing", invitation_id=invitation_id, job_id=ctx["job_id"])
         return {"counts": {}}
-    return await send_batch(ctx, campaign_id, invitation_id, invitation_id)
+    return {"counts": await _send_range(ctx, campaign_id, invitation_id, invitation_id)}
 
 
 async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any]:

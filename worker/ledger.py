@@ -77,17 +77,44 @@ async def load_campaign(conn: Conn, campaign_id: int) -> Campaign | None:
     return Campaign(**dict(row)) if row else None
 
 
-async def open_ranges(conn: Conn, campaign_id: int, slice_size: int) -> list[tuple[int, int]]:
-    """Id ranges `[first, last]` of at most `slice_size` open invitations each."""
-    rows = await conn.fetch(
-        """SELECT min(id) AS first, max(id) AS last FROM (
-               SELECT id, (row_number() OVER (ORDER BY id) - 1) / $2 AS bucket
-               FROM invitations
-               WHERE campaign_id = $1 AND state IN ('pending', 'deferred')) b
-           GROUP BY bucket ORDER BY bucket""",
-        campaign_id,
-        slice_size,
-    )
+async def dispatch(
+    conn: Conn, campaign_id: int, *, slice_size: int, slices: int, restart: bool
+) -> list[tuple[int, int]]:
+    """The next `slices` id ranges `[first, last]` of at most `slice_size` open invitations
+    each, past the campaign's dispatch cursor (from its start with `restart`).
+
+    Moves the cursor past them, so the caller must enqueue them; the campaign row's lock
+    makes concurrent callers take different ranges. A range enqueued twice (a restart while
+    slices are in flight) is harmless: claims decide who sends what. Returns nothing for a
+    campaign that is not running.
+    """
+    async with conn.transaction():
+        cursor = await conn.fetchval(
+            """SELECT dispatched_through FROM campaigns
+               WHERE id = $1 AND status = 'running' FOR UPDATE""",
+            campaign_id,
+        )
+        if cursor is None:
+            return []
+        rows = await conn.fetch(
+            """SELECT min(id) AS first, max(id) AS last FROM (
+                   SELECT id, (row_number() OVER (ORDER BY id) - 1) / $3 AS bucket
+                   FROM (SELECT id FROM invitations
+                         WHERE campaign_id = $1 AND id > $2
+                           AND state IN ('pending', 'deferred')
+                         ORDER BY id LIMIT $3::bigint * $4::bigint) open) b
+               GROUP BY bucket ORDER BY bucket""",
+            campaign_id,
+            0 if restart else cursor,
+            slice_size,
+            slices,
+        )
+        if rows:
+            await conn.execute(
+                "UPDATE campaigns SET dispatched_through = $2 WHERE id = $1",
+                campaign_id,
+                rows[-1]["last"],
+            )
     return [(r["first"], r["last"]) for r in rows]
 
 

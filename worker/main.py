@@ -6,12 +6,14 @@ import socket
 from signal import Signals
 from typing import Any, ClassVar
 
+import structlog
 from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
 
 from worker import jobs, queue
 from worker.settings import Settings
 
+log = structlog.get_logger("worker.main")
 # With retries at most a minute apart: about a week.
 RECORD_OPT_OUT_TRIES = 10_000
 
@@ -59,12 +61,22 @@ def every(seconds: int) -> dict[str, set[int]]:
 
 
 class SurveyWorker(Worker):
-    """arq's Worker that, on SIGTERM/SIGINT, lets the chunk in flight finish first.
+    """arq's Worker that, on SIGTERM/SIGINT, lets the chunk in flight finish first, and
+    that outlives a Redis restart.
 
     The signal stops picking jobs and tells running slices to stop claiming; each finishes
     the chunk it is sending and goes back to the queue (arq Retry). Whatever is still
     running after `job_completion_wait` seconds is cancelled.
     """
+
+    async def _poll_iteration(self) -> None:
+        # arq ends the worker on a Redis error in its poll loop (a command inside WATCH is
+        # never retried, and a job that could not store its result re-raises here). The
+        # ledger makes a re-run job harmless, so log it and poll again after poll_delay.
+        try:
+            await super()._poll_iteration()
+        except queue.ERRORS as e:
+            log.warning("worker.redis_unavailable", error=type(e).__name__)
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         sender = self.ctx.get("sender")
@@ -91,7 +103,7 @@ def create_worker(
         health_check_key=health_key(),
         health_check_interval=HEALTH_INTERVAL,
         job_completion_wait=int(settings.smtp_timeout) + 5,
-        redis_settings=queue.redis_settings(redis_url),
+        redis_settings=queue.redis_settings(redis_url, ride_out=True),
         on_startup=WorkerSettings.on_startup,  # type: ignore[arg-type]
         on_shutdown=WorkerSettings.on_shutdown,  # type: ignore[arg-type]
         job_serializer=WorkerSettings.job_serializer,

@@ -8,9 +8,13 @@ import orjson
 import redis.exceptions
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 # What an unreachable or failing Redis raises.
 ERRORS = (OSError, redis.exceptions.RedisError)
+# Backoff 0.2, 0.4, 0.8, 1.6 s, then 2 s a try: about 30 s in all.
+RIDE_OUT_RETRIES = 18
 
 
 def serialize(value: dict[str, Any]) -> bytes:
@@ -24,11 +28,18 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return value
 
 
-def redis_settings(url: str, *, retries: int = 1) -> RedisSettings:
-    """arq's settings for the Redis at `url`, failing fast when it is down."""
+def redis_settings(url: str, *, retries: int = 1, ride_out: bool = False) -> RedisSettings:
+    """arq's settings for the Redis at `url`, failing fast when it is down.
+
+    With `ride_out` (the worker) a command that loses its connection is tried again
+    for about half a minute, so a Redis restart does not end the worker's jobs or the worker.
+    """
     settings = RedisSettings.from_dsn(url)
     settings.conn_retries = retries
     settings.conn_timeout = 2
+    if ride_out:
+        settings.retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), RIDE_OUT_RETRIES)
+        settings.retry_on_error = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
     return settings
 
 

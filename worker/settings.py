@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     slice_size: int = Field(default=500, ge=1, le=10_000)
+    slices_in_flight: int = Field(default=50, ge=1, le=10_000)
     chunk_size: int = Field(default=250, ge=1, le=10_000)
     smtp_connections: int = Field(default=20, ge=1, le=200)
     send_rate: float = Field(default=0.0, ge=0)

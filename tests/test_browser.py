@@ -7,7 +7,6 @@ Chromium (`.ci/run` installs it with apt when it is missing).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from playwright.async_api import async_playwright
 
 from tests.support.pipeline import add_client, csv_of, launch, received_by, run_workers
 from tests.support.smtp import RecordingHandler
+from tests.support.system import missing
 from tests.support.web import private_logs, serving, unsubscribe_link
 from worker.settings import Settings
 
@@ -45,10 +45,7 @@ def chromium() -> Path:
     """The system Chromium; missing, it fails the test in CI and skips it elsewhere."""
     if CHROMIUM.exists():
         return CHROMIUM
-    message = f"{CHROMIUM} is missing: apt-get install chromium chromium-driver"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver")
 
 
 async def test_a_person_unsubscribes_in_a_real_browser_and_is_suppressed_next_time(

@@ -71,7 +71,6 @@ async def test_redis_holds_a_window_of_slices_and_every_recipient_gets_one_messa
     run = asyncio.create_task(worker.main())
     most = 0
     while not run.done():
-        # A finishing slice enqueues the next before arq removes it from the queue.
         most = max(most, await redis.zcard(default_queue_name))
         await asyncio.sleep(0.01)
     await run
@@ -83,7 +82,9 @@ async def test_redis_holds_a_window_of_slices_and_every_recipient_gets_one_messa
     ]
     await redis.aclose()
 
-    assert 0 < most <= 2 * settings.slices_in_flight
+    # A finishing slice enqueues the next before arq removes it from the queue, and the
+    # reconcile cron job shares the queue: never near the campaign's 20 slices.
+    assert 0 < most <= 2 * settings.slices_in_flight + 1
     # 20 slices of 10, each enqueued once: by the launch or by the slice before it.
     assert len(ranges) == len(set(ranges)) == 20
     assert received_by(smtp[0].messages) == dict.fromkeys(emails, 1)

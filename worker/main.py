@@ -78,6 +78,16 @@ class SurveyWorker(Worker):
         except queue.ERRORS as e:
             log.warning("worker.redis_unavailable", error=type(e).__name__)
 
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        try:
+            await super().start_jobs(job_ids)
+        except queue.ERRORS:
+            # arq (0.26 to 0.28) took a job slot for the job it was starting when Redis
+            # failed, and would never give it back: the worker would stall once all were gone.
+            self.job_counter -= 1
+            self.sem.release()
+            raise
+
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         sender = self.ctx.get("sender")
         if sender is not None:

@@ -13,6 +13,7 @@ import asyncpg
 import redis.asyncio
 from structlog.testing import capture_logs
 
+from tests.faults.harness import wait_until
 from tests.support.pipeline import add_client, csv_of, launch, make_worker, received_by
 from tests.support.smtp import RecordingHandler
 from worker.jobs import CONCURRENT_JOBS
@@ -42,12 +43,12 @@ async def test_failed_job_starts_are_logged_and_leave_every_slot_free(
             def failures() -> int:
                 return sum(e["event"] == "worker.redis_unavailable" for e in logs)
 
+            async def more_failures_than_slots() -> bool:
+                return failures() > CONCURRENT_JOBS + 1 or run.done()
+
             # More failed starts than the worker has job slots: a slot lost per failure
             # would leave none for the job once Redis works again.
-            for _ in range(1000):
-                if failures() > CONCURRENT_JOBS + 1 or run.done():
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until(more_failures_than_slots, timeout=20, what="failed job starts")
             assert failures() > CONCURRENT_JOBS + 1 and not run.done()
             await admin.execute_command("ACL", "SETUSER", user, "+watch")
             await asyncio.wait_for(run, 30)

@@ -15,7 +15,7 @@ import structlog
 from arq import Retry
 from arq.connections import ArqRedis
 
-from worker import addresses, db, ledger, optouts, privacy, sender, tokens
+from worker import addresses, db, ledger, optouts, privacy, queue, sender, tokens
 from worker.errors import SuppressionUnavailable, WorkerStopping
 from worker.mailer import SmtpConfig, SmtpPool
 from worker.ratelimit import RateLimiter
@@ -115,7 +115,7 @@ async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
             total = sum((await ledger.counts(conn, campaign_id)).values())
     except db.DB_ERRORS as e:
         raise Retry(defer=_retry_delay(ctx)) from e
-    await _enqueue_slices(ctx, campaign_id, ranges)
+    await queue.enqueue_slices(ctx["redis"], campaign_id, ranges)
     log.info(
         "campaign.launched",
         campaign_id=campaign_id,
@@ -129,11 +129,6 @@ async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
             if await ledger.complete_if_done(conn, campaign_id):
                 await sender.log_completion(conn, campaign)
     return {"slices": len(ranges)}
-
-
-async def _enqueue_slices(ctx: Context, campaign_id: int, ranges: list[tuple[int, int]]) -> None:
-    for first, last in ranges:
-        await ctx["redis"].enqueue_job("send_batch", campaign_id, first, last)
 
 
 async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int) -> dict[str, Any]:
@@ -160,7 +155,7 @@ async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int
     except db.DB_ERRORS as e:
         # The slice is done; the retry finds nothing to claim and enqueues the next one.
         raise Retry(defer=_retry_delay(ctx)) from e
-    await _enqueue_slices(ctx, campaign_id, ranges)
+    await queue.enqueue_slices(ctx["redis"], campaign_id, ranges)
     return {"counts": counts}
 
 

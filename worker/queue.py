@@ -55,3 +55,9 @@ async def connect(url: str, *, retries: int = 1) -> ArqRedis:
 async def enqueue_launch(redis: ArqRedis, campaign_id: int) -> None:
     """Ask the workers to start sending a campaign (idempotent: the ledger decides)."""
     await redis.enqueue_job("launch_campaign", campaign_id)
+
+
+async def enqueue_slices(redis: ArqRedis, campaign_id: int, ranges: list[tuple[int, int]]) -> None:
+    """One `send_batch` job per id range `[first, last]` of the campaign."""
+    for first, last in ranges:
+        await redis.enqueue_job("send_batch", campaign_id, first, last)

@@ -190,7 +190,7 @@ async def test_export_streams_a_long_list(pg: asyncpg.Pool) -> None:
 def pg_dump(database_url: str) -> str:
     """A full plain-SQL dump of the database, with the pg_dump that ships with pgserver."""
     done = subprocess.run(
-        [str(embedded.PG_BIN / "pg_dump"), "--no-owner", database_url],
+        [str(embedded.pg_bin() / "pg_dump"), "--no-owner", database_url],
         capture_output=True,
         text=True,
         check=True,

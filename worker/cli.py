@@ -68,8 +68,14 @@ def environment(*, secrets: bool = False) -> Iterator[Env]:
             yield Env(settings, urls)
 
 
-def run(env: Env, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    """Run `work` with a database connection, migrating first on embedded Postgres."""
+def run(
+    env: Env, work: Callable[[asyncpg.Connection], Awaitable[T]], *, migrating: bool = False
+) -> T:
+    """Run `work` with a database connection, migrating first on embedded Postgres.
+
+    A configured database must have the schema already, except for `migrating` work
+    (the `migrate` command itself), which is what creates it.
+    """
 
     async def main() -> T:
         try:
@@ -79,7 +85,9 @@ def run(env: Env, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         try:
             if env.settings.database_url is None:
                 await db.migrate(conn)
-            elif not await conn.fetchval("SELECT to_regclass('campaigns') IS NOT NULL"):
+            elif not migrating and not await conn.fetchval(
+                "SELECT to_regclass('campaigns') IS NOT NULL"
+            ):
                 raise ConfigError("the database has no schema yet: run `survey-worker migrate`")
             await db.init_connection(conn)
             return await work(conn)
@@ -121,7 +129,7 @@ def migrate() -> None:
         async def work(conn: asyncpg.Connection) -> list[str]:
             return await db.migrate(conn)
 
-        applied = run(env, work)
+        applied = run(env, work, migrating=True)
     click.echo("\n".join(f"applied {n}" for n in applied) or "schema is up to date")
 
 

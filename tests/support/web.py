@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,8 +22,9 @@ from structlog.testing import capture_logs
 from tests.support.pipeline import parse
 from tests.support.smtp import RecordedMessage
 from worker import addresses, tokens, web
-from worker.settings import PROJECT_ROOT, Settings
+from worker.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[2]
 # An unsubscribe token: 88 characters of the base64url alphabet (worker/tokens.py).
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{88}")
 # Anything that looks like an e-mail address.
@@ -115,7 +117,7 @@ async def cli(settings: Settings, *args: str) -> CliResult:
         "worker",
         *args,
         env=env,
-        cwd=PROJECT_ROOT,
+        cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -171,6 +171,35 @@ async def test_export_holds_exactly_that_lists_entries(
     assert_private(acme.stdout + marketing.stderr + unknown.stdout)
 
 
+async def test_export_cells_cannot_run_as_spreadsheet_formulas(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    await add_client(pg, "acme")
+    for address in ("=cmd@example.com", "+1@example.com", "-x@example.com", "ann@example.com"):
+        await opt_out(pg, settings, address, ACME)
+    await pg.execute(
+        """UPDATE client_opt_outs SET source = '=HYPERLINK("https://evil.example","x")'
+           WHERE email = 'ann@example.com'"""
+    )
+    out = io.StringIO()
+    async with pg.acquire() as conn:
+        await privacy.export_opt_outs(conn, ACME, out)
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert sorted((r[0], r[2]) for r in rows[1:]) == [
+        ("'+1@example.com", "test"),
+        ("'-x@example.com", "test"),
+        ("'=cmd@example.com", "test"),
+        ("ann@example.com", '\'=HYPERLINK("https://evil.example","x")'),
+    ]
+
+
+async def test_export_of_an_unknown_client_writes_nothing(settings: Settings) -> None:
+    unknown = await cli(settings, "export-opt-outs", "--client", "initech")
+    assert unknown.code == 1
+    assert unknown.stderr.strip() == "Error: unknown client 'initech'"
+    assert unknown.stdout == ""
+
+
 async def test_export_streams_a_long_list(pg: asyncpg.Pool) -> None:
     await add_client(pg, "acme")
     count = privacy.EXPORT_PREFETCH * 3 + 7

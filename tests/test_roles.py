@@ -14,14 +14,16 @@ import pytest
 
 from tests.support.pipeline import add_client, csv_of, launch, opt_out, received_by, run_workers
 from tests.support.smtp import RecordingHandler
-from tests.support.web import email_hash, private_logs, serving, token_for, token_id
+from tests.support.web import cli, email_hash, private_logs, serving, token_for, token_id
 from worker import db, privacy
+from worker.errors import PermissionDenied
 from worker.settings import Settings
 from worker.suppression import Scope
 
 ROLES = ("survey_worker", "survey_web", "privacy_officer")
 OPT_OUT_TABLES = ("client_opt_outs", "marketing_opt_outs")
 ACME = Scope("survey", "acme")
+MARKETING = Scope("marketing", "")
 
 
 def with_user(url: str, user: str) -> str:
@@ -123,6 +125,44 @@ async def test_worker_and_web_may_add_but_not_remove_or_change_opt_outs(
     assert await pg.fetchval(f"SELECT count(*) FROM {table}") == 1
 
 
+@pytest.mark.parametrize("role", ["survey_worker", "survey_web"])
+@pytest.mark.parametrize("table", OPT_OUT_TABLES)
+async def test_worker_and_web_cannot_read_the_addresses_on_opt_out_lists(
+    pg: asyncpg.Pool, role: str, table: str
+) -> None:
+    async with pg.acquire() as conn:
+        await as_role(conn, role, f"SELECT email_hash, source, created_at FROM {table}")
+        for sql in (f"SELECT email FROM {table}", f"SELECT * FROM {table}"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied"):
+                await as_role(conn, role, sql)
+        await as_role(conn, "privacy_officer", f"SELECT email FROM {table}")
+
+
+@pytest.mark.parametrize("role", ["survey_worker", "survey_web"])
+async def test_only_the_privacy_officer_exports_opt_out_lists(
+    pg: asyncpg.Pool, settings: Settings, login_user: LoginUser, role: str
+) -> None:
+    url = await login_user(role)
+    await add_client(pg, "acme")
+    await opt_out(pg, settings, "ann@example.com", ACME)
+    await opt_out(pg, settings, "ann@example.com", MARKETING)
+    conn = await asyncpg.connect(url)
+    try:
+        for scope in (ACME, MARKETING):
+            out = io.StringIO()
+            with pytest.raises(PermissionDenied, match="needs the privacy_officer role"):
+                await privacy.export_opt_outs(conn, scope, out)
+            assert out.getvalue() == ""
+    finally:
+        await conn.close()
+    done = await cli(
+        settings.model_copy(update={"database_url": url}), "export-opt-outs", "--client", "acme"
+    )
+    assert done.code == 1
+    assert done.stderr.strip() == "Error: export-opt-outs needs the privacy_officer role"
+    assert done.stdout == ""
+
+
 @pytest.mark.parametrize("role", ROLES)
 async def test_nobody_but_the_owner_rewrites_the_audit_trail(pg: asyncpg.Pool, role: str) -> None:
     await pg.execute(
@@ -158,6 +198,8 @@ async def test_a_worker_login_sends_a_campaign_with_its_grants_alone(
     pool = await db.create_pool(url, max_size=2)
     try:
         await add_client(pool, "acme")
+        # The second time the entry exists: INSERT ... ON CONFLICT DO NOTHING as the worker.
+        await opt_out(pool, settings, "ann@example.com", ACME)
         await opt_out(pool, settings, "ann@example.com", ACME)
         report = await launch(pool, worker_settings, csv_of("ann@example.com", "bob@example.com"))
         await run_workers(worker_settings)
@@ -188,12 +230,16 @@ async def test_a_web_login_records_opt_outs_with_its_grants_alone(
 ) -> None:
     url = await login_user("survey_web")
     await add_client(pg, "acme")
+    # An invitation holds the address, so the opt-out keeps it for the client's export.
+    await launch(pg, settings, csv_of("ann@example.com"), enqueue=False)
     token = token_for(settings, "ann@example.com", await token_id(pg, "acme"))
     async with serving(settings, database_url=url) as base, httpx.AsyncClient(base_url=base) as c:
         page = await c.get(f"/unsubscribe/{token}")
         done = await c.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
-    assert page.status_code == done.status_code == 200
-    assert await pg.fetchval("SELECT source FROM client_opt_outs") == "one-click"
+        again = await c.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert page.status_code == done.status_code == again.status_code == 200
+    rows = await pg.fetch("SELECT email, source FROM client_opt_outs")
+    assert [tuple(r) for r in rows] == [("ann@example.com", "one-click")]
 
 
 async def test_a_privacy_officer_login_reverses_exports_and_erases(

@@ -19,6 +19,10 @@ class NotFound(SurveyWorkerError):
     """A client or campaign named by the user does not exist."""
 
 
+class PermissionDenied(SurveyWorkerError):
+    """The connected database user lacks the role an operation needs; nothing was done."""
+
+
 class InvalidAddress(SurveyWorkerError):
     """An e-mail address that must not be used; `reason` says why, without the address."""
 

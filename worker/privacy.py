@@ -17,7 +17,7 @@ import structlog
 
 from worker import addresses, db, optouts
 from worker.db import Conn
-from worker.errors import SurveyWorkerError
+from worker.errors import PermissionDenied, SurveyWorkerError
 from worker.suppression import Scope
 
 log = structlog.get_logger("worker.privacy")
@@ -28,6 +28,9 @@ EXPORT_HEADER = ("email", "opted_out_at", "source")
 # purging: large enough to be fast, small enough to keep memory and lock times flat.
 EXPORT_PREFETCH = 1_000
 PURGE_BATCH = 10_000
+# OWASP "CSV Injection": a spreadsheet reads a cell that starts with one of these as a
+# formula (tab and CR are dropped first, so what follows them counts).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class PrivacyRequestError(SurveyWorkerError):
@@ -64,6 +67,15 @@ def _required(value: str, what: str) -> str:
     if not value:
         raise PrivacyRequestError(f"{what} must not be empty")
     return value
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """`cell` as a spreadsheet shows it as text: one that would start a formula gets a
+    leading single quote, OWASP's advice against CSV injection.
+
+    Addresses (`=cmd@example.com` is a valid one) and sources both pass through here.
+    """
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
 
 
 async def act_as(conn: Conn, role: str) -> None:
@@ -122,29 +134,40 @@ async def resubscribe(
 async def export_opt_outs(conn: Conn, scope: Scope, out: IO[str]) -> ExportReport:
     """Write one opt-out list as CSV (`email,opted_out_at,source`) to `out`.
 
-    Only the entries of `scope` are read. Rows are streamed through a server-side cursor, so
-    the list never sits in memory whatever its size. Entries without a stored address
-    (erased, or recorded from a link after retention) cannot be exported and are counted.
+    Runs as `privacy_officer`: a user without the right to read the lists' addresses gets
+    `PermissionDenied`, an unknown client `NotFound`, and nothing is written. Only the
+    entries of `scope` are read. Rows are streamed through a server-side cursor, so the
+    list never sits in memory whatever its size. Every cell is made spreadsheet-safe.
+    Entries without a stored address (erased, or recorded from a link after retention)
+    cannot be exported and are counted.
     """
-    writer = csv.writer(out)
-    writer.writerow(EXPORT_HEADER)
     exported = without_address = 0
     if scope.kind == "marketing":
+        table = "marketing_opt_outs"
         query = "SELECT email, created_at, source FROM marketing_opt_outs ORDER BY created_at"
         args: tuple[str, ...] = ()
     else:
+        table = "client_opt_outs"
         query = """SELECT email, created_at, source FROM client_opt_outs
                    WHERE client_id = $1 ORDER BY created_at"""
         args = (scope.client_id,)
     async with conn.transaction(readonly=True):
         await act_as(conn, PRIVACY_ROLE)
+        # Asked before anything is written, so that the refusal is one clear sentence
+        # rather than Postgres's permission error on the query.
+        if not await conn.fetchval("SELECT has_column_privilege($1, 'email', 'SELECT')", table):
+            raise PermissionDenied(f"export-opt-outs needs the {PRIVACY_ROLE} role")
         await optouts.require_client(conn, scope)
+        writer = csv.writer(out)
+        writer.writerow(EXPORT_HEADER)
         async for row in conn.cursor(query, *args, prefetch=EXPORT_PREFETCH):
             if row["email"] is None:
                 without_address += 1
                 continue
             opted_out_at = row["created_at"].astimezone(UTC).isoformat(timespec="seconds")
-            writer.writerow((row["email"], opted_out_at, row["source"]))
+            writer.writerow(
+                [spreadsheet_safe(c) for c in (row["email"], opted_out_at, row["source"])]
+            )
             exported += 1
     return ExportReport(exported=exported, without_address=without_address)
 

@@ -10,9 +10,9 @@ from typing import BinaryIO
 import asyncpg
 import orjson
 
-from worker import addresses, imports
+from worker import addresses, imports, links
 from worker.db import Conn
-from worker.errors import InvalidAddress, SurveyWorkerError, TemplateProblem
+from worker.errors import InvalidAddress, InvalidUrl, SurveyWorkerError, TemplateProblem
 from worker.render import TemplateStore
 
 
@@ -30,6 +30,15 @@ class LaunchRequest:
     survey_url: str | None
     name: str
     locale: str
+
+
+def check_request(request: LaunchRequest) -> None:
+    """Refuse a launch request that can never work, before anything is read or written."""
+    if request.survey_url is not None:
+        try:
+            links.check_survey_url(request.survey_url)
+        except InvalidUrl as e:
+            raise LaunchProblem(f"--survey-url {e.reason}") from e
 
 
 @dataclass
@@ -111,10 +120,16 @@ async def launch(
     The file is streamed into Postgres with COPY inside one transaction; addresses that
     appear twice are imported once and the later lines reported as duplicates.
     """
+    check_request(request)
     client = await conn.fetchrow("SELECT name FROM clients WHERE id = $1", request.client_id)
     if client is None:
         raise LaunchProblem(f"unknown client {request.client_id!r}; add it with `client add`")
-    columns, rows = imports.read_recipients(stream, hash_key=hash_key, progress=progress)
+    columns, rows = imports.read_recipients(
+        stream,
+        hash_key=hash_key,
+        progress=progress,
+        has_default_survey_url=request.survey_url is not None,
+    )
     if request.survey_url is None and "survey_url" not in columns:
         raise LaunchProblem("give --survey-url, or a survey_url column in the file")
     try:

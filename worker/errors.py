@@ -31,6 +31,14 @@ class InvalidAddress(SurveyWorkerError):
         self.reason = reason
 
 
+class InvalidUrl(SurveyWorkerError):
+    """A URL that must not go into a message; `reason` says why, without the URL."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class UnsafeHeaderValue(SurveyWorkerError):
     """A value bound for a message header contains CR, LF or NUL."""
 

@@ -2,7 +2,8 @@
 
 Pure apart from reading the file: no database here. The header row must name an `email`
 column; `locale` is optional; every other column becomes a template variable (its name
-lower-cased, other characters than letters, digits and `_` turned into `_`).
+lower-cased, other characters than letters, digits and `_` turned into `_`); a
+`survey_url` column gives each recipient their own survey link.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from worker import addresses
-from worker.errors import InvalidAddress, SurveyWorkerError
+from worker import addresses, links
+from worker.errors import InvalidAddress, InvalidUrl, SurveyWorkerError
 
 MAX_VALUE_LENGTH = 1000
 LOCALE = re.compile(r"^[a-z]{2}$")
@@ -61,11 +62,17 @@ def _lines(stream: BinaryIO, bad: list[int], progress: Callable[[int], object]) 
 
 
 def read_recipients(
-    stream: BinaryIO, *, hash_key: bytes, progress: Callable[[int], object] = lambda _n: None
+    stream: BinaryIO,
+    *,
+    hash_key: bytes,
+    progress: Callable[[int], object] = lambda _n: None,
+    has_default_survey_url: bool = True,
 ) -> tuple[list[str], Iterator[Row | Rejected]]:
     """The template columns of the file, and its rows in order.
 
-    Raises CsvProblem if the header is missing or has no `email` column.
+    Without `has_default_survey_url` (the launch gives no --survey-url) an empty
+    `survey_url` cell rejects its line. Raises CsvProblem if the header is missing or has
+    no `email` column.
     """
     undecodable: list[int] = []
     reader = csv.reader(_lines(stream, undecodable, progress), strict=True)
@@ -87,11 +94,15 @@ def read_recipients(
     clash = RESERVED.intersection(columns)
     if clash:
         raise CsvProblem(f"column {sorted(clash)[0]} is reserved for the worker")
-    return columns, _rows(reader, header, undecodable, hash_key)
+    return columns, _rows(reader, header, undecodable, hash_key, has_default_survey_url)
 
 
 def _rows(
-    reader: Iterator[list[str]], header: list[str], undecodable: list[int], hash_key: bytes
+    reader: Iterator[list[str]],
+    header: list[str],
+    undecodable: list[int],
+    hash_key: bytes,
+    has_default_survey_url: bool,
 ) -> Iterator[Row | Rejected]:
     previous_end = 1
     while True:
@@ -112,10 +123,19 @@ def _rows(
             continue
         if not fields or fields == [""]:
             continue
-        yield check_row(line, header, fields, hash_key)
+        yield check_row(
+            line, header, fields, hash_key, has_default_survey_url=has_default_survey_url
+        )
 
 
-def check_row(line: int, header: list[str], fields: list[str], hash_key: bytes) -> Row | Rejected:
+def check_row(
+    line: int,
+    header: list[str],
+    fields: list[str],
+    hash_key: bytes,
+    *,
+    has_default_survey_url: bool = True,
+) -> Row | Rejected:
     """Validate one CSV record."""
     if len(fields) != len(header):
         return Rejected(line, f"expected {len(header)} fields, found {len(fields)}")
@@ -125,6 +145,14 @@ def check_row(line: int, header: list[str], fields: list[str], hash_key: bytes) 
             return Rejected(line, "a value contains CR, LF or NUL")
         if len(value) > MAX_VALUE_LENGTH:
             return Rejected(line, f"a value is longer than {MAX_VALUE_LENGTH} characters")
+    survey_url = record.get("survey_url")
+    if survey_url:
+        try:
+            links.check_survey_url(survey_url)
+        except InvalidUrl as e:
+            return Rejected(line, f"survey_url {e.reason}")
+    elif survey_url is not None and not has_default_survey_url:
+        return Rejected(line, "survey_url is empty and no --survey-url was given")
     try:
         email = addresses.normalise(record.pop("email"))
     except InvalidAddress as e:

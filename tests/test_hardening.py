@@ -1,0 +1,125 @@
+"""Hostile input found by attacking the product, each refused or contained where it belongs:
+survey links, header values, the unsubscribe link's visibility, client names, and a
+template a worker does not have."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.support.pipeline import add_client, parse, received_by, run_workers
+from tests.support.smtp import RecordingHandler
+from tests.support.web import cli
+from worker import campaigns, queue
+from worker.render import TemplateStore
+from worker.settings import Settings
+
+SMTP = tuple[RecordingHandler, int]
+
+
+async def launch_file(
+    pool: asyncpg.Pool, settings: Settings, csv_text: str, *, survey_url: str | None
+) -> campaigns.LaunchReport:
+    """Import a survey campaign for acme from CSV text, with or without --survey-url, and
+    enqueue it."""
+    async with pool.acquire() as conn:
+        report = await campaigns.launch(
+            conn,
+            campaigns.LaunchRequest(
+                client_id="acme",
+                template="invitation",
+                kind="survey",
+                survey_url=survey_url,
+                name="test",
+                locale="en",
+            ),
+            io.BytesIO(csv_text.encode()),
+            templates=TemplateStore(settings.templates_dir),
+            hash_key=settings.hash_key(),
+            progress=lambda _n: None,
+        )
+    assert settings.redis_url is not None
+    redis = await queue.connect(settings.redis_url)
+    await queue.enqueue_launch(redis, report.campaign_id)
+    await redis.aclose()
+    return report
+
+
+async def states(pool: asyncpg.Pool, campaign_id: int) -> dict[str, str]:
+    rows = await pool.fetch(
+        "SELECT email, state, reason FROM invitations WHERE campaign_id = $1", campaign_id
+    )
+    return {r["email"]: r["state"] + (f":{r['reason']}" if r["reason"] else "") for r in rows}
+
+
+@pytest.mark.parametrize(
+    ("survey_url", "reason"),
+    [
+        ("javascript:alert(document.cookie)", "is not an http:// or https:// URL"),
+        ("see our website", "contains a space or control character"),
+        ("https://survey.example/s\r\nBcc: x@example.com", "contains a space or control character"),
+        ("https://", "has no host"),
+    ],
+)
+async def test_a_bad_survey_url_refuses_the_whole_launch(
+    pg: asyncpg.Pool, settings: Settings, tmp_path: Path, survey_url: str, reason: str
+) -> None:
+    await add_client(pg, "acme")
+    recipients = tmp_path / "people.csv"
+    recipients.write_text("email\nann@example.com\n")
+    done = await cli(
+        settings,
+        "launch",
+        "--client",
+        "acme",
+        "--template",
+        "invitation",
+        "--recipients",
+        str(recipients),
+        "--survey-url",
+        survey_url,
+    )
+    assert done.code == 1
+    assert done.stderr == f"Error: --survey-url {reason}\n"
+    assert await pg.fetchval("SELECT count(*) FROM campaigns") == 0
+    assert await pg.fetchval("SELECT count(*) FROM invitations") == 0
+
+
+async def test_a_bad_survey_url_cell_rejects_its_line_alone(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP
+) -> None:
+    await add_client(pg, "acme")
+    rows = (
+        "email,survey_url\n"
+        "ok@example.com,https://survey.example/s/ok\n"
+        "js@example.com,javascript:alert(1)\n"
+        "text@example.com,take the survey\n"
+        'crlf@example.com,"https://survey.example/s\r\nBcc: victim@example.com"\n'
+        "ls@example.com,https://survey.example/s\u2028Bcc: victim@example.com\n"
+        "nohost@example.com,https:///s\n"
+        "empty@example.com,\n"
+    )
+    report = await launch_file(pg, settings, rows, survey_url=None)
+    assert report.imported == 1
+    assert [(r.line, r.reason) for r in report.rejected] == [
+        (3, "survey_url is not an http:// or https:// URL"),
+        (4, "survey_url contains a space or control character"),
+        (5, "a value contains CR, LF or NUL"),
+        # Line 5's quoted value takes two lines of the file.
+        (7, "survey_url contains a space or control character"),
+        (8, "survey_url has no host"),
+        (9, "survey_url is empty and no --survey-url was given"),
+    ]
+    # With a campaign-wide --survey-url, an empty cell takes it instead.
+    fallback = await launch_file(
+        pg, settings, "email,survey_url\nempty@example.com,\n", survey_url="https://s.example/"
+    )
+    assert (fallback.imported, fallback.rejected) == (1, [])
+    await run_workers(settings)
+    assert received_by(smtp[0].messages) == {"ok@example.com": 1, "empty@example.com": 1}
+    ok = next(m for m in smtp[0].messages if m.recipients == ("ok@example.com",))
+    body = parse(ok).get_body(("plain",))
+    assert body is not None and "https://survey.example/s/ok\r\n" in body.get_content()

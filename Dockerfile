@@ -1,26 +1,31 @@
-# survey-worker: a slim, non-root image that runs the worker.
+# survey-worker: a slim, non-root image that runs the worker (or any CLI command).
 # Build: docker build -t survey-worker .
 # Run:   docker run --env-file .env survey-worker            (a worker)
 #        docker run --env-file .env survey-worker migrate    (any CLI command)
-# In a container, DATABASE_URL and REDIS_URL must point at real servers.
-FROM python:3.11-slim
+# DATABASE_URL and REDIS_URL must point at real servers: the image has no embedded ones.
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    LOG_FORMAT=json
-
-WORKDIR /app
+# Stage 1: build the wheel (it carries sql/ and templates/ inside the package).
+FROM python:3.11-slim AS build
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY sql ./sql
 COPY templates ./templates
-# Editable install: sql/ and templates/ are read from /app at run time.
-RUN pip install -e . \
-    && useradd --system --uid 10001 --home-dir /app survey \
-    && chown -R survey /app
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+
+# Stage 2: install that wheel, not editable and without the [embedded] extra.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    LOG_FORMAT=json
+COPY --from=build /dist /tmp/dist
+RUN pip install /tmp/dist/*.whl \
+    && rm -rf /tmp/dist \
+    && useradd --system --uid 10001 --create-home --home-dir /home/survey survey
 
 USER survey
+WORKDIR /home/survey
 # Healthy while this container's worker refreshes its heartbeat in Redis (every 10 s).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["survey-worker", "health"]

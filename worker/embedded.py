@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,6 +51,7 @@ def redis_server() -> Path:
 
 # Postgres refuses to run as root; when we are root it runs as this system user.
 PG_SYSTEM_USER = "survey-pg"
+SYSTEM_ROOT = Path("/var/lib/survey-worker")
 START_TIMEOUT = 60.0
 
 
@@ -69,8 +72,17 @@ def free_port() -> int:
 
 
 def _run(cmd: list[str], *, user: str | None = None, timeout: float = START_TIMEOUT) -> None:
+    # As the system user, with its own group and none of root's: a process left in group
+    # root would be judged by directories' group bits instead of their "other" bits.
     result = subprocess.run(  # noqa: S603 - fixed binaries, arguments built here
-        cmd, user=user, capture_output=True, text=True, timeout=timeout, check=False
+        cmd,
+        user=user,
+        group=user,
+        extra_groups=[] if user else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if result.returncode != 0:
         raise ConfigError(f"{Path(cmd[0]).name} failed: {result.stderr.strip()[-500:]}")
@@ -86,13 +98,41 @@ def _pg_user() -> str | None:
     return PG_SYSTEM_USER
 
 
+def _reachable(path: Path) -> bool:
+    """Whether any user may walk down to `path` (every folder on the way is o+x)."""
+    return all(p.stat().st_mode & 0o001 for p in (path, *path.parents) if p.exists())
+
+
+def _outside_private_folders(path: Path) -> Path:
+    """`path` itself when the system user can reach it, else a stand-in under
+    SYSTEM_ROOT named after it: a checkout in root's mode-0700 home must not make us
+    open up root's folders."""
+    if _reachable(path.parent):
+        return path
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return SYSTEM_ROOT / f"{path.name}-{digest}"
+
+
+def _binaries(user: str | None) -> Path:
+    """The Postgres binaries, copied where the system user can run them if need be."""
+    package = pg_bin().parent.parent.parent
+    if user is None:
+        return pg_bin()
+    home = _outside_private_folders(package)
+    if home != package and not home.is_dir():
+        SYSTEM_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+        partial = home.with_name(f"{home.name}.{os.getpid()}.partial")
+        # The wheel's binaries find their shared libraries at ../../../pgserver.libs.
+        shutil.copytree(package / "pgserver" / "pginstall", partial / "pgserver" / "pginstall")
+        shutil.copytree(package / "pgserver.libs", partial / "pgserver.libs")
+        partial.rename(home)
+    return home / "pgserver" / "pginstall" / "bin"
+
+
 def _give_to(path: Path, user: str | None) -> None:
     if user is None:
         return
     entry = pwd.getpwnam(user)
-    for parent in path.parents:
-        # Postgres must be able to traverse every ancestor of its data directory.
-        parent.chmod(parent.stat().st_mode | 0o005)
     for root, _dirs, files in os.walk(path):
         os.chown(root, entry.pw_uid, entry.pw_gid)
         for name in files:
@@ -100,12 +140,18 @@ def _give_to(path: Path, user: str | None) -> None:
 
 
 class EmbeddedPostgres:
-    """A Postgres cluster in `data_dir`, started and stopped with pg_ctl."""
+    """A Postgres cluster in `data_dir`, started and stopped with pg_ctl.
+
+    Postgres refuses to run as root: for root it runs as the system user `survey-pg`,
+    and when `data_dir` lies in a folder that user cannot enter (root's home directory),
+    the cluster and a copy of the binaries live under SYSTEM_ROOT instead.
+    """
 
     def __init__(self, data_dir: Path) -> None:
-        self.root = data_dir.resolve() / "postgres"
-        self.pgdata = self.root / "pgdata"
         self.user = _pg_user()
+        root = data_dir.resolve() / "postgres"
+        self.root = root if self.user is None else _outside_private_folders(root)
+        self.pgdata = self.root / "pgdata"
 
     def running_port(self) -> int | None:
         """The port of the running server, or None when it is not running."""
@@ -130,7 +176,7 @@ class EmbeddedPostgres:
             _give_to(self.root, self.user)
             _run(
                 [
-                    str(pg_bin() / "initdb"),
+                    str(_binaries(self.user) / "initdb"),
                     "-D",
                     str(self.pgdata),
                     "-U",
@@ -146,7 +192,7 @@ class EmbeddedPostgres:
         options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
         _run(
             [
-                str(pg_bin() / "pg_ctl"),
+                str(_binaries(self.user) / "pg_ctl"),
                 "-D",
                 str(self.pgdata),
                 "-l",
@@ -167,7 +213,15 @@ class EmbeddedPostgres:
         if self.running_port() is None:
             return
         _run(
-            [str(pg_bin() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+            [
+                str(_binaries(self.user) / "pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
             user=self.user,
         )
 
@@ -301,3 +355,12 @@ def services(
                     pg.stop()
                 if not redis_url:
                     redis.stop()
+
+
+def discard(data_dir: Path) -> None:
+    """Stop the embedded servers of `data_dir` and delete their data (`make clean`)."""
+    pg, redis = EmbeddedPostgres(data_dir), EmbeddedRedis(data_dir)
+    pg.stop()
+    redis.stop()
+    for root in (pg.root, redis.root):
+        shutil.rmtree(root, ignore_errors=True)

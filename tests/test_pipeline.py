@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -204,7 +206,7 @@ async def test_bad_csv_rows_are_reported_and_good_rows_sent(
     assert report.imported == 2
     assert [(r.line, r.reason.split(":")[0]) for r in report.rejected] == [
         (3, "invalid address"),
-        (4, "a value contains CR, LF or NUL"),
+        (4, "a value contains a line break or control character"),
         (6, "duplicate address (imported once)"),
     ]
     await run_workers(settings)
@@ -212,6 +214,55 @@ async def test_bad_csv_rows_are_reported_and_good_rows_sent(
     for received in smtp[0].messages:
         assert b"victim" not in received.data
         assert parse(received).get_all("Bcc") is None
+
+
+async def test_a_value_no_header_can_carry_fails_its_invitation_alone(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP, tmp_path: Path
+) -> None:
+    # A template that puts a recipient's value in the subject as it is, without `oneline`.
+    shutil.copytree(settings.templates_dir, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "invitation" / "en" / "subject.txt").write_text("Survey for {{ first_name }}")
+    settings = settings.model_copy(update={"templates_dir": tmp_path})
+    await add_client(pg, "acme")
+    rows = (
+        "email,first_name,name\n"
+        "ann@example.com,Ann\u2028Bcc: victim@example.net,\n"
+        "bob@example.com,Bob\u0085Bcc: victim@example.net,\n"
+        "carol@example.com,Carol,\n"
+        "dave@example.com,Dave,Dave\u2029Bcc: victim@example.net\n"
+        "eve@example.com,Eve,\n"
+        "vt@example.com,\u000bBcc: victim@example.net,\n"
+    )
+    report = await launch(pg, settings, rows, enqueue=False)
+    # A vertical tab never gets past the import ...
+    assert [(r.line, r.reason) for r in report.rejected] == [
+        (7, "a value contains a line break or control character")
+    ]
+    # ... but a row imported before that check was added still reaches the worker.
+    await pg.execute(
+        """UPDATE invitations SET vars = jsonb_set(vars, '{first_name}', to_jsonb($1::text))
+           WHERE email = 'eve@example.com'""",
+        "Eve\x0bBcc: victim@example.net",
+    )
+    assert settings.redis_url is not None
+    redis = await queue.connect(settings.redis_url)
+    await queue.enqueue_launch(redis, report.campaign_id)
+    await redis.aclose()
+    await run_workers(settings)
+
+    assert await states(pg, report.campaign_id) == {
+        "ann@example.com": "failed:unsafe_header_value",
+        "bob@example.com": "failed:unsafe_header_value",
+        "carol@example.com": "sent",
+        "dave@example.com": "failed:unsafe_header_value",
+        "eve@example.com": "failed:unsafe_header_value",
+    }
+    status = await pg.fetchval("SELECT status FROM campaigns WHERE id = $1", report.campaign_id)
+    assert status == "completed"
+    assert received_by(smtp[0].messages) == {"carol@example.com": 1}
+    received = smtp[0].messages[0]
+    assert b"victim" not in received.data
+    assert parse(received)["Subject"] == "Survey for Carol"
 
 
 async def test_campaign_logs_hold_no_clear_address_or_token(

@@ -40,7 +40,8 @@ class InvalidUrl(SurveyWorkerError):
 
 
 class UnsafeHeaderValue(SurveyWorkerError):
-    """A value bound for a message header contains CR, LF or NUL."""
+    """A value bound for a message header holds a character no header can carry (CR, LF,
+    NUL, another control character, U+2028 or U+2029)."""
 
 
 class TemplateProblem(SurveyWorkerError):

@@ -19,6 +19,10 @@ from worker.errors import InvalidAddress, InvalidUrl, SurveyWorkerError
 
 MAX_VALUE_LENGTH = 1000
 LOCALE = re.compile(r"^[a-z]{2}$")
+# C0 controls but tab, and DEL: no message can carry them (NUL, or CR and LF outside a line
+# break), and a value has no use for them. Other characters a header cannot carry fail
+# only the message that puts them in one.
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 RESERVED = frozenset({"client_name", "unsubscribe_url"})
 
 
@@ -141,8 +145,8 @@ def check_row(
         return Rejected(line, f"expected {len(header)} fields, found {len(fields)}")
     record = dict(zip(header, fields, strict=True))
     for value in fields:
-        if "\r" in value or "\n" in value or "\x00" in value:
-            return Rejected(line, "a value contains CR, LF or NUL")
+        if CONTROL.search(value):
+            return Rejected(line, "a value contains a line break or control character")
         if len(value) > MAX_VALUE_LENGTH:
             return Rejected(line, f"a value is longer than {MAX_VALUE_LENGTH} characters")
     survey_url = record.get("survey_url")

@@ -5,9 +5,10 @@ message; this takes a few tens of microseconds. The shape is fixed: a
 multipart/alternative (RFC 2046 section 5.1.4) of a text/plain and a text/html part,
 both UTF-8 in quoted-printable, with the list headers of RFC 2369, 2919 and 8058.
 
-Every header value is checked: CR, LF or NUL raises `UnsafeHeaderValue`, addresses
-must be bare addr-specs, and display names and the subject are quoted or encoded so
-that no value can add a header or a recipient.
+Every header value is checked: a character no header can carry (see
+`UNSAFE_IN_HEADER`) raises `UnsafeHeaderValue`, addresses must be bare addr-specs, and
+display names and the subject are quoted or encoded so that no value can add a header or
+a recipient.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ _HARD_LIMIT = 998
 _WORD_LIMIT = 75
 _WORD_OVERHEAD = len("=?utf-8?b??=")
 
-_UNSAFE = re.compile(r"[\r\n\x00]")
+# What no header may carry, even RFC 2047-encoded: CR, LF and NUL, which would end the
+# header or the message, and every other C0 control but tab, DEL, the C1 controls (NEL is
+# one) and U+2028/U+2029, which software reading the decoded text takes for line breaks.
+UNSAFE_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 # RFC 5322 section 3.2.3 atext, the characters a phrase may show without quoting.
 _ATEXT = "a-zA-Z0-9!#$%&'*+/=?^_`{|}~-"
 _ATOMS = re.compile(rf"[{_ATEXT}]+(?: [{_ATEXT}]+)*")
@@ -77,10 +81,10 @@ def message_id_for(invitation_id: int, domain: str) -> str:
 def build(msg: OutgoingMessage) -> bytes:
     """Return the message as bytes with CRLF line endings, ready for SMTP DATA.
 
-    Raises `UnsafeHeaderValue` when a header value contains CR, LF or NUL (the error
-    names the field, not the value), `InvalidAddress` when the sender or recipient is
-    not a bare address, and `ValueError` for a malformed message id, list id, URL or a
-    naive date.
+    Raises `UnsafeHeaderValue` when a header value holds a character of
+    `UNSAFE_IN_HEADER` (the error names the field, not the value), `InvalidAddress` when
+    the sender or recipient is not a bare address, and `ValueError` for a malformed
+    message id, list id, URL or a naive date.
     """
     for field in (
         "sender",
@@ -92,8 +96,8 @@ def build(msg: OutgoingMessage) -> bytes:
         "list_id",
         "unsubscribe_url",
     ):
-        if _UNSAFE.search(getattr(msg, field)):
-            raise UnsafeHeaderValue(f"{field} contains CR, LF or NUL")
+        if UNSAFE_IN_HEADER.search(getattr(msg, field)):
+            raise UnsafeHeaderValue(f"{field} holds a character no header can carry")
     if msg.date.tzinfo is None:
         raise ValueError("date must be timezone-aware")
     if not _MSG_ID.fullmatch(msg.message_id):

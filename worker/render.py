@@ -19,7 +19,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing, object_type_repr
 from markupsafe import escape
 
-from worker.errors import TemplateProblem
+from worker.errors import TemplateProblem, UnsafeHeaderValue
+from worker.message import UNSAFE_IN_HEADER
 
 __all__ = ["FALLBACK_LOCALE", "Rendered", "TemplateStore", "oneline"]
 
@@ -158,8 +159,11 @@ class TemplateStore:
 
         `context` must hold `unsubscribe_url`; the text body must show it verbatim and the
         HTML body in its HTML-escaped form, or the message is refused. The subject is
-        stripped and must be a single non-empty line. Every failure is a `TemplateProblem`
-        naming the template, locale, part and variable, never a context value.
+        stripped and must be a single non-empty line. A subject that is not, because a
+        context value brought a line break or control character into it, raises
+        `UnsafeHeaderValue`: that message cannot be sent, others can. Every other failure
+        is a `TemplateProblem` naming the template, locale, part and variable. Neither
+        error ever quotes a context value.
         """
         locale = self.resolve_locale(name, preferred_locales)
         return self._render(name, locale, context)
@@ -192,10 +196,11 @@ class TemplateStore:
         html = self._render_part(name, locale, "body.html", context)
         if not subject:
             raise TemplateProblem(f"{_where(name, locale, 'subject.txt')}: subject is empty")
-        if "\0" in subject or len(subject.splitlines()) > 1:
-            raise TemplateProblem(
-                f"{_where(name, locale, 'subject.txt')}: subject is not a single line"
-            )
+        if UNSAFE_IN_HEADER.search(subject):
+            where = _where(name, locale, "subject.txt")
+            if any(isinstance(v, str) and UNSAFE_IN_HEADER.search(v) for v in context.values()):
+                raise UnsafeHeaderValue(f"{where}: a value holds a character no header can carry")
+            raise TemplateProblem(f"{where}: subject is not a single line")
         if url not in text:
             raise TemplateProblem(
                 f"{_where(name, locale, 'body.txt')} does not show the unsubscribe link"

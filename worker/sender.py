@@ -130,6 +130,7 @@ def prepare(
 
     Raises TemplateProblem, which fails the whole campaign: every recipient of a campaign
     shares its template and columns, so a template error is never one person's problem.
+    A value of this recipient that no header can carry fails this invitation alone.
     """
     if inv.email is None:
         return ledger.Outcome(inv.id, "failed", reason="address_erased")
@@ -156,7 +157,12 @@ def prepare(
         "survey_url": survey_url,
         "unsubscribe_url": unsubscribe_url,
     }
-    rendered = sender.templates.render(campaign.template, [locale, campaign.locale, "en"], context)
+    try:
+        rendered = sender.templates.render(
+            campaign.template, [locale, campaign.locale, "en"], context
+        )
+    except UnsafeHeaderValue:
+        return ledger.Outcome(inv.id, "failed", reason="unsafe_header_value")
     domain = campaign.sender_email.rpartition("@")[2]
     message_id = message.message_id_for(inv.id, domain)
     try:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from markupsafe import escape
 
-from worker.errors import TemplateProblem
+from worker.errors import TemplateProblem, UnsafeHeaderValue
 from worker.render import TemplateStore, oneline
 
 SHIPPED = Path(__file__).resolve().parents[2] / "templates"
@@ -295,13 +295,27 @@ def test_a_subject_that_is_not_one_line_is_refused(
         store.render("t", ["en"], context())
 
 
-def test_a_value_with_a_line_break_is_refused_in_a_raw_subject(
-    make_store: TemplateFactory,
+@pytest.mark.parametrize(
+    "topic",
+    ["x\nBcc: victim@example.org", "x\x0bBcc: victim@example.org", "x\u2028victim", "x\x85victim"],
+)
+def test_a_value_no_header_can_carry_in_a_raw_subject_refuses_that_message_alone(
+    make_store: TemplateFactory, topic: str
 ) -> None:
     store = make_store(subject="About {{ topic }}")
-    with pytest.raises(TemplateProblem, match="not a single line") as raised:
-        store.render("t", ["en"], context(topic="x\nBcc: victim@example.org"))
+    with pytest.raises(UnsafeHeaderValue, match="no header can carry") as raised:
+        store.render("t", ["en"], context(topic=topic))
     assert "victim" not in str(raised.value)
+    assert store.render("t", ["en"], context(topic="cheese")).subject == "About cheese"
+
+
+@pytest.mark.parametrize("subject", ["About\x0bthis", "Line\x85two", "Form\x0cfeed"])
+def test_a_template_whose_own_subject_no_header_can_carry_is_a_template_problem(
+    make_store: TemplateFactory, subject: str
+) -> None:
+    store = make_store(subject=subject)
+    with pytest.raises(TemplateProblem, match="not a single line"):
+        store.render("t", ["en"], context())
 
 
 def test_the_subject_is_stripped(make_store: TemplateFactory) -> None:

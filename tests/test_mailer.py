@@ -14,7 +14,12 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from tests.support.smtp import RecordedMessage, RecordingHandler, start_smtp_server
-from worker.errors import AmbiguousSmtpError, PermanentSmtpError, TransientSmtpError
+from worker.errors import (
+    AmbiguousSmtpError,
+    NotStarted,
+    PermanentSmtpError,
+    TransientSmtpError,
+)
 from worker.mailer import SmtpConfig, SmtpPool
 from worker.outcomes import is_hard_bounce
 from worker.settings import Settings
@@ -75,6 +80,28 @@ async def test_an_accepted_message_arrives_byte_identical(
 ) -> None:
     assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
     assert handler.messages == [RecordedMessage(SENDER, (ALICE,), MESSAGE, ())]
+
+
+async def test_a_message_the_journal_does_not_start_never_leaves(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    asked: list[str] = []
+
+    async def refuse() -> bool:
+        asked.append("refused")
+        return False
+
+    async def allow() -> bool:
+        asked.append("allowed")
+        return True
+
+    with pytest.raises(NotStarted):
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE, before_content=refuse)
+    # Nothing arrived, not even a partial message; the pool carries on.
+    assert handler.messages == [] and handler.dropped == []
+    assert await pool.send(sender=SENDER, recipient=BOB, message=MESSAGE, before_content=allow)
+    assert [m.recipients for m in handler.messages] == [(BOB,)]
+    assert asked == ["refused", "allowed"]
 
 
 async def test_mail_rcpt_and_data_go_in_one_write_only_when_the_server_offers_pipelining(

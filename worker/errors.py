@@ -64,6 +64,10 @@ class TransientSmtpError(SmtpError):
     """4xx reply, refused connection or timeout before DATA: retry later."""
 
 
+class NotStarted(TransientSmtpError):
+    """The send journal did not let the message start: nothing of it was sent."""
+
+
 class PermanentSmtpError(SmtpError):
     """5xx reply: never retry this recipient."""
 

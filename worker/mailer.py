@@ -9,6 +9,7 @@ went out but no verdict came back, so it may have been delivered).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Protocol, Self
@@ -23,8 +24,19 @@ from worker.smtp_session import Session
 class Mailer(Protocol):
     """What the send path needs from an SMTP client; `SmtpPool` is the real one."""
 
-    async def send(self, *, sender: str, recipient: str, message: bytes) -> int:
-        """Deliver `message` to `recipient`; return the 2xx code or raise an `SmtpError`."""
+    async def send(
+        self,
+        *,
+        sender: str,
+        recipient: str,
+        message: bytes,
+        before_content: Callable[[], Awaitable[bool]] | None = None,
+    ) -> int:
+        """Deliver `message` to `recipient`; return the 2xx code or raise an `SmtpError`.
+
+        `before_content` is awaited once the server invites the content; False stops the
+        message before any of it leaves (`NotStarted`).
+        """
         ...
 
 
@@ -87,14 +99,22 @@ class SmtpPool:
     ) -> None:
         await self.close()
 
-    async def send(self, *, sender: str, recipient: str, message: bytes) -> int:
+    async def send(
+        self,
+        *,
+        sender: str,
+        recipient: str,
+        message: bytes,
+        before_content: Callable[[], Awaitable[bool]] | None = None,
+    ) -> int:
         """Deliver `message` (the complete RFC 5322 bytes) from `sender` to `recipient`.
 
         Returns the server's 2xx reply code. Raises `TransientSmtpError` for a 4xx reply or
         a connection failure or timeout before the content was sent, `PermanentSmtpError`
         for a 5xx reply (or an address the server cannot take, code None), and
-        `AmbiguousSmtpError` when the connection is lost while the content is transferred.
-        No error message contains the recipient's address.
+        `AmbiguousSmtpError` when the connection is lost while the content is transferred,
+        and `NotStarted` when `before_content` answers False once the server invites the
+        content. No error message contains the recipient's address.
         """
         slot = await self._idle.get()
         try:
@@ -104,7 +124,9 @@ class SmtpPool:
                     session.close()
                 slot.session = None
                 session = slot.session = await self._open()
-            return await session.deliver(sender=sender, recipient=recipient, message=message)
+            return await session.deliver(
+                sender=sender, recipient=recipient, message=message, before_content=before_content
+            )
         except asyncio.CancelledError:
             # Cancelled in the middle of a command: the session's state is unknown.
             if slot.session is not None:

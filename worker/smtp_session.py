@@ -17,11 +17,18 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple, cast
 
 from aiosmtplib import SMTP
 
-from worker.errors import AmbiguousSmtpError, PermanentSmtpError, SmtpError, TransientSmtpError
+from worker.errors import (
+    AmbiguousSmtpError,
+    NotStarted,
+    PermanentSmtpError,
+    SmtpError,
+    TransientSmtpError,
+)
 from worker.outcomes import classify_reply
 
 # RFC 5321 section 4.5.3.1.5: a reply line is at most 512 octets; allow servers some slack,
@@ -161,12 +168,21 @@ class Session:
         finally:
             self.close()
 
-    async def deliver(self, *, sender: str, recipient: str, message: bytes) -> int:
+    async def deliver(
+        self,
+        *,
+        sender: str,
+        recipient: str,
+        message: bytes,
+        before_content: Callable[[], Awaitable[bool]] | None = None,
+    ) -> int:
         """Send `message` from `sender` to `recipient`; return the 2xx code of the final reply.
 
         Raises `TransientSmtpError`, `PermanentSmtpError` or `AmbiguousSmtpError` as the
         module describes. After a refusal the session is reset (RSET) for the next message;
-        after any other failure it is closed.
+        after any other failure it is closed. Once the server invites the content,
+        `before_content` is awaited; when it answers False the content never leaves, the
+        session is closed and `NotStarted` raised.
         """
         mail, rcpt = self._envelope(sender, recipient, message)
         data = b"DATA\r\n"
@@ -186,6 +202,12 @@ class Session:
             self.close()
             raise TransientSmtpError(f"before the content: {_reason(exc)}") from None
         await self._check_envelope(replies, recipient)
+        if before_content is not None and not await before_content():
+            # After 354 the server waits for content, and SMTP has no way to cancel it:
+            # closing the connection before the final dot aborts the transaction
+            # (RFC 5321 section 4.1.1.4), so nothing is delivered.
+            self.close()
+            raise NotStarted("the send journal did not let the message start")
         # From here on the content has left: if the reply is lost, the server may have
         # accepted the message.
         try:

@@ -15,7 +15,8 @@ import structlog
 from arq import Retry
 from arq.connections import ArqRedis
 
-from worker import addresses, db, ledger, optouts, privacy, queue, sender, tokens
+from worker import addresses, db, journal, ledger, message, optouts, privacy, queue, sender, tokens
+from worker.db import Conn
 from worker.errors import SuppressionUnavailable, WorkerStopping
 from worker.mailer import SmtpConfig, SmtpPool
 from worker.ratelimit import RateLimiter
@@ -27,6 +28,12 @@ log = structlog.get_logger("worker.jobs")
 CONCURRENT_JOBS = 10
 # Allocations between collections of the youngest generation (Python's default is 700).
 GC_THRESHOLD = 20_000
+# The decision line for an invitation `reconcile` settles, by its new state.
+SETTLED_EVENTS = {
+    "sent": "invitation.sent",
+    "pending": "invitation.requeued",
+    "unknown": "invitation.unknown",
+}
 
 
 class Context(TypedDict):
@@ -49,12 +56,14 @@ async def startup(ctx: Context) -> None:
         ctx["database_url"], max_size=CONCURRENT_JOBS + 2, synchronous_commit=False
     )
     ctx["mailer"] = SmtpPool(SmtpConfig.from_settings(settings))
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     ctx["sender"] = sender.Sender(
         pool=ctx["pool"],
         mailer=ctx["mailer"],
         templates=TemplateStore(settings.templates_dir),
         settings=settings,
-        worker_id=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+        worker_id=worker_id,
+        journal=journal.Journal(ctx["redis"], worker_id),
         limiter=RateLimiter(ctx["redis"], settings.send_rate) if settings.send_rate else None,
     )
     # Sending allocates many short-lived objects (tasks, replies, rows) and few cycles:
@@ -169,7 +178,8 @@ async def _send_range(
         )
     except WorkerStopping as e:
         raise Retry(defer=1) from e
-    except (SuppressionUnavailable, *db.DB_ERRORS) as e:
+    except (SuppressionUnavailable, *db.DB_ERRORS, *queue.ERRORS) as e:
+        # The opt-out check, the ledger or the send journal could not be reached.
         log.warning(
             "batch.retry", campaign_id=campaign_id, reason=type(e).__name__, job_id=ctx["job_id"]
         )
@@ -238,26 +248,18 @@ async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any
 async def reconcile(ctx: Context) -> dict[str, Any]:
     """Re-drive what Redis lost or a crash left behind; complete finished campaigns.
 
-    Runs as a cron job on every worker (arq lets one run per tick). Invitations whose SMTP
-    transaction started under a lease that ran out become `unknown` (or `pending` with
+    Runs as a cron job on every worker (arq lets one run per tick). Invitations a worker
+    left `sending` under a lease that ran out are settled from its send journal: accepted
+    ones `sent`, unstarted ones `pending`, those on the wire `unknown` (or `pending` with
     UNKNOWN_POLICY=resend); running campaigns with due work that nobody touched for a
     reconcile interval are launched again; the ledger's claims make all of it idempotent.
     """
     settings = ctx["settings"]
     resend = settings.unknown_policy == "resend"
-    event = "invitation.requeued" if resend else "invitation.unknown"
     async with ctx["pool"].acquire() as conn:
-        lost = await ledger.expire_sending(conn, resend=resend)
-        for invitation_id, campaign_id, client_id, email_hash in lost:
-            log.warning(
-                event,
-                campaign_id=campaign_id,
-                client_id=client_id,
-                invitation_id=invitation_id,
-                reason="worker_lost_during_smtp",
-                recipient=addresses.recipient_id(email_hash),
-                job_id=ctx["job_id"],
-            )
+        settled = 0
+        for worker_id, expired in (await ledger.expired_sending(conn)).items():
+            settled += await _settle(ctx, conn, worker_id, expired, resend=resend)
         completed = 0
         for campaign_id in await ledger.finished_running_campaigns(conn):
             campaign = await ledger.load_campaign(conn, campaign_id)
@@ -268,7 +270,38 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
     for campaign_id in stalled:
         await ctx["redis"].enqueue_job("launch_campaign", campaign_id)
         log.warning("campaign.redriven", campaign_id=campaign_id, job_id=ctx["job_id"])
-    return {"unknown": len(lost), "completed": completed, "redriven": len(stalled)}
+    return {"settled": settled, "completed": completed, "redriven": len(stalled)}
+
+
+async def _settle(
+    ctx: Context, conn: Conn, worker_id: str, expired: list[ledger.Expired], *, resend: bool
+) -> int:
+    """Settle what a lost worker left `sending`, from its send journal; log each."""
+    try:
+        marks = await journal.take_back(ctx["redis"], worker_id)
+    except queue.ERRORS:
+        marks = None
+    outcomes = [
+        journal.settle(
+            e,
+            (marks or {}).get(e.id),
+            message_id=message.message_id_for(e.id, e.sender_email.rpartition("@")[2]),
+            resend=resend,
+        )
+        for e in expired
+    ]
+    await ledger.record(conn, outcomes, worker_id)
+    for e, outcome in zip(expired, outcomes, strict=True):
+        log.warning(
+            SETTLED_EVENTS[outcome.state],
+            campaign_id=e.campaign_id,
+            client_id=e.client_id,
+            invitation_id=e.id,
+            reason=outcome.reason or "accepted_before_worker_lost",
+            recipient=addresses.recipient_id(e.email_hash),
+            job_id=ctx["job_id"],
+        )
+    return len(outcomes)
 
 
 async def purge(ctx: Context) -> dict[str, Any]:

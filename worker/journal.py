@@ -25,7 +25,7 @@ from enum import StrEnum
 
 from redis.asyncio import Redis
 
-from worker import queue
+from worker import ledger, queue
 
 # Long after any lease ran out: a journal is read only while its rows are `sending`.
 TTL_SECONDS = 7 * 24 * 3600
@@ -130,6 +130,26 @@ class Journal:
             for future, ok in zip(starts.values(), granted, strict=True):
                 if not future.done():
                     future.set_result(bool(ok))
+
+
+def settle(
+    expired: ledger.Expired, mark: Mark | None, *, message_id: str, resend: bool
+) -> ledger.Outcome:
+    """What an invitation its worker left `sending` becomes, by its journal mark.
+
+    Accepted is sent; never started goes back to pending, its attempt not counted; started
+    without a recorded reply, or not in the journal at all (the journal was lost), is
+    `unknown`, or with UNKNOWN_POLICY=resend pending again (at most one duplicate).
+    """
+    if mark is Mark.ACCEPTED:
+        return ledger.Outcome(expired.id, "sent", smtp_code=250, message_id=message_id)
+    if mark in (Mark.QUEUED, Mark.TAKEN_BACK):
+        return ledger.Outcome(
+            expired.id, "pending", reason="worker_lost_before_smtp", started=False
+        )
+    return ledger.Outcome(
+        expired.id, "pending" if resend else "unknown", reason="worker_lost_during_smtp"
+    )
 
 
 async def take_back(redis: Redis, worker_id: str) -> dict[int, Mark] | None:

@@ -5,7 +5,8 @@ or two workers racing for the same rows, can never move an invitation twice.
 
 Invitation states:
   pending    waiting; a worker claims it by locking the row (FOR UPDATE SKIP LOCKED)
-  sending    the SMTP transaction for it has started; `lease_until` bounds how long
+  sending    its chunk is on the way (the send journal says how far each message got);
+             when `lease_until` passes first, `reconcile` settles it from the journal
   sent       the server accepted it (2xx)                                         final
   suppressed an opt-out list or the bounce list forbids it (`reason` says which)  final
   deferred   4xx or connection error; retried at `next_attempt_at`
@@ -63,6 +64,19 @@ class Outcome:
     smtp_code: int | None = None
     message_id: str | None = None
     next_attempt_at: datetime | None = None
+    # False for a message given back before any of it was sent: its attempt is not counted.
+    started: bool = True
+
+
+@dataclass(frozen=True)
+class Expired:
+    """An invitation left `sending` by a worker whose lease ran out."""
+
+    id: int
+    campaign_id: int
+    client_id: str
+    email_hash: bytes
+    sender_email: str
 
 
 async def load_campaign(conn: Conn, campaign_id: int) -> Campaign | None:
@@ -199,7 +213,7 @@ async def record(conn: Conn, outcomes: Sequence[Outcome], worker_id: str) -> Non
     Only rows still claimed by this worker and `sending` are touched, so a late or repeated
     write can never overwrite a final state. Hard bounces join the global bounce list in
     the same statement. If this write is lost (asynchronous commit, a crash), the rows stay
-    `sending` and `reconcile` counts them `unknown`: never a silent duplicate.
+    `sending` and `reconcile` settles them from the send journal: never a silent duplicate.
     """
     if not outcomes:
         return
@@ -209,11 +223,12 @@ async def record(conn: Conn, outcomes: Sequence[Outcome], worker_id: str) -> Non
                SET state = o.state, reason = o.reason, smtp_code = o.smtp_code,
                    message_id = COALESCE(o.message_id, i.message_id),
                    next_attempt_at = o.next_attempt_at,
+                   attempts = i.attempts - (NOT o.started)::int,
                    sent_at = CASE WHEN o.state = 'sent' THEN now() ELSE i.sent_at END,
                    lease_until = NULL, claimed_by = NULL, updated_at = now()
                FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
-                           $6::timestamptz[])
-                    AS o(id, state, reason, smtp_code, message_id, next_attempt_at)
+                           $6::timestamptz[], $8::bool[])
+                    AS o(id, state, reason, smtp_code, message_id, next_attempt_at, started)
                WHERE i.id = o.id AND i.claimed_by = $7 AND i.state = 'sending'
                RETURNING i.email_hash, o.reason, o.smtp_code)
            INSERT INTO bounces (email_hash, kind, smtp_code)
@@ -226,6 +241,7 @@ async def record(conn: Conn, outcomes: Sequence[Outcome], worker_id: str) -> Non
         [o.message_id for o in outcomes],
         [o.next_attempt_at for o in outcomes],
         worker_id,
+        [o.started for o in outcomes],
     )
 
 
@@ -299,24 +315,28 @@ async def campaign_status(conn: Conn, campaign_id: int) -> str | None:
     return status
 
 
-async def expire_sending(conn: Conn, *, resend: bool) -> list[tuple[int, int, str, bytes]]:
-    """Settle invitations whose SMTP transaction started under a lease that ran out.
+async def expired_sending(conn: Conn) -> dict[str, list[Expired]]:
+    """The `sending` invitations whose lease ran out, by the worker that claimed them.
 
-    The worker died between DATA and the reply (or before recording it): the message may
-    have been delivered. They become `unknown`, or with `resend` go back to `pending` to be
-    sent again (at most one duplicate each). Returns (invitation, campaign, client, hash).
+    That worker died (or stalled) between marking its chunk `sending` and recording the
+    outcomes; `reconcile` settles them from the worker's send journal with `record`.
     """
     rows = await conn.fetch(
-        """UPDATE invitations i
-           SET state = CASE WHEN $1 THEN 'pending' ELSE 'unknown' END,
-               reason = 'worker_lost_during_smtp', lease_until = NULL, claimed_by = NULL,
-               updated_at = now()
-           FROM campaigns c
-           WHERE c.id = i.campaign_id AND i.state = 'sending' AND i.lease_until < now()
-           RETURNING i.id, i.campaign_id, c.client_id, i.email_hash""",
-        resend,
+        """SELECT i.id, i.campaign_id, c.client_id, i.email_hash, cl.sender_email,
+                  i.claimed_by
+           FROM invitations i
+           JOIN campaigns c ON c.id = i.campaign_id
+           JOIN clients cl ON cl.id = c.client_id
+           WHERE i.state = 'sending' AND i.lease_until < now()
+           ORDER BY i.id"""
     )
-    return [(r["id"], r["campaign_id"], r["client_id"], r["email_hash"]) for r in rows]
+    by_worker: dict[str, list[Expired]] = {}
+    for r in rows:
+        expired = Expired(
+            r["id"], r["campaign_id"], r["client_id"], r["email_hash"], r["sender_email"]
+        )
+        by_worker.setdefault(r["claimed_by"], []).append(expired)
+    return by_worker
 
 
 async def stalled_campaigns(conn: Conn, idle_seconds: float) -> list[int]:

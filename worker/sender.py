@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -26,12 +27,14 @@ from worker.db import DB_ERRORS, Conn
 from worker.errors import (
     AmbiguousSmtpError,
     InvalidAddress,
+    NotStarted,
     PermanentSmtpError,
     TemplateProblem,
     TransientSmtpError,
     UnsafeHeaderValue,
     WorkerStopping,
 )
+from worker.journal import Journal
 from worker.mailer import Mailer
 from worker.ratelimit import RateLimiter
 from worker.render import TemplateStore
@@ -53,6 +56,7 @@ class Sender:
     templates: TemplateStore
     settings: Settings
     worker_id: str
+    journal: Journal
     limiter: RateLimiter | None = None
     # Set on SIGTERM: finish the chunk in flight, claim nothing more.
     stopping: bool = False
@@ -197,8 +201,14 @@ async def _deliver(sender: Sender, campaign: ledger.Campaign, p: Prepared) -> le
     inv = p.invitation
     try:
         code = await sender.mailer.send(
-            sender=campaign.sender_email, recipient=p.recipient, message=p.data
+            sender=campaign.sender_email,
+            recipient=p.recipient,
+            message=p.data,
+            before_content=partial(sender.journal.start, inv.id),
         )
+    except NotStarted:
+        # Reconcile took it back, or the journal could not be written: none of it left.
+        return ledger.Outcome(inv.id, "pending", reason="not_started", started=False)
     except TransientSmtpError as e:
         if inv.attempts + 1 >= sender.settings.smtp_max_attempts:
             return ledger.Outcome(inv.id, "failed", reason="max_attempts", smtp_code=e.code)
@@ -216,6 +226,7 @@ async def _deliver(sender: Sender, campaign: ledger.Campaign, p: Prepared) -> le
         )
     except AmbiguousSmtpError as e:
         return ledger.Outcome(inv.id, "unknown", reason="no_reply_after_data", smtp_code=e.code)
+    sender.journal.accepted(inv.id)
     return ledger.Outcome(inv.id, "sent", smtp_code=code, message_id=p.message_id)
 
 
@@ -234,7 +245,9 @@ def _log_decision(
     if outcome.state == "deferred":
         fields["attempt"] = inv.attempts + 1
     level = "warning" if outcome.state in ("failed", "unknown") else "info"
-    getattr(bound, level)(f"invitation.{outcome.state}", **fields)
+    # A message given back before it started is due again: "requeued", as reconcile says.
+    event = "requeued" if outcome.state == "pending" else outcome.state
+    getattr(bound, level)(f"invitation.{event}", **fields)
 
 
 async def send_slice(
@@ -380,6 +393,9 @@ async def _check_and_start(
     )
     if started is None:
         return None
+    if started:
+        # Before the `sending` mark commits: no chunk goes on the wire without a journal.
+        await sender.journal.open(started)
     return early, [ready[i] for i in started]
 
 

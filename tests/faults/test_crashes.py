@@ -87,7 +87,7 @@ async def test_kill_9_mid_campaign_then_another_worker_finishes(
     first.kill()
     spawn(fast)
     states = await finishes_once_each(fast, handler, campaign_id)
-    assert states.get("unknown", 0) <= fast.chunk_size
+    assert states.get("unknown", 0) <= fast.smtp_connections
 
 
 async def test_sigterm_exits_cleanly_and_the_next_worker_finishes(

@@ -68,6 +68,8 @@ class RecordingHandler:
         self.data_delay = 0.0
         # When each accepted message arrived (time.time()), in the order of `messages`.
         self.arrivals: list[float] = []
+        # (stage, address) of each command a `delay` rule is holding right now.
+        self.held: list[tuple[Stage, str]] = []
 
     @property
     def connections(self) -> int:
@@ -176,7 +178,11 @@ class RecordingHandler:
             if rule.times == 0:
                 rules.pop(0)
         if rule.delay:
-            await asyncio.sleep(rule.delay)
+            self.held.append((stage, address))
+            try:
+                await asyncio.sleep(rule.delay)
+            finally:
+                self.held.remove((stage, address))
         if rule.drop:
             if stage == "DATA":
                 self.dropped.append(_record(envelope))

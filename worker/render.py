@@ -7,9 +7,11 @@ is a pure function of the template, the preferred locales and the context.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +24,7 @@ from markupsafe import escape
 from worker.errors import TemplateProblem, UnsafeHeaderValue
 from worker.message import UNSAFE_IN_HEADER
 
-__all__ = ["FALLBACK_LOCALE", "Rendered", "TemplateStore", "oneline"]
+__all__ = ["FALLBACK_LOCALE", "Rendered", "TemplateStore", "oneline", "shows_link"]
 
 FALLBACK_LOCALE = "en"
 
@@ -85,6 +87,253 @@ def oneline(value: object) -> str:
     break in it yields a one-line subject instead of a refused message.
     """
     return " ".join(str(value).translate(_CONTROL_TO_SPACE).split())
+
+
+# Elements whose content a reader never sees: metadata, raw text, inert or replaced
+# content, form controls, and foreign content that may well not render as a link.
+_HIDDEN_ELEMENTS = frozenset(
+    {
+        "audio",
+        "canvas",
+        "datalist",
+        "frameset",
+        "head",
+        "iframe",
+        "map",
+        "math",
+        "noembed",
+        "noframes",
+        "noscript",
+        "object",
+        "option",
+        "script",
+        "select",
+        "style",
+        "svg",
+        "template",
+        "textarea",
+        "title",
+        "video",
+        "xmp",
+    }
+)
+# Elements whose content stays hidden until the reader opens them.
+_HIDDEN_UNLESS_OPEN = frozenset({"details", "dialog"})
+# Elements without content or end tag: they never enclose anything.
+_VOID_ELEMENTS = frozenset(
+    {
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "source",
+        "track",
+        "wbr",
+    }
+)
+# CSS declarations (property, value) that hide an element, or take it out of the flow.
+_HIDING_DECLARATIONS = frozenset(
+    {
+        ("display", "none"),
+        ("visibility", "hidden"),
+        ("visibility", "collapse"),
+        ("mso-hide", "all"),
+        ("position", "absolute"),
+        ("position", "fixed"),
+        ("color", "transparent"),
+    }
+)
+# Properties that hide an element at zero; properties that may move or clip it out of
+# sight at any value but these.
+_HIDING_WHEN_ZERO = frozenset({"font-size", "height", "max-height", "width", "max-width"})
+_HIDING_UNLESS = {"clip": ("auto",), "clip-path": ("none",), "transform": ("none",)}
+_NUMBER = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))(%|[a-z]*)")
+_CSS_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
+
+
+def _hiding(name: str, value: str) -> bool:
+    """Whether one CSS declaration may keep its element out of sight."""
+    if (name, value) in _HIDING_DECLARATIONS:
+        return True
+    if name in _HIDING_UNLESS:
+        return value not in ("", *_HIDING_UNLESS[name])
+    number = _NUMBER.fullmatch(value)
+    if number is None:
+        return False
+    amount = float(number[1])
+    if name == "opacity":
+        # Nearly transparent is as good as invisible: 0.1 (10 %) at most.
+        return amount <= (10 if number[2] == "%" else 0.1)
+    if name == "text-indent":
+        return amount < 0
+    return name in _HIDING_WHEN_ZERO and amount == 0
+
+
+def _hides(style: str) -> bool:
+    """Whether an inline `style` may keep its element out of sight."""
+    if "\\" in style:
+        # A CSS escape can spell any property or value (`d\69splay: none`).
+        return True
+    for declaration in _CSS_COMMENT.sub("", style).split(";"):
+        name, _, value = declaration.partition(":")
+        if _hiding(name.strip().lower(), value.lower().replace("!important", "").strip()):
+            return True
+    return False
+
+
+_ASCII_VISIBLE = re.compile(r"[!-~]")
+
+
+def _is_visible_text(data: str, stand_ins: str) -> bool:
+    """Whether `data` shows something: a printable character that is not white space (or
+    one of `stand_ins`, which stand for such text in a skeleton)."""
+    return _ASCII_VISIBLE.search(data) is not None or any(
+        (c.isprintable() and not c.isspace()) or c in stand_ins for c in data
+    )
+
+
+class _LinkFinder(HTMLParser):
+    """Reads an HTML document and tells whether it shows `url` as the target of a link a
+    reader can see and click: the `href` of an `<a>` with visible content, outside any
+    comment, hidden element (`hidden`, a hiding `style`, `<head>`, `<template>`,
+    `<noscript>`, ...) and any other attribute. Errs on the side of "not shown"."""
+
+    def __init__(self, url: str, stand_ins: str = "") -> None:
+        super().__init__(convert_charrefs=True)
+        self.url = url
+        self.stand_ins = stand_ins
+        self.shown = False
+        # The open elements: tag, hidden, is the link.
+        self._open: list[tuple[str, bool, bool]] = []
+
+    def _hidden(self) -> bool:
+        return bool(self._open) and self._open[-1][1]
+
+    def _in_link(self) -> bool:
+        return any(link for _, _, link in self._open)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        first: dict[str, str] = {}
+        for name, value in attrs:
+            # Browsers keep the first of repeated attributes.
+            first.setdefault(name, value or "")
+        hidden = (
+            self._hidden()
+            or tag in _HIDDEN_ELEMENTS
+            or (tag in _HIDDEN_UNLESS_OPEN and "open" not in first)
+            or "hidden" in first
+            or _hides(first.get("style", ""))
+        )
+        if tag in _VOID_ELEMENTS:
+            if tag == "img" and not hidden and self._in_link():
+                self.shown = True
+            return
+        link = tag == "a" and not hidden and first.get("href", "").strip(" \t\n\r\f") == self.url
+        self._open.append((tag, hidden, link))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        # HTML ignores the slash of `<div/>`: the element stays open.
+        self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag: str) -> None:
+        # An end tag closes its element and every element opened inside it; one without
+        # an open element is ignored, as browsers do.
+        for index in range(len(self._open) - 1, -1, -1):
+            if self._open[index][0] == tag:
+                del self._open[index:]
+                return
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden() and self._in_link() and _is_visible_text(data, self.stand_ins):
+            self.shown = True
+
+
+def _parse_shows(html: str, url: str, stand_ins: str = "") -> bool:
+    finder = _LinkFinder(url, stand_ins)
+    finder.feed(html)
+    finder.close()
+    return finder.shown
+
+
+# A skeleton of a rendered HTML body (see `shows_link`) stands the escaped unsubscribe URL
+# with _URL_MARK and each escaped context value with _VALUE_MARK; neither can be in a
+# rendered body that has a skeleton.
+_URL_MARK = "\x01"
+_VALUE_MARK = "\x00"
+# The markup a skeleton may have, in which a mark can only stand in text, in a comment
+# (not right before its end) or in a quoted attribute value: a mark can then stand for any
+# text without `<`, `>` or a quote and the document still parses into the same elements
+# and attributes. Possessive quantifiers and atomic groups: it never backtracks.
+_SKELETON = re.compile(
+    r"""(?>
+        [^<]++
+      | <!--(?!-?>)(?>(?!--)(?![\x00\x01]\s*+!?>)(?s:.))*+-->
+      | <!(?i:doctype)[^<>\x00\x01]*+>
+      | <[a-zA-Z][^\s/>\x00\x01]*+
+        (?>\s++[^\s"'<>/=\x00\x01]++
+           (?>\s*+=\s*+(?>"[^"]*+"|'[^']*+'|[^\s"'=<>`\x00\x01]++))?+
+        )*+
+        \s*+/?>
+      | </[a-zA-Z][^\s/>\x00\x01]*+\s*+>
+    )*+""",
+    re.VERBOSE,
+)
+# A mark in a `style` attribute: the value it stands for could hide the element.
+_MARKED_STYLE = re.compile(r"""\sstyle\s*=\s*(?:"[^"]*[\x00\x01]|'[^']*[\x00\x01])""", re.I)
+
+
+def _skeleton(html: str, url: str, values: Iterable[str]) -> str | None:
+    """`html` with the escaped URL and context values replaced by marks, or None if it
+    holds a mark character itself."""
+    if _URL_MARK in html or _VALUE_MARK in html:
+        return None
+    skeleton = html.replace(str(escape(url)), _URL_MARK)
+    # Values shorter than three characters are left in (they would also match markup), as
+    # are those showing nothing, which a mark must not stand for.
+    shown = {
+        str(escape(v))
+        for value in values
+        if value != url
+        for v in (value, value.strip())
+        if len(v) >= 3 and _URL_MARK not in v and _VALUE_MARK not in v and _is_visible_text(v, "")
+    }
+    for text in sorted(shown, key=len, reverse=True):
+        skeleton = skeleton.replace(text, _VALUE_MARK)
+    return skeleton
+
+
+@functools.lru_cache(maxsize=1024)
+def _skeleton_shows(skeleton: str) -> bool | None:
+    """Whether a skeleton shows the link, or None if a mark sits where the text it stands
+    for could change what the document shows."""
+    if not _SKELETON.fullmatch(skeleton) or _MARKED_STYLE.search(skeleton):
+        return None
+    return _parse_shows(skeleton, _URL_MARK, stand_ins=_URL_MARK + _VALUE_MARK)
+
+
+def shows_link(html: str, url: str, values: Iterable[str] = ()) -> bool:
+    """Whether the HTML body `html` shows `url` as a link a reader can see and click.
+
+    That is the `href` of an `<a>` that has visible content and is neither in a comment,
+    nor in a hidden element (`hidden`, an inline style such as `display:none`,
+    `visibility:hidden` or `opacity:0`, `<head>`, `<template>`, `<noscript>`, `<script>`,
+    `<style>`, a closed `<details>` ...), nor in an attribute other than `href`. Style
+    sheets are not read: a class that hides the link is not seen.
+
+    `values` are the strings the body was rendered with. Parsing costs about 100 µs, as
+    much as the rest of a message, so the answer is kept per skeleton of the document:
+    the document with the URL and the values replaced by marks, which is the same for
+    every message of a campaign when the values only fill in text and quoted attributes.
+    """
+    skeleton = _skeleton(html, url, values)
+    shown = None if skeleton is None else _skeleton_shows(skeleton)
+    return _parse_shows(html, url) if shown is None else shown
 
 
 def _environment(*, autoescape: bool) -> ImmutableSandboxedEnvironment:
@@ -158,7 +407,8 @@ class TemplateStore:
         """Render template `name` in the best of `preferred_locales` with `context`.
 
         `context` must hold `unsubscribe_url`; the text body must show it verbatim and the
-        HTML body in its HTML-escaped form, or the message is refused. The subject is
+        HTML body as the target of a visible link (see `shows_link`), or the message is
+        refused. The subject is
         stripped and must be a single non-empty line. A subject that is not, because a
         context value brought a line break or control character into it, raises
         `UnsafeHeaderValue`: that message cannot be sent, others can. Every other failure
@@ -205,9 +455,13 @@ class TemplateStore:
             raise TemplateProblem(
                 f"{_where(name, locale, 'body.txt')} does not show the unsubscribe link"
             )
-        if escape(url) not in html:
+        # The client's name is the same in every message of a campaign: left out of the
+        # values, it stays in the skeleton, which saves replacing it in every message.
+        values = (v for k, v in context.items() if isinstance(v, str) and k != "client_name")
+        if not shows_link(html, url, values):
             raise TemplateProblem(
-                f"{_where(name, locale, 'body.html')} does not show the unsubscribe link"
+                f"{_where(name, locale, 'body.html')} does not show the unsubscribe link "
+                "as a visible <a href>"
             )
         return Rendered(subject=subject, text=text, html=html, locale=locale)
 

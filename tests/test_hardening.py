@@ -123,3 +123,59 @@ async def test_a_bad_survey_url_cell_rejects_its_line_alone(
     ok = next(m for m in smtp[0].messages if m.recipients == ("ok@example.com",))
     body = parse(ok).get_body(("plain",))
     assert body is not None and "https://survey.example/s/ok\r\n" in body.get_content()
+
+
+NAME_REFUSED = "Error: --name must not hold a line break or control character\n"
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--name", "Acme\r\nBcc: victim@example.com"], NAME_REFUSED),
+        (["--name", "Acme\nResearch"], NAME_REFUSED),
+        (["--name", "Acme\rResearch"], NAME_REFUSED),
+        (["--name", "Acme\tResearch"], NAME_REFUSED),
+        (["--name", "Acme\x0bResearch"], NAME_REFUSED),
+        (["--name", "Acme\x1b[31mResearch"], NAME_REFUSED),
+        (["--name", "Acme\x85Research"], NAME_REFUSED),
+        (["--name", "Acme\u2028Research"], NAME_REFUSED),
+        (["--name", "Acme\u2029Research"], NAME_REFUSED),
+        (["--name", "\u202eAcme"], NAME_REFUSED),
+        (["--name", "   "], "Error: --name must not be blank\n"),
+        (["--name", ""], "Error: --name must not be blank\n"),
+        (["--name", "A" * 201], "Error: --name must be at most 200 characters\n"),
+        (
+            ["--sender", "surveys at acme"],
+            "Error: --sender is not a usable address: invalid syntax\n",
+        ),
+        (
+            ["--sender", "surveys@acme.example\r\nBcc: victim@example.com"],
+            "Error: --sender is not a usable address: contains a control character\n",
+        ),
+    ],
+)
+async def test_client_add_refuses_what_no_message_could_carry(
+    pg: asyncpg.Pool, settings: Settings, options: list[str], error: str
+) -> None:
+    given = dict(zip(options[::2], options[1::2], strict=True))
+    args = {"--name": "Acme Research", "--sender": "surveys@acme.example", **given}
+    done = await cli(settings, "client", "add", "acme", *(x for kv in args.items() for x in kv))
+    assert done.code == 1
+    assert done.stderr == error
+    assert done.stdout == ""
+    assert await pg.fetchval("SELECT count(*) FROM clients") == 0
+
+
+async def test_client_add_keeps_a_good_client_when_an_update_is_refused(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    added = await cli(
+        settings, "client", "add", "acme", "--name", "  Zoë Müller & Co ", "--sender", "s@a.example"
+    )
+    assert added.code == 0, added.stderr
+    refused = await cli(
+        settings, "client", "add", "acme", "--name", "Acme\r\nX", "--sender", "t@a.example"
+    )
+    assert refused.code == 1 and refused.stderr == NAME_REFUSED
+    row = await pg.fetchrow("SELECT name, sender_email FROM clients WHERE id = 'acme'")
+    assert tuple(row) == ("Zoë Müller & Co", "s@a.example")

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import asyncpg
 import orjson
 
 from worker import addresses, imports, links
 from worker.db import Conn
-from worker.errors import InvalidAddress, InvalidUrl, SurveyWorkerError, TemplateProblem
+from worker.errors import (
+    InvalidAddress,
+    InvalidClient,
+    InvalidUrl,
+    SurveyWorkerError,
+    TemplateProblem,
+)
 from worker.render import TemplateStore
 
 
@@ -50,26 +56,47 @@ class LaunchReport:
     rejected: list[imports.Rejected] = field(default_factory=list)
 
 
+# The rule of the CHECK on clients.id, and the longest name clients.name takes.
+CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+MAX_CLIENT_NAME = 200
+# What a client's name, shown in the From and List-Id headers of every message of the
+# client, must not hold: control characters (C0, DEL, C1), line and paragraph separators,
+# and the bidirectional embeddings, overrides and isolates that reorder what is shown.
+_NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 async def add_client(conn: Conn, client_id: str, name: str, sender: str) -> bool:
-    """Register a client, or update its name and sender; True if it is new."""
+    """Register a client, or update its name and sender; True if it is new.
+
+    The name is stripped of surrounding white space. Raises InvalidClient, writing
+    nothing, for an id that is not 1-63 lower-case letters, digits, '-' or '_', a name that
+    is blank, longer than MAX_CLIENT_NAME or holds a line break or control character
+    (no message of the client could carry it), or a sender that is not a usable address.
+    """
+    if not CLIENT_ID.fullmatch(client_id):
+        raise InvalidClient(
+            "a client id is 1-63 lower-case letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    name = name.strip()
+    if not name:
+        raise InvalidClient("--name must not be blank")
+    if _NAME_FORBIDDEN.search(name):
+        raise InvalidClient("--name must not hold a line break or control character")
+    if len(name) > MAX_CLIENT_NAME:
+        raise InvalidClient(f"--name must be at most {MAX_CLIENT_NAME} characters")
     try:
         sender = addresses.normalise(sender)
     except InvalidAddress as e:
-        raise LaunchProblem(f"--sender is not a usable address: {e.reason}") from e
-    try:
-        created: bool = await conn.fetchval(
-            """INSERT INTO clients (id, name, sender_email) VALUES ($1, $2, $3)
-               ON CONFLICT (id) DO UPDATE SET name = $2, sender_email = $3
-               RETURNING xmax = 0""",
-            client_id,
-            name,
-            sender,
-        )
-    except asyncpg.CheckViolationError as e:
-        raise LaunchProblem(
-            "a client id is 1-63 lower-case letters, digits, '-' or '_', and a name "
-            "1-200 characters"
-        ) from e
+        raise InvalidClient(f"--sender is not a usable address: {e.reason}") from e
+    created: bool = await conn.fetchval(
+        """INSERT INTO clients (id, name, sender_email) VALUES ($1, $2, $3)
+           ON CONFLICT (id) DO UPDATE SET name = $2, sender_email = $3
+           RETURNING xmax = 0""",
+        client_id,
+        name,
+        sender,
+    )
     return created
 
 

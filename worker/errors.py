@@ -23,6 +23,10 @@ class PermissionDenied(SurveyWorkerError):
     """The connected database user lacks the role an operation needs; nothing was done."""
 
 
+class InvalidClient(SurveyWorkerError):
+    """A client cannot be registered as asked (bad id, name or sender); nothing was written."""
+
+
 class InvalidAddress(SurveyWorkerError):
     """An e-mail address that must not be used; `reason` says why, without the address."""
 

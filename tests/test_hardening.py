@@ -4,15 +4,17 @@ template a worker does not have."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import shutil
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from tests.support.pipeline import add_client, parse, received_by, run_workers
+from tests.support.pipeline import add_client, csv_of, launch, parse, received_by, run_workers
 from tests.support.smtp import RecordingHandler
-from tests.support.web import cli
+from tests.support.web import cli, private_logs
 from worker import campaigns, queue
 from worker.render import TemplateStore
 from worker.settings import Settings
@@ -179,3 +181,41 @@ async def test_client_add_keeps_a_good_client_when_an_update_is_refused(
     assert refused.code == 1 and refused.stderr == NAME_REFUSED
     row = await pg.fetchrow("SELECT name, sender_email FROM clients WHERE id = 'acme'")
     assert tuple(row) == ("Zoë Müller & Co", "s@a.example")
+
+
+async def test_a_worker_without_the_template_waits_for_it(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP, tmp_path: Path
+) -> None:
+    await add_client(pg, "acme")
+    report = await launch(pg, settings, csv_of("ann@example.com", "bob@example.com"))
+    # This worker's TEMPLATES_DIR lacks the campaign's template: a deployment not there yet.
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    worker_settings = settings.model_copy(update={"templates_dir": templates})
+    with private_logs() as logs:
+        worker = asyncio.create_task(run_workers(worker_settings))
+        while not any(e["event"] == "template.missing" for e in logs):
+            assert not worker.done()
+            await asyncio.sleep(0.05)
+        missing = next(e for e in logs if e["event"] == "template.missing")
+        assert missing["campaign_id"] == report.campaign_id
+        assert missing["template"] == "invitation"
+        assert await states(pg, report.campaign_id) == {
+            "ann@example.com": "pending",
+            "bob@example.com": "pending",
+        }
+        status = await pg.fetchval("SELECT status FROM campaigns WHERE id = $1", report.campaign_id)
+        assert status == "running"
+        assert smtp[0].messages == []
+        # The deployment arrives, all at once.
+        shutil.copytree(settings.templates_dir / "invitation", tmp_path / "staging")
+        (tmp_path / "staging").rename(templates / "invitation")
+        await asyncio.wait_for(worker, 60)
+    assert await states(pg, report.campaign_id) == {
+        "ann@example.com": "sent",
+        "bob@example.com": "sent",
+    }
+    status = await pg.fetchval("SELECT status FROM campaigns WHERE id = $1", report.campaign_id)
+    assert status == "completed"
+    assert received_by(smtp[0].messages) == {"ann@example.com": 1, "bob@example.com": 1}
+    assert "campaign.failed" not in {e["event"] for e in logs}

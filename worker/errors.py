@@ -52,6 +52,11 @@ class TemplateProblem(SurveyWorkerError):
     """A template is missing, does not render, or hides the unsubscribe link."""
 
 
+class TemplateMissing(TemplateProblem):
+    """A template, or a file of it, is not on this worker (a deployment that has not reached
+    it yet): at send time the work waits and is tried again, nothing fails."""
+
+
 class SuppressionUnavailable(SurveyWorkerError):
     """The opt-out check could not run; nothing may be sent (fail closed)."""
 

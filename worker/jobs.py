@@ -17,7 +17,7 @@ from arq.connections import ArqRedis
 
 from worker import addresses, db, journal, ledger, message, optouts, privacy, queue, sender, tokens
 from worker.db import Conn
-from worker.errors import SuppressionUnavailable, WorkerStopping
+from worker.errors import SuppressionUnavailable, TemplateMissing, WorkerStopping
 from worker.mailer import SmtpConfig, SmtpPool
 from worker.ratelimit import RateLimiter
 from worker.render import TemplateStore
@@ -146,7 +146,8 @@ async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int
 
     Safe to run twice or on two workers at once: invitations are claimed on the ledger,
     and the next slice is taken from the campaign's dispatch cursor under a row lock.
-    If the opt-out check or the database fails, nothing more is sent and the job retries.
+    If the opt-out check or the database fails, or the campaign's template is not on this
+    worker, nothing more is sent and the job retries.
     Deferred invitations bring the slice back when the first of them is due.
     """
     if _malformed(ctx, campaign_id, first_id, last_id):
@@ -178,8 +179,9 @@ async def _send_range(
         )
     except WorkerStopping as e:
         raise Retry(defer=1) from e
-    except (SuppressionUnavailable, *db.DB_ERRORS, *queue.ERRORS) as e:
-        # The opt-out check, the ledger or the send journal could not be reached.
+    except (SuppressionUnavailable, TemplateMissing, *db.DB_ERRORS, *queue.ERRORS) as e:
+        # The opt-out check, the ledger or the send journal could not be reached, or the
+        # campaign's template has not reached this worker yet.
         log.warning(
             "batch.retry", campaign_id=campaign_id, reason=type(e).__name__, job_id=ctx["job_id"]
         )

@@ -21,7 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing, object_type_repr
 from markupsafe import escape
 
-from worker.errors import TemplateProblem, UnsafeHeaderValue
+from worker.errors import TemplateMissing, TemplateProblem, UnsafeHeaderValue
 from worker.message import UNSAFE_IN_HEADER
 
 __all__ = ["FALLBACK_LOCALE", "Rendered", "TemplateStore", "oneline", "shows_link"]
@@ -369,16 +369,23 @@ class TemplateStore:
         self._compiled: dict[tuple[str, str, Part], _Compiled] = {}
 
     def locales(self, name: str) -> list[str]:
-        """The locales template `name` exists in, sorted; `TemplateProblem` if it does not."""
+        """The locales template `name` exists in, sorted; `TemplateMissing` if it does not.
+
+        The list is kept once it holds `en`: a template without it cannot be used yet, and
+        may be one still being copied to this machine.
+        """
         if name not in self._locales:
             if not _NAME.fullmatch(name):
                 raise TemplateProblem(f"invalid template name {name!r}")
             directory = self._root / name
             if not directory.is_dir():
-                raise TemplateProblem(f"unknown template {name!r}")
-            self._locales[name] = sorted(
+                raise TemplateMissing(f"unknown template {name!r}")
+            found = sorted(
                 p.name for p in directory.iterdir() if p.is_dir() and _LOCALE.fullmatch(p.name)
             )
+            if FALLBACK_LOCALE not in found:
+                return found
+            self._locales[name] = found
         return list(self._locales[name])
 
     def resolve_locale(self, name: str, preferred: Sequence[str]) -> str:
@@ -393,7 +400,7 @@ class TemplateStore:
             raise TypeError("preferred must be a sequence of locales, not one string")
         available = self.locales(name)
         if FALLBACK_LOCALE not in available:
-            raise TemplateProblem(f"template {name!r} has no {FALLBACK_LOCALE!r} locale")
+            raise TemplateMissing(f"template {name!r} has no {FALLBACK_LOCALE!r} locale")
         for tag in preferred:
             wanted = tag.strip().lower().replace("_", "-")
             for candidate in (wanted, wanted.partition("-")[0]):
@@ -498,6 +505,8 @@ class TemplateStore:
         path = self._root / name / locale / part
         try:
             source = path.read_text(encoding="utf-8")
+        except FileNotFoundError as e:
+            raise TemplateMissing(f"{_where(name, locale, part)}: no such file") from e
         except (OSError, UnicodeDecodeError) as e:
             raise TemplateProblem(f"{_where(name, locale, part)}: cannot read: {e}") from e
         env = self._html_env if part == "body.html" else self._text_env

@@ -29,6 +29,7 @@ from worker.errors import (
     InvalidAddress,
     NotStarted,
     PermanentSmtpError,
+    TemplateMissing,
     TemplateProblem,
     TransientSmtpError,
     UnsafeHeaderValue,
@@ -256,7 +257,9 @@ async def send_slice(
     """Send every due invitation of the campaign with an id in `[first_id, last_id]`.
 
     Safe to run twice or concurrently: claims on the ledger decide who sends what. Raises
-    SuppressionUnavailable (having sent nothing more) when the opt-out check cannot run.
+    SuppressionUnavailable (having sent nothing more) when the opt-out check cannot run,
+    and TemplateMissing (having changed nothing more) when the campaign's template is not
+    on this worker.
     """
     totals: dict[str, int] = {}
     async with sender.pool.acquire() as conn:
@@ -293,7 +296,8 @@ async def _claim_and_send(
     bound: Any,
 ) -> list[ledger.Outcome] | None:
     """Claim, check, mark, send and record one chunk; None when there is nothing (more)
-    to do: the range is done, the campaign stopped running, or its template failed.
+    to do: the range is done, the campaign stopped running, or its template failed. A
+    template not on this worker gives the claim back and raises TemplateMissing.
 
     The claim is a set of row locks in a transaction that ends, durably, when the chunk
     is marked `sending`; a failure before that (the opt-out check above all) rolls it
@@ -316,6 +320,12 @@ async def _claim_and_send(
         # Rendering needs no window: it overlaps with other slices' database and SMTP waits.
         # Messages of people the check then suppresses are simply dropped.
         prepared = [prepare(sender, campaign, inv, now) for inv in claimed]
+    except TemplateMissing as e:
+        # A deployment that has not reached this worker yet: the template is no reason to
+        # fail anything, the slice is tried again later.
+        await tx.rollback()
+        bound.warning("template.missing", template=campaign.template, detail=str(e))
+        raise
     except TemplateProblem as e:
         await tx.rollback()
         if await ledger.fail_campaign(conn, campaign.id, f"template: {e}"):

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from markupsafe import escape
 
-from worker.errors import TemplateProblem, UnsafeHeaderValue
+from worker.errors import TemplateMissing, TemplateProblem, UnsafeHeaderValue
 from worker.render import TemplateStore, oneline
 
 SHIPPED = Path(__file__).resolve().parents[2] / "templates"
@@ -161,6 +161,32 @@ def test_a_template_without_english_is_refused(make_store: TemplateFactory) -> N
 def test_unknown_or_invalid_template_names_are_refused(shipped: TemplateStore, name: str) -> None:
     with pytest.raises(TemplateProblem):
         shipped.render(name, ["en"], context())
+
+
+def test_a_template_not_on_this_machine_is_missing_until_it_arrives(
+    make_store: TemplateFactory, tmp_path: Path
+) -> None:
+    store = make_store()
+    with pytest.raises(TemplateMissing, match="unknown template 'later'"):
+        store.render("later", ["en"], context())
+    # Copied half-way: no `en` yet, then `en` without its HTML body.
+    (tmp_path / "later").mkdir()
+    with pytest.raises(TemplateMissing, match="no 'en' locale"):
+        store.render("later", ["en"], context())
+    (tmp_path / "later" / "en").mkdir()
+    for part, source in (("subject.txt", "Hi"), ("body.txt", GOOD_TEXT)):
+        (tmp_path / "later" / "en" / part).write_text(source)
+    with pytest.raises(TemplateMissing, match=re.escape("'later' locale 'en' body.html")):
+        store.render("later", ["en"], context())
+    (tmp_path / "later" / "en" / "body.html").write_text(GOOD_HTML)
+    assert store.render("later", ["en"], context()).subject == "Hi"
+
+
+def test_a_template_that_is_there_but_broken_is_not_missing(make_store: TemplateFactory) -> None:
+    store = make_store(text=GOOD_TEXT + "{{ nobody_has_this }}\n")
+    with pytest.raises(TemplateProblem) as raised:
+        store.render("t", ["en"], context())
+    assert not isinstance(raised.value, TemplateMissing)
 
 
 def test_a_single_string_is_not_taken_for_a_list_of_locales(shipped: TemplateStore) -> None:

@@ -1,16 +1,18 @@
-"""The send journal on a real Redis: conditional marks, take-back, batching, failure."""
+"""The send journal on a real Redis: marks, take-back, the lease deadline, a lost Redis."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import redis.asyncio
 
 from tests.deploy.servers import free_port
-from worker import journal, queue
+from worker import journal
 from worker.journal import Journal, Mark
+
+LEASE = 300.0
 
 
 @pytest.fixture
@@ -20,17 +22,34 @@ async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
     await connection.aclose()
 
 
-async def test_a_message_starts_once_and_its_acceptance_is_kept(
-    client: redis.asyncio.Redis,
+@pytest.fixture
+def books(redis_url: str) -> Iterator[Callable[[str], Journal]]:
+    """Journals of workers on the test Redis, their connections closed afterwards."""
+    made: list[Journal] = []
+
+    def book(worker_id: str) -> Journal:
+        made.append(Journal(redis_url, worker_id))
+        return made[-1]
+
+    yield book
+    for journal_ in made:
+        journal_.close()
+
+
+async def settled(client: redis.asyncio.Redis, book: Journal) -> None:
+    """Wait until Redis answered every mark written so far (a PING after them)."""
+    await asyncio.sleep(0)
+    await book._pipe.ask("PING")
+
+
+async def test_marks_follow_each_message(
+    client: redis.asyncio.Redis, books: Callable[[str], Journal]
 ) -> None:
-    book = Journal(client, "w1")
-    await book.open([1, 2, 3])
-    assert await book.start(1) is True
-    assert await book.start(1) is False, "a message starts once"
+    book = books("w1")
+    await book.open([1, 2, 3], lease_seconds=LEASE)
+    assert book.start(1) and book.start(2)
     book.accepted(1)
-    assert await book.start(2) is True
-    # Accepting a message that never started changes nothing.
-    book.accepted(3)
+    await settled(client, book)
     assert await journal.take_back(client, "w1") == {
         1: Mark.ACCEPTED,
         2: Mark.STARTED,
@@ -38,46 +57,66 @@ async def test_a_message_starts_once_and_its_acceptance_is_kept(
     }
 
 
-async def test_what_reconcile_took_back_never_starts(client: redis.asyncio.Redis) -> None:
-    book = Journal(client, "w2")
-    await book.open([10, 11])
-    assert await book.start(10) is True
-    assert await journal.take_back(client, "w2") == {10: Mark.STARTED, 11: Mark.TAKEN_BACK}
-    assert await book.start(11) is False
+async def test_a_new_chunk_replaces_the_last_one(
+    client: redis.asyncio.Redis, books: Callable[[str], Journal]
+) -> None:
+    book = books("w2")
+    await book.open([1, 2], lease_seconds=LEASE)
+    assert book.start(1)
+    await book.open([3], lease_seconds=LEASE)
+    assert await journal.take_back(client, "w2") == {3: Mark.TAKEN_BACK}
 
 
-async def test_a_new_chunk_replaces_the_last_one(client: redis.asyncio.Redis) -> None:
-    book = Journal(client, "w3")
-    await book.open([1, 2])
-    assert await book.start(1) is True
-    await book.open([3])
-    assert await journal.take_back(client, "w3") == {3: Mark.TAKEN_BACK}
+async def test_accepted_marks_of_one_turn_are_one_command(
+    client: redis.asyncio.Redis, books: Callable[[str], Journal]
+) -> None:
+    book = books("w3")
+    ids = list(range(1, 101))
+    await book.open(ids, lease_seconds=LEASE)
+    for i in ids:
+        assert book.start(i)
+    before = await _hset_calls(client)
+    for i in ids:
+        book.accepted(i)
+    await settled(client, book)
+    assert await _hset_calls(client) - before == 1
+    assert set((await journal.take_back(client, "w3") or {}).values()) == {Mark.ACCEPTED}
+
+
+async def test_nothing_starts_once_the_lease_is_nearly_over(
+    client: redis.asyncio.Redis, books: Callable[[str], Journal]
+) -> None:
+    book = books("w4")
+    await book.open([1], lease_seconds=0.05)
+    await asyncio.sleep(0.1)
+    assert book.start(1) is False
+    assert await journal.take_back(client, "w4") == {1: Mark.TAKEN_BACK}
 
 
 async def test_no_journal_is_none(client: redis.asyncio.Redis) -> None:
     assert await journal.take_back(client, "never-ran") is None
 
 
-async def test_concurrent_marks_are_written_in_batches(client: redis.asyncio.Redis) -> None:
-    book = Journal(client, "w4")
-    ids = list(range(1, 201))
-    await book.open(ids)
-    before = await _script_calls(client)
-    assert all(await asyncio.gather(*(book.start(i) for i in ids)))
-    calls = await _script_calls(client) - before
-    assert 1 <= calls < len(ids) / 4, calls
-    assert set((await journal.take_back(client, "w4") or {}).values()) == {Mark.STARTED}
+async def test_without_redis_no_chunk_opens_and_nothing_starts() -> None:
+    book = Journal(f"redis://127.0.0.1:{free_port()}/0", "w5")
+    with pytest.raises(OSError):
+        await book.open([1], lease_seconds=LEASE)
+    assert book.start(1) is False
+    book.close()
 
 
-async def test_without_redis_nothing_starts() -> None:
-    gone = redis.asyncio.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
-    book = Journal(gone, "w5")
-    with pytest.raises(queue.ERRORS):
-        await book.open([1])
-    assert await book.start(1) is False
-    await gone.aclose()
+async def test_a_lost_connection_stops_the_starts(
+    client: redis.asyncio.Redis, books: Callable[[str], Journal]
+) -> None:
+    book = books("w6")
+    await book.open([1, 2], lease_seconds=LEASE)
+    assert book.start(1)
+    own = await book._pipe.ask("CLIENT", "ID")
+    await client.client_kill_filter(_id=str(own))
+    await asyncio.sleep(0.2)
+    assert book.start(2) is False
 
 
-async def _script_calls(client: redis.asyncio.Redis) -> int:
+async def _hset_calls(client: redis.asyncio.Redis) -> int:
     stats = await client.info("commandstats")
-    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+    return int(stats.get("cmdstat_hset", {}).get("calls", 0))

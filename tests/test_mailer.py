@@ -87,11 +87,11 @@ async def test_a_message_the_journal_does_not_start_never_leaves(
 ) -> None:
     asked: list[str] = []
 
-    async def refuse() -> bool:
+    def refuse() -> bool:
         asked.append("refused")
         return False
 
-    async def allow() -> bool:
+    def allow() -> bool:
         asked.append("allowed")
         return True
 

@@ -44,6 +44,7 @@ class Context(TypedDict):
     job_try: int
     settings: Settings
     database_url: str
+    redis_url: str
     pool: asyncpg.Pool
     mailer: SmtpPool
     sender: sender.Sender
@@ -63,7 +64,7 @@ async def startup(ctx: Context) -> None:
         templates=TemplateStore(settings.templates_dir),
         settings=settings,
         worker_id=worker_id,
-        journal=journal.Journal(ctx["redis"], worker_id),
+        journal=journal.Journal(ctx["redis_url"], worker_id),
         limiter=RateLimiter(ctx["redis"], settings.send_rate) if settings.send_rate else None,
     )
     # Sending allocates many short-lived objects (tasks, replies, rows) and few cycles:
@@ -76,6 +77,7 @@ async def startup(ctx: Context) -> None:
 async def shutdown(ctx: Context) -> None:
     """Close the SMTP connections and the database pool."""
     await ctx["mailer"].close()
+    ctx["sender"].journal.close()
     await ctx["pool"].close()
 
 

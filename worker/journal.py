@@ -4,52 +4,41 @@ A chunk is marked `sending` in Postgres in one durable commit; what happens to e
 messages afterwards lives here, in one Redis hash per worker process, until the chunk's
 outcomes are recorded. Each invitation's field moves
 
-    q (queued: in the chunk, not started) ─► s (started: its content may leave)
+    q (queued: in the chunk, not started) ─► s (started: its content is leaving)
                                           ─► a (accepted: the server's 250 arrived)
     q ─► x (taken back by reconcile: it will never start here)
 
-Every move is conditional and atomic (a Lua script), so a worker and `reconcile` never
-both own a message. A message's content leaves only after its `s` mark is stored, and
-marks of concurrent messages are written together (one Redis call per batch, while the
-SMTP round trips go on). When a worker dies, `reconcile` settles its `sending` rows from
-the journal once their lease runs out: `a` is sent, `q` goes back to pending, and only
-`s` (content on the wire, no reply recorded), or a journal that was itself lost, is
-`unknown`.
+The `q` marks are stored (acknowledged) before the chunk's `sending` mark commits. A
+message's `s` mark is written on the journal's own Redis connection in the same step as,
+and just before, its content is written to the SMTP connection, without waiting for Redis:
+a worker killed at any instant has handed either both or neither to the kernel, which
+delivers what was written. `a` marks follow the 250 replies, a batch per turn of the event
+loop. No mark costs the message a round trip.
+
+When a worker dies, `reconcile` settles its `sending` rows from the journal once their
+lease runs out: `a` is sent, `q` goes back to pending, and only `s` (content on the wire,
+no reply recorded), or a journal that was itself lost, is `unknown`. A worker starts no
+message after its chunk's lease is nearly over, so reconcile never takes back what a
+slow but live worker is still sending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from enum import StrEnum
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from worker import ledger, queue
+from worker import ledger
+from worker.redis_pipe import RedisPipe
 
 # Long after any lease ran out: a journal is read only while its rows are `sending`.
 TTL_SECONDS = 7 * 24 * 3600
-
-# ARGV: the number of starts, the invitation ids to start (q -> s), then those accepted
-# (s -> a). Returns 1 or 0 per start: whether it may go on.
-_MARK = """
-local starts = tonumber(ARGV[1])
-local granted = {}
-for i = 2, starts + 1 do
-    if redis.call('HGET', KEYS[1], ARGV[i]) == 'q' then
-        redis.call('HSET', KEYS[1], ARGV[i], 's')
-        granted[#granted + 1] = 1
-    else
-        granted[#granted + 1] = 0
-    end
-end
-for i = starts + 2, #ARGV do
-    if redis.call('HGET', KEYS[1], ARGV[i]) == 's' then
-        redis.call('HSET', KEYS[1], ARGV[i], 'a')
-    end
-end
-return granted
-"""
+# A worker stops starting a chunk's messages this long before its lease runs out.
+LEASE_MARGIN = 0.1
 
 # Every field and its mark, after turning each `q` into `x`.
 _TAKE_BACK = """
@@ -79,57 +68,63 @@ def key_for(worker_id: str) -> str:
 
 
 class Journal:
-    """One worker process's journal; it holds the one chunk that process has in flight."""
+    """One worker process's journal, on a Redis connection of its own (`RedisPipe`); it
+    holds the one chunk that process has in flight."""
 
-    def __init__(self, redis: Redis, worker_id: str) -> None:
-        self._redis = redis
-        self._key = key_for(worker_id)
-        self._mark = redis.register_script(_MARK)
-        self._starts: dict[int, asyncio.Future[bool]] = {}
+    def __init__(self, redis_url: str, worker_id: str) -> None:
+        self._pipe = RedisPipe(redis_url)
+        self.key = key_for(worker_id)
         self._accepts: list[int] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._flush: asyncio.Handle | None = None
+        self._deadline = 0.0
 
-    async def open(self, invitation_ids: Iterable[int]) -> None:
+    async def open(self, invitation_ids: Iterable[int], *, lease_seconds: float) -> None:
         """Start the journal of a new chunk: every invitation queued, nothing started.
 
-        Called before the chunk's `sending` mark commits; raises a `queue.ERRORS` error when
-        Redis cannot take it, and then the chunk must not start.
+        Called before the chunk's `sending` mark commits (and its lease starts); raises a
+        redis-py error or OSError when Redis cannot take it, and then the chunk must not
+        start.
         """
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key)
-            pipe.hset(self._key, mapping=dict.fromkeys(invitation_ids, Mark.QUEUED.value))
-            pipe.expire(self._key, TTL_SECONDS)
-            await pipe.execute()
+        if not self._pipe.is_open:
+            await self._pipe.connect()
+        self._deadline = time.monotonic() + lease_seconds * (1 - LEASE_MARGIN)
+        fields = [part for i in invitation_ids for part in (i, Mark.QUEUED.value)]
+        for command in (
+            ("DEL", self.key),
+            ("HSET", self.key, *fields),
+            ("EXPIRE", self.key, TTL_SECONDS),
+        ):
+            await self._pipe.ask(*command)
 
-    async def start(self, invitation_id: int) -> bool:
-        """Mark the message started; False when it must not start (taken back, or the
-        journal could not be written): its content must then never leave."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._starts[invitation_id] = future
-        self._write_soon()
-        return await future
+    def start(self, invitation_id: int) -> bool:
+        """Mark the message started, just before its content is written; False when it
+        must not start (the journal's connection is gone, or the chunk's lease is nearly
+        over): its content must then never leave."""
+        if not self._pipe.is_open or time.monotonic() > self._deadline:
+            return False
+        self._pipe.call(("HSET", self.key, invitation_id, Mark.STARTED.value), self._check)
+        return True
 
     def accepted(self, invitation_id: int) -> None:
         """Note that the server accepted the message (written with the next batch)."""
         self._accepts.append(invitation_id)
-        self._write_soon()
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._write_accepts)
 
-    def _write_soon(self) -> None:
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
+    def close(self) -> None:
+        """Drop the journal's connection (worker shutdown)."""
+        self._pipe.close()
 
-    async def _write(self) -> None:
-        # Group commit: whatever arrived while the previous batch was written goes next.
-        while self._starts or self._accepts:
-            starts, self._starts = self._starts, {}
-            accepts, self._accepts = self._accepts, []
-            try:
-                granted = await self._mark(keys=[self._key], args=[len(starts), *starts, *accepts])
-            except queue.ERRORS:
-                granted = [0] * len(starts)
-            for future, ok in zip(starts.values(), granted, strict=True):
-                if not future.done():
-                    future.set_result(bool(ok))
+    def _write_accepts(self) -> None:
+        self._flush = None
+        accepts, self._accepts = self._accepts, []
+        fields = [part for i in accepts for part in (i, Mark.ACCEPTED.value)]
+        self._pipe.call(("HSET", self.key, *fields), self._check)
+
+    def _check(self, reply: object) -> None:
+        if isinstance(reply, RedisError):
+            # A mark Redis did not take: start nothing more until the connection is new.
+            self._pipe.close()
 
 
 def settle(

@@ -9,7 +9,7 @@ went out but no verdict came back, so it may have been delivered).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Protocol, Self
@@ -30,12 +30,12 @@ class Mailer(Protocol):
         sender: str,
         recipient: str,
         message: bytes,
-        before_content: Callable[[], Awaitable[bool]] | None = None,
+        before_content: Callable[[], bool] | None = None,
     ) -> int:
         """Deliver `message` to `recipient`; return the 2xx code or raise an `SmtpError`.
 
-        `before_content` is awaited once the server invites the content; False stops the
-        message before any of it leaves (`NotStarted`).
+        `before_content` is called once the server invites the content, right before it
+        is written; False stops the message before any of it leaves (`NotStarted`).
         """
         ...
 
@@ -105,7 +105,7 @@ class SmtpPool:
         sender: str,
         recipient: str,
         message: bytes,
-        before_content: Callable[[], Awaitable[bool]] | None = None,
+        before_content: Callable[[], bool] | None = None,
     ) -> int:
         """Deliver `message` (the complete RFC 5322 bytes) from `sender` to `recipient`.
 

@@ -122,6 +122,6 @@ def create_worker(
         max_jobs=WorkerSettings.max_jobs,
         keep_result=WorkerSettings.keep_result,
         burst=burst,
-        ctx={"settings": settings, "database_url": database_url},
+        ctx={"settings": settings, "database_url": database_url, "redis_url": redis_url},
         **options,
     )

@@ -405,7 +405,7 @@ async def _check_and_start(
         return None
     if started:
         # Before the `sending` mark commits: no chunk goes on the wire without a journal.
-        await sender.journal.open(started)
+        await sender.journal.open(started, lease_seconds=sender.settings.claim_lease_seconds)
     return early, [ready[i] for i in started]
 
 

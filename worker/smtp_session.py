@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import NamedTuple, cast
 
 from aiosmtplib import SMTP
@@ -174,15 +174,16 @@ class Session:
         sender: str,
         recipient: str,
         message: bytes,
-        before_content: Callable[[], Awaitable[bool]] | None = None,
+        before_content: Callable[[], bool] | None = None,
     ) -> int:
         """Send `message` from `sender` to `recipient`; return the 2xx code of the final reply.
 
         Raises `TransientSmtpError`, `PermanentSmtpError` or `AmbiguousSmtpError` as the
         module describes. After a refusal the session is reset (RSET) for the next message;
         after any other failure it is closed. Once the server invites the content,
-        `before_content` is awaited; when it answers False the content never leaves, the
-        session is closed and `NotStarted` raised.
+        `before_content` is called, and the content written in the same step; when it
+        answers False the content never leaves, the session is closed and `NotStarted`
+        raised.
         """
         mail, rcpt = self._envelope(sender, recipient, message)
         data = b"DATA\r\n"
@@ -202,7 +203,7 @@ class Session:
             self.close()
             raise TransientSmtpError(f"before the content: {_reason(exc)}") from None
         await self._check_envelope(replies, recipient)
-        if before_content is not None and not await before_content():
+        if before_content is not None and not before_content():
             # After 354 the server waits for content, and SMTP has no way to cancel it:
             # closing the connection before the final dot aborts the transaction
             # (RFC 5321 section 4.1.1.4), so nothing is delivered.

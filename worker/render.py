@@ -295,16 +295,17 @@ def _skeleton(html: str, url: str, values: Iterable[str]) -> str | None:
         return None
     skeleton = html.replace(str(escape(url)), _URL_MARK)
     # Values shorter than three characters are left in (they would also match markup), as
-    # are those showing nothing, which a mark must not stand for.
-    shown = {
-        str(escape(v))
-        for value in values
-        if value != url
-        for v in (value, value.strip())
-        if len(v) >= 3 and _URL_MARK not in v and _VALUE_MARK not in v and _is_visible_text(v, "")
-    }
-    for text in sorted(shown, key=len, reverse=True):
-        skeleton = skeleton.replace(text, _VALUE_MARK)
+    # are those showing nothing, which a mark must not stand for. Stripped too, for `trim`.
+    texts = []
+    for value in values:
+        stripped = value.strip()
+        for text in (value,) if stripped == value else (value, stripped):
+            if len(text) >= 3 and text != url and _is_visible_text(text, ""):
+                texts.append(str(escape(text)))
+    texts.sort(key=len, reverse=True)
+    for text in texts:
+        if _URL_MARK not in text and _VALUE_MARK not in text:
+            skeleton = skeleton.replace(text, _VALUE_MARK)
     return skeleton
 
 

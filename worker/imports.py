@@ -19,9 +19,9 @@ from worker.errors import InvalidAddress, InvalidUrl, SurveyWorkerError
 
 MAX_VALUE_LENGTH = 1000
 LOCALE = re.compile(r"^[a-z]{2}$")
-# C0 controls but tab, and DEL: no message can carry them (NUL, or CR and LF outside a line
-# break), and a value has no use for them. Other characters a header cannot carry fail
-# only the message that puts them in one.
+# C0 controls but tab, and DEL: no message can carry NUL, CR and LF would break a header,
+# and no value needs the others. What only a header cannot carry (C1 controls, U+2028,
+# U+2029) fails only the message that puts it in one.
 CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 RESERVED = frozenset({"client_name", "unsubscribe_url"})
 

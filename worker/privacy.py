@@ -28,8 +28,8 @@ EXPORT_HEADER = ("email", "opted_out_at", "source")
 # purging: large enough to be fast, small enough to keep memory and lock times flat.
 EXPORT_PREFETCH = 1_000
 PURGE_BATCH = 10_000
-# OWASP "CSV Injection": a spreadsheet reads a cell that starts with one of these as a
-# formula (tab and CR are dropped first, so what follows them counts).
+# OWASP "CSV Injection": the characters that can make a spreadsheet read a cell that
+# starts with one of them as a formula.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

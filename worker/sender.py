@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -22,7 +20,7 @@ import asyncpg
 import structlog
 from asyncpg.transaction import Transaction
 
-from worker import addresses, ledger, links, message, outcomes, suppression, tokens
+from worker import addresses, ledger, links, message, outcomes, pacing, suppression, tokens
 from worker.db import DB_ERRORS, Conn
 from worker.errors import (
     AmbiguousSmtpError,
@@ -44,7 +42,6 @@ from worker.settings import Settings
 log = structlog.get_logger("worker.sender")
 # Larger messages are refused here rather than by the relay: oversized CSV variables.
 MAX_MESSAGE_BYTES = 2_000_000
-MAX_PUSHBACK_PAUSE = 30.0
 LOCALE = re.compile(r"[a-z]{2}")
 
 
@@ -91,27 +88,6 @@ class Prepared:
     recipient: str
     data: bytes
     message_id: str
-
-
-def pushed_back(done: Sequence[ledger.Outcome]) -> bool:
-    """Whether the server asked us to slow down: a 421, or most of a chunk deferred."""
-    deferred = [o for o in done if o.state == "deferred"]
-    return any(o.smtp_code == 421 for o in deferred) or (
-        len(done) > 1 and len(deferred) * 2 >= len(done)
-    )
-
-
-def pause_after_pushback(settings: Settings, pushback: int) -> float:
-    """Seconds to wait before the next chunk after `pushback` pushed-back chunks in a row."""
-    if pushback == 0:
-        return 0.0
-    return float(min(settings.retry_base_seconds * 2 ** (pushback - 1), MAX_PUSHBACK_PAUSE))
-
-
-def backoff(settings: Settings, attempts: int) -> timedelta:
-    """Exponential backoff with full jitter for the attempt that just failed."""
-    ceiling = settings.retry_base_seconds * 2 ** max(attempts - 1, 0)
-    return timedelta(seconds=ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311
 
 
 def _recipient_name(variables: dict[str, Any]) -> str:
@@ -213,7 +189,8 @@ async def _deliver(sender: Sender, campaign: ledger.Campaign, p: Prepared) -> le
     except TransientSmtpError as e:
         if inv.attempts + 1 >= sender.settings.smtp_max_attempts:
             return ledger.Outcome(inv.id, "failed", reason="max_attempts", smtp_code=e.code)
-        retry = datetime.now(UTC) + backoff(sender.settings, inv.attempts + 1)
+        delay = pacing.backoff(sender.settings.retry_base_seconds, inv.attempts + 1)
+        retry = datetime.now(UTC) + delay
         return ledger.Outcome(
             inv.id, "deferred", reason="smtp_transient", smtp_code=e.code, next_attempt_at=retry
         )
@@ -270,11 +247,12 @@ async def send_slice(
         bound = log.bind(campaign_id=campaign.id, client_id=campaign.client_id, job_id=job_id)
         scope = suppression.Scope(campaign.kind, campaign.client_id)
         while campaign.status == "running" and not sender.stopping:
-            await asyncio.sleep(pause_after_pushback(sender.settings, sender.pushback))
+            pause = pacing.pause_after_pushback(sender.settings.retry_base_seconds, sender.pushback)
+            await asyncio.sleep(pause)
             done = await _claim_and_send(sender, conn, campaign, scope, first_id, last_id, bound)
             if done is None:
                 break
-            sender.pushback = sender.pushback + 1 if pushed_back(done) else 0
+            sender.pushback = sender.pushback + 1 if pacing.pushed_back(done) else 0
             for o in done:
                 totals[o.state] = totals.get(o.state, 0) + 1
         if sender.stopping:

@@ -9,16 +9,15 @@ from hypothesis import strategies as st
 
 from worker import ratelimit
 from worker.ledger import Outcome
-from worker.sender import MAX_PUSHBACK_PAUSE, backoff, pause_after_pushback, pushed_back
-from worker.settings import Settings
+from worker.pacing import MAX_PUSHBACK_PAUSE, backoff, pause_after_pushback, pushed_back
 
-SETTINGS = Settings(_env_file=None, retry_base_seconds=2.0)  # type: ignore[call-arg]
+BASE_SECONDS = 2.0
 
 
 @given(attempts=st.integers(min_value=1, max_value=30))
 def test_backoff_doubles_per_attempt_with_jitter_in_the_upper_half(attempts: int) -> None:
     ceiling = 2.0 * 2 ** (attempts - 1)
-    delay = backoff(SETTINGS, attempts)
+    delay = backoff(BASE_SECONDS, attempts)
     assert timedelta(seconds=ceiling / 2) <= delay <= timedelta(seconds=ceiling)
 
 
@@ -34,7 +33,7 @@ def test_a_421_or_a_mostly_deferred_chunk_is_pushback() -> None:
 
 
 def test_the_pause_doubles_while_the_server_pushes_back_and_is_capped() -> None:
-    pauses = [pause_after_pushback(SETTINGS, n) for n in range(12)]
+    pauses = [pause_after_pushback(BASE_SECONDS, n) for n in range(12)]
     assert pauses[:4] == [0.0, 2.0, 4.0, 8.0]
     assert max(pauses) == MAX_PUSHBACK_PAUSE
     assert pauses == sorted(pauses)

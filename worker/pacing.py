@@ -1,0 +1,36 @@
+"""Pacing rules: how long to wait before retrying a message, and before the next chunk when
+the SMTP server pushes back. Pure functions of frozen values; the sender applies them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from datetime import timedelta
+
+from worker.ledger import Outcome
+
+# The longest pause between chunks however long the server keeps pushing back.
+MAX_PUSHBACK_PAUSE = 30.0
+
+
+def pushed_back(done: Sequence[Outcome]) -> bool:
+    """Whether the server asked us to slow down: a 421, or most of a chunk deferred."""
+    deferred = [o for o in done if o.state == "deferred"]
+    return any(o.smtp_code == 421 for o in deferred) or (
+        len(done) > 1 and len(deferred) * 2 >= len(done)
+    )
+
+
+def pause_after_pushback(base_seconds: float, pushback: int) -> float:
+    """Seconds to wait before the next chunk after `pushback` pushed-back chunks in a row,
+    doubling from `base_seconds` (RETRY_BASE_SECONDS) up to MAX_PUSHBACK_PAUSE."""
+    if pushback == 0:
+        return 0.0
+    return float(min(base_seconds * 2 ** (pushback - 1), MAX_PUSHBACK_PAUSE))
+
+
+def backoff(base_seconds: float, attempts: int) -> timedelta:
+    """Exponential backoff with jitter for the attempt that just failed: a random delay in
+    the upper half of `base_seconds` (RETRY_BASE_SECONDS) doubled per earlier attempt."""
+    ceiling = base_seconds * 2 ** max(attempts - 1, 0)
+    return timedelta(seconds=ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311

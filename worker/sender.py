@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -20,17 +19,15 @@ import asyncpg
 import structlog
 from asyncpg.transaction import Transaction
 
-from worker import addresses, ledger, links, message, outcomes, pacing, suppression, tokens
+from worker import addresses, compose, ledger, outcomes, pacing, suppression
 from worker.db import DB_ERRORS, Conn
 from worker.errors import (
     AmbiguousSmtpError,
-    InvalidAddress,
     NotStarted,
     PermanentSmtpError,
     TemplateMissing,
     TemplateProblem,
     TransientSmtpError,
-    UnsafeHeaderValue,
     WorkerStopping,
 )
 from worker.journal import Journal
@@ -40,9 +37,6 @@ from worker.render import TemplateStore
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.sender")
-# Larger messages are refused here rather than by the relay: oversized CSV variables.
-MAX_MESSAGE_BYTES = 2_000_000
-LOCALE = re.compile(r"[a-z]{2}")
 
 
 @dataclass
@@ -64,12 +58,10 @@ class Sender:
     # most CHUNK_SIZE invitations are ever `sending` here (a crash leaves no more
     # `unknown`), and each check stays next to its send.
     window: asyncio.Lock = field(default_factory=asyncio.Lock)
-    signing_key: bytes = field(init=False)
-    hash_key: bytes = field(init=False)
+    composer: compose.Composer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.signing_key = self.settings.signing_keys()[0]
-        self.hash_key = self.settings.hash_key()
+        self.composer = compose.Composer.from_settings(self.settings, self.templates)
 
 
 @dataclass(frozen=True)
@@ -80,101 +72,9 @@ class SliceResult:
     retry_at: datetime | None
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """An invitation ready for SMTP."""
-
-    invitation: ledger.Invitation
-    recipient: str
-    data: bytes
-    message_id: str
-
-
-def _recipient_name(variables: dict[str, Any]) -> str:
-    if isinstance(variables.get("name"), str):
-        return str(variables["name"])
-    parts = (variables.get("first_name"), variables.get("last_name"))
-    return " ".join(p for p in parts if isinstance(p, str) and p)
-
-
-def _list_id(campaign: ledger.Campaign) -> str:
-    domain = campaign.sender_email.rpartition("@")[2]
-    if campaign.kind == "marketing":
-        return f"{campaign.client_name} marketing <marketing.{domain}>"
-    return f"{campaign.client_name} surveys <{campaign.client_id}.surveys.{domain}>"
-
-
-def prepare(
-    sender: Sender, campaign: ledger.Campaign, inv: ledger.Invitation, now: datetime
-) -> Prepared | ledger.Outcome:
-    """Render and assemble one message, or the failure that stops it.
-
-    Raises TemplateProblem, which fails the whole campaign: every recipient of a campaign
-    shares its template and columns, so a template error is never one person's problem.
-    A value of this recipient that no header can carry fails this invitation alone.
-    """
-    if inv.email is None:
-        return ledger.Outcome(inv.id, "failed", reason="address_erased")
-    try:
-        recipient = addresses.normalise(inv.email)
-    except InvalidAddress as e:
-        return ledger.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
-    locale = (inv.locale or campaign.locale).lower()
-    claims = tokens.TokenClaims(
-        client_id=campaign.client_token_id if campaign.kind == "survey" else None,
-        email_hash=inv.email_hash,
-        # Tokens carry a two-letter locale for the unsubscribe page; anything else is `en`.
-        locale=locale if LOCALE.fullmatch(locale) else "en",
-    )
-    unsubscribe_url = links.unsubscribe_link(
-        sender.settings.public_base_url, tokens.sign(sender.signing_key, claims)
-    )
-    survey_url = inv.vars.get("survey_url") or links.survey_link(
-        campaign.survey_url, links.survey_ref(sender.hash_key, inv.id)
-    )
-    context = {
-        **inv.vars,
-        "client_name": campaign.client_name,
-        "survey_url": survey_url,
-        "unsubscribe_url": unsubscribe_url,
-    }
-    try:
-        rendered = sender.templates.render(
-            campaign.template, [locale, campaign.locale, "en"], context
-        )
-    except UnsafeHeaderValue:
-        return ledger.Outcome(inv.id, "failed", reason="unsafe_header_value")
-    domain = campaign.sender_email.rpartition("@")[2]
-    message_id = message.message_id_for(inv.id, domain)
-    try:
-        data = message.build(
-            message.OutgoingMessage(
-                sender=campaign.sender_email,
-                sender_name=campaign.client_name,
-                recipient=recipient,
-                recipient_name=_recipient_name(inv.vars),
-                subject=rendered.subject,
-                text=rendered.text,
-                html=rendered.html,
-                message_id=message_id,
-                date=now,
-                list_id=_list_id(campaign),
-                unsubscribe_url=unsubscribe_url,
-            )
-        )
-    except UnsafeHeaderValue:
-        return ledger.Outcome(inv.id, "failed", reason="unsafe_header_value")
-    except InvalidAddress as e:
-        return ledger.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
-    except ValueError as e:
-        # A header the message format cannot carry (e.g. a line over 998 octets).
-        return ledger.Outcome(inv.id, "failed", reason=f"unencodable_message: {e}")
-    if len(data) > MAX_MESSAGE_BYTES:
-        return ledger.Outcome(inv.id, "failed", reason="message_too_large")
-    return Prepared(inv, recipient, data, message_id)
-
-
-async def _deliver(sender: Sender, campaign: ledger.Campaign, p: Prepared) -> ledger.Outcome:
+async def _deliver(
+    sender: Sender, campaign: ledger.Campaign, p: compose.Prepared
+) -> ledger.Outcome:
     inv = p.invitation
     try:
         code = await sender.mailer.send(
@@ -297,7 +197,7 @@ async def _claim_and_send(
         now = datetime.now(UTC).replace(microsecond=0)
         # Rendering needs no window: it overlaps with other slices' database and SMTP waits.
         # Messages of people the check then suppresses are simply dropped.
-        prepared = [prepare(sender, campaign, inv, now) for inv in claimed]
+        prepared = [compose.prepare(sender.composer, campaign, inv, now) for inv in claimed]
     except TemplateMissing as e:
         # A deployment that has not reached this worker yet: the template is no reason to
         # fail anything, the slice is tried again later.
@@ -346,8 +246,8 @@ async def _check_and_start(
     campaign: ledger.Campaign,
     scope: suppression.Scope,
     claimed: list[ledger.Invitation],
-    prepared: list[Prepared | ledger.Outcome],
-) -> tuple[list[ledger.Outcome], list[Prepared]] | None:
+    prepared: list[compose.Prepared | ledger.Outcome],
+) -> tuple[list[ledger.Outcome], list[compose.Prepared]] | None:
     """Run the opt-out check for a claimed chunk and mark it; None if the campaign stopped.
 
     Raises SuppressionUnavailable when the check cannot run: the caller rolls back.
@@ -362,12 +262,12 @@ async def _check_and_start(
         timeout=sender.settings.suppression_timeout_seconds,
     )
     early: list[ledger.Outcome] = []
-    ready: dict[int, Prepared] = {}
+    ready: dict[int, compose.Prepared] = {}
     for inv, item in zip(claimed, prepared, strict=True):
         reason = suppression.decide(inv.email_hash, hits)
         if reason is not None:
             early.append(ledger.Outcome(inv.id, "suppressed", reason=reason))
-        elif isinstance(item, Prepared):
+        elif isinstance(item, compose.Prepared):
             ready[inv.id] = item
         else:
             early.append(item)

@@ -16,6 +16,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 
 from worker import addresses, db, journal, ledger, message, optouts, privacy, queue, sender, tokens
+from worker.compose import Composer
 from worker.db import Conn
 from worker.errors import SuppressionUnavailable, TemplateMissing, WorkerStopping
 from worker.mailer import SmtpConfig, SmtpPool
@@ -48,6 +49,7 @@ class Context(TypedDict):
     pool: asyncpg.Pool
     mailer: SmtpPool
     sender: sender.Sender
+    run_state: sender.RunState
 
 
 async def startup(ctx: Context) -> None:
@@ -61,12 +63,13 @@ async def startup(ctx: Context) -> None:
     ctx["sender"] = sender.Sender(
         pool=ctx["pool"],
         mailer=ctx["mailer"],
-        templates=TemplateStore(settings.templates_dir),
+        composer=Composer.from_settings(settings, TemplateStore(settings.templates_dir)),
         settings=settings,
         worker_id=worker_id,
         journal=journal.Journal(ctx["redis_url"], worker_id),
         limiter=RateLimiter(ctx["redis"], settings.send_rate) if settings.send_rate else None,
     )
+    ctx["run_state"] = sender.RunState()
     # Sending allocates many short-lived objects (tasks, replies, rows) and few cycles:
     # leave what start-up built out of every collection, and collect the young less often.
     gc.collect()
@@ -177,7 +180,7 @@ async def _send_range(
     """Send the due invitations with ids in `[first_id, last_id]`; their counts per state."""
     try:
         result = await sender.send_slice(
-            ctx["sender"], campaign_id, first_id, last_id, job_id=ctx["job_id"]
+            ctx["sender"], ctx["run_state"], campaign_id, first_id, last_id, job_id=ctx["job_id"]
         )
     except WorkerStopping as e:
         raise Retry(defer=1) from e

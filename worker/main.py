@@ -89,9 +89,9 @@ class SurveyWorker(Worker):
             raise
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
-        sender = self.ctx.get("sender")
-        if sender is not None:
-            sender.stopping = True
+        state = self.ctx.get("run_state")
+        if state is not None:
+            state.stopping = True
         super().handle_sig_wait_for_completion(signum)
 
 

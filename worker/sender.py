@@ -1,4 +1,4 @@
-"""Sending one slice of a campaign: claim, check opt-outs, render, SMTP, record, log.
+"""Sending one slice of a campaign: claim, check opt-outs, compose, SMTP, record, log.
 
 The slice is worked through in chunks of CHUNK_SIZE invitations, one at a time per worker
 process from opt-out check to recorded outcome, so the check for a message runs at most
@@ -33,23 +33,30 @@ from worker.errors import (
 from worker.journal import Journal
 from worker.mailer import Mailer
 from worker.ratelimit import RateLimiter
-from worker.render import TemplateStore
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.sender")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sender:
-    """What a worker process needs to send: pool, mailer, templates, settings."""
+    """What a worker process sends with, fixed at start-up: the database pool, the SMTP
+    pool, the composer (templates and keys), the settings, its id and send journal, and
+    the shared rate limiter if SEND_RATE is set."""
 
     pool: asyncpg.Pool
     mailer: Mailer
-    templates: TemplateStore
+    composer: compose.Composer
     settings: Settings
     worker_id: str
     journal: Journal
     limiter: RateLimiter | None = None
+
+
+@dataclass
+class RunState:
+    """What changes while a worker process sends; one per process, shared by its slices."""
+
     # Set on SIGTERM: finish the chunk in flight, claim nothing more.
     stopping: bool = False
     # Consecutive chunks the SMTP server pushed back on (421, mostly 4xx): slows us down.
@@ -58,10 +65,6 @@ class Sender:
     # most CHUNK_SIZE invitations are ever `sending` here (a crash leaves no more
     # `unknown`), and each check stays next to its send.
     window: asyncio.Lock = field(default_factory=asyncio.Lock)
-    composer: compose.Composer = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.composer = compose.Composer.from_settings(self.settings, self.templates)
 
 
 @dataclass(frozen=True)
@@ -72,66 +75,17 @@ class SliceResult:
     retry_at: datetime | None
 
 
-async def _deliver(
-    sender: Sender, campaign: ledger.Campaign, p: compose.Prepared
-) -> ledger.Outcome:
-    inv = p.invitation
-    try:
-        code = await sender.mailer.send(
-            sender=campaign.sender_email,
-            recipient=p.recipient,
-            message=p.data,
-            before_content=partial(sender.journal.start, inv.id),
-        )
-    except NotStarted:
-        # Reconcile took it back, or the journal could not be written: none of it left.
-        return ledger.Outcome(inv.id, "pending", reason="not_started", started=False)
-    except TransientSmtpError as e:
-        if inv.attempts + 1 >= sender.settings.smtp_max_attempts:
-            return ledger.Outcome(inv.id, "failed", reason="max_attempts", smtp_code=e.code)
-        delay = pacing.backoff(sender.settings.retry_base_seconds, inv.attempts + 1)
-        retry = datetime.now(UTC) + delay
-        return ledger.Outcome(
-            inv.id, "deferred", reason="smtp_transient", smtp_code=e.code, next_attempt_at=retry
-        )
-    except PermanentSmtpError as e:
-        if e.code is None:
-            # Refused before any server reply: e.g. an SMTPUTF8 address to a plain server.
-            return ledger.Outcome(inv.id, "failed", reason=f"undeliverable: {e}")
-        bounce = outcomes.is_hard_bounce(e.code, str(e))
-        return ledger.Outcome(
-            inv.id, "failed", reason="hard_bounce" if bounce else "smtp_rejected", smtp_code=e.code
-        )
-    except AmbiguousSmtpError as e:
-        return ledger.Outcome(inv.id, "unknown", reason="no_reply_after_data", smtp_code=e.code)
-    sender.journal.accepted(inv.id)
-    return ledger.Outcome(inv.id, "sent", smtp_code=code, message_id=p.message_id)
-
-
-def _log_decision(
-    bound: Any, inv_by_id: dict[int, ledger.Invitation], outcome: ledger.Outcome
-) -> None:
-    inv = inv_by_id[outcome.invitation_id]
-    fields: dict[str, Any] = {
-        "invitation_id": outcome.invitation_id,
-        "recipient": addresses.recipient_id(inv.email_hash),
-    }
-    if outcome.reason:
-        fields["reason"] = outcome.reason
-    if outcome.smtp_code is not None:
-        fields["smtp_code"] = outcome.smtp_code
-    if outcome.state == "deferred":
-        fields["attempt"] = inv.attempts + 1
-    level = "warning" if outcome.state in ("failed", "unknown") else "info"
-    # A message given back before it started is due again: "requeued", as reconcile says.
-    event = "requeued" if outcome.state == "pending" else outcome.state
-    getattr(bound, level)(f"invitation.{event}", **fields)
-
-
 async def send_slice(
-    sender: Sender, campaign_id: int, first_id: int, last_id: int, *, job_id: str | None
+    sender: Sender,
+    state: RunState,
+    campaign_id: int,
+    first_id: int,
+    last_id: int,
+    *,
+    job_id: str | None,
 ) -> SliceResult:
-    """Send every due invitation of the campaign with an id in `[first_id, last_id]`.
+    """Send every due invitation of the campaign with an id in `[first_id, last_id]`,
+    with the worker process's `sender` and `state`.
 
     Safe to run twice or concurrently: claims on the ledger decide who sends what. Raises
     SuppressionUnavailable (having sent nothing more) when the opt-out check cannot run,
@@ -146,16 +100,18 @@ async def send_slice(
             return SliceResult(totals, None)
         bound = log.bind(campaign_id=campaign.id, client_id=campaign.client_id, job_id=job_id)
         scope = suppression.Scope(campaign.kind, campaign.client_id)
-        while campaign.status == "running" and not sender.stopping:
-            pause = pacing.pause_after_pushback(sender.settings.retry_base_seconds, sender.pushback)
+        while campaign.status == "running" and not state.stopping:
+            pause = pacing.pause_after_pushback(sender.settings.retry_base_seconds, state.pushback)
             await asyncio.sleep(pause)
-            done = await _claim_and_send(sender, conn, campaign, scope, first_id, last_id, bound)
+            done = await _claim_and_send(
+                sender, state.window, conn, campaign, scope, first_id, last_id, bound
+            )
             if done is None:
                 break
-            sender.pushback = sender.pushback + 1 if pacing.pushed_back(done) else 0
+            state.pushback = state.pushback + 1 if pacing.pushed_back(done) else 0
             for o in done:
                 totals[o.state] = totals.get(o.state, 0) + 1
-        if sender.stopping:
+        if state.stopping:
             raise WorkerStopping("worker stopping; the slice goes back to the queue")
         retry_at = await ledger.next_retry_at(conn, campaign.id, first_id, last_id)
         finished = await ledger.complete_if_done(conn, campaign.id)
@@ -166,6 +122,7 @@ async def send_slice(
 
 async def _claim_and_send(
     sender: Sender,
+    window: asyncio.Lock,
     conn: Conn,
     campaign: ledger.Campaign,
     scope: suppression.Scope,
@@ -212,7 +169,7 @@ async def _claim_and_send(
     except BaseException:
         await _abandon(tx)
         raise
-    async with sender.window:
+    async with window:
         try:
             started = await _check_and_start(sender, conn, campaign, scope, claimed, prepared)
         except BaseException:
@@ -285,6 +242,62 @@ async def _check_and_start(
         # Before the `sending` mark commits: no chunk goes on the wire without a journal.
         await sender.journal.open(started, lease_seconds=sender.settings.claim_lease_seconds)
     return early, [ready[i] for i in started]
+
+
+async def _deliver(
+    sender: Sender, campaign: ledger.Campaign, p: compose.Prepared
+) -> ledger.Outcome:
+    inv = p.invitation
+    try:
+        code = await sender.mailer.send(
+            sender=campaign.sender_email,
+            recipient=p.recipient,
+            message=p.data,
+            before_content=partial(sender.journal.start, inv.id),
+        )
+    except NotStarted:
+        # Reconcile took it back, or the journal could not be written: none of it left.
+        return ledger.Outcome(inv.id, "pending", reason="not_started", started=False)
+    except TransientSmtpError as e:
+        if inv.attempts + 1 >= sender.settings.smtp_max_attempts:
+            return ledger.Outcome(inv.id, "failed", reason="max_attempts", smtp_code=e.code)
+        delay = pacing.backoff(sender.settings.retry_base_seconds, inv.attempts + 1)
+        retry = datetime.now(UTC) + delay
+        return ledger.Outcome(
+            inv.id, "deferred", reason="smtp_transient", smtp_code=e.code, next_attempt_at=retry
+        )
+    except PermanentSmtpError as e:
+        if e.code is None:
+            # Refused before any server reply: e.g. an SMTPUTF8 address to a plain server.
+            return ledger.Outcome(inv.id, "failed", reason=f"undeliverable: {e}")
+        bounce = outcomes.is_hard_bounce(e.code, str(e))
+        return ledger.Outcome(
+            inv.id, "failed", reason="hard_bounce" if bounce else "smtp_rejected", smtp_code=e.code
+        )
+    except AmbiguousSmtpError as e:
+        return ledger.Outcome(inv.id, "unknown", reason="no_reply_after_data", smtp_code=e.code)
+    sender.journal.accepted(inv.id)
+    return ledger.Outcome(inv.id, "sent", smtp_code=code, message_id=p.message_id)
+
+
+def _log_decision(
+    bound: Any, inv_by_id: dict[int, ledger.Invitation], outcome: ledger.Outcome
+) -> None:
+    inv = inv_by_id[outcome.invitation_id]
+    fields: dict[str, Any] = {
+        "invitation_id": outcome.invitation_id,
+        "recipient": addresses.recipient_id(inv.email_hash),
+    }
+    if outcome.reason:
+        fields["reason"] = outcome.reason
+    if outcome.smtp_code is not None:
+        fields["smtp_code"] = outcome.smtp_code
+    if outcome.state == "deferred":
+        fields["attempt"] = inv.attempts + 1
+    level = "warning" if outcome.state in ("failed", "unknown") else "info"
+    # A message given back before it started is due again: "requeued", as reconcile says.
+    event = "requeued" if outcome.state == "pending" else outcome.state
+    getattr(bound, level)(f"invitation.{event}", **fields)
 
 
 async def log_completion(conn: Conn, campaign: ledger.Campaign) -> None:

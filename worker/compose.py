@@ -7,20 +7,17 @@ campaign, invitation and time always give the same result.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from worker import addresses, ledger, links, message, tokens
+from worker import addresses, ledger, links, locales, message, tokens
 from worker.errors import InvalidAddress, UnsafeHeaderValue
 from worker.render import TemplateStore
 from worker.settings import Settings
 
 # Larger messages are refused here rather than by the relay: oversized CSV variables.
 MAX_MESSAGE_BYTES = 2_000_000
-# Tokens carry a two-letter locale for the unsubscribe page; anything else is `en`.
-LOCALE = re.compile(r"[a-z]{2}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,8 @@ def prepare(
     claims = tokens.TokenClaims(
         client_id=campaign.client_token_id if campaign.kind == "survey" else None,
         email_hash=inv.email_hash,
-        locale=locale if LOCALE.fullmatch(locale) else "en",
+        # Tokens carry a locale for the unsubscribe page; anything else is the fallback.
+        locale=locales.or_fallback(locale),
     )
     unsubscribe_url = links.unsubscribe_link(
         composer.public_base_url, tokens.sign(composer.signing_key, claims)

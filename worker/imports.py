@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from worker import addresses, links
+from worker import addresses, links, locales
 from worker.errors import InvalidAddress, InvalidUrl, SurveyWorkerError
 
 MAX_VALUE_LENGTH = 1000
-LOCALE = re.compile(r"^[a-z]{2}$")
 # C0 controls but tab, and DEL: no message can carry NUL, CR and LF would break a header,
 # and no value needs the others. What only a header cannot carry (C1 controls, U+2028,
 # U+2029) fails only the message that puts it in one.
@@ -161,7 +160,8 @@ def check_row(
         email = addresses.normalise(record.pop("email"))
     except InvalidAddress as e:
         return Rejected(line, f"invalid address: {e.reason}")
-    locale = record.pop("locale", "").strip().lower() or None
-    if locale is not None and not LOCALE.match(locale):
+    given = record.pop("locale", "")
+    locale = locales.parse(given)
+    if given.strip() and locale is None:
         return Rejected(line, "locale must be two letters, e.g. en")
     return Row(line, email, addresses.address_hash(hash_key, email), locale, record)

@@ -16,6 +16,8 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
+from worker import locales
+
 TEMPLATES_DIR = Path(__file__).resolve().parent / "web_templates"
 LOCALES = ("en", "nl", "fr")
 
@@ -100,7 +102,7 @@ class Page:
 
 def language(locale: str) -> str:
     """The page language for a token's locale: itself if we have it, else English."""
-    return locale if locale in TEXTS else "en"
+    return locale if locale in TEXTS else locales.FALLBACK
 
 
 def _list_sentence(lang: str, kind: str, *, marketing: bool, client_name: str | None) -> str:

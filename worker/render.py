@@ -21,18 +21,18 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing, object_type_repr
 from markupsafe import escape
 
+from worker import locales
 from worker.errors import TemplateMissing, TemplateProblem, UnsafeHeaderValue
 from worker.message import UNSAFE_IN_HEADER
 
 __all__ = ["FALLBACK_LOCALE", "Rendered", "TemplateStore", "oneline", "shows_link"]
 
-FALLBACK_LOCALE = "en"
+FALLBACK_LOCALE = locales.FALLBACK
 
 Part = Literal["subject.txt", "body.txt", "body.html"]
 
 _NAME = re.compile(r"[a-z0-9_-]{1,64}")
 # A lower-case language tag as used for directory names: "en", "nl", "pt-br", "zh-hant".
-_LOCALE = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8})?")
 
 _CONTROL_TO_SPACE = {c: " " for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
@@ -382,7 +382,7 @@ class TemplateStore:
             if not directory.is_dir():
                 raise TemplateMissing(f"unknown template {name!r}")
             found = sorted(
-                p.name for p in directory.iterdir() if p.is_dir() and _LOCALE.fullmatch(p.name)
+                p.name for p in directory.iterdir() if p.is_dir() and locales.is_locale(p.name)
             )
             if FALLBACK_LOCALE not in found:
                 return found

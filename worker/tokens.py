@@ -25,6 +25,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from worker import locales
+
 _VERSION = 1
 _BODY = struct.Struct(">B4sBQ32s2s")
 _MAC_LENGTH = 18
@@ -44,10 +46,6 @@ class TokenClaims:
     locale: str
 
 
-def _is_locale(value: str) -> bool:
-    return len(value) == 2 and value.isascii() and value.isalpha() and value.islower()
-
-
 @functools.lru_cache(maxsize=64)
 def key_id(key: bytes) -> bytes:
     """The 4-byte identifier of a signing key: an HMAC under the key, so it reveals nothing."""
@@ -65,7 +63,7 @@ def sign(key: bytes, claims: TokenClaims) -> str:
         raise ValueError("client_id does not fit in 64 unsigned bits")
     if len(claims.email_hash) != 32:
         raise ValueError("email_hash must be 32 bytes")
-    if not _is_locale(claims.locale):
+    if not locales.is_locale(claims.locale):
         raise ValueError("locale must be two lower-case ASCII letters")
     if claims.client_id is None:
         scope, client_id = _SCOPE_MARKETING, 0
@@ -102,7 +100,7 @@ def verify(keys: Sequence[bytes], token: str) -> TokenClaims | None:
     # A genuine MAC means `sign` wrote the fields; checking them anyway keeps `verify`
     # total should a key holder ever sign something else.
     locale_text = locale.decode("ascii", "replace")
-    if not _is_locale(locale_text):
+    if not locales.is_locale(locale_text):
         return None
     if scope == _SCOPE_CLIENT:
         return TokenClaims(client_id=client_id, email_hash=email_hash, locale=locale_text)

@@ -24,7 +24,7 @@ def test_what_people_write_is_read_whatever_the_case_and_spacing(letters: str, p
 
 
 def test_anything_else_is_not_a_locale_and_falls_back_to_english() -> None:
-    for value in ("eng", "e", "", "n1", "pt-br", "é", "ｅｎ"):
+    for value in ("eng", "e", "", "n1", "pt-br", "é", "\uff45\uff4e"):
         assert locales.parse(value) is None
         assert locales.or_fallback(value) == "en"
     assert locales.or_fallback("nl") == "nl"

@@ -15,6 +15,14 @@ class ConfigError(SurveyWorkerError):
     """The configuration is unusable (missing secret, bad URL, placeholder in production)."""
 
 
+class CsvProblem(SurveyWorkerError):
+    """A recipients file as a whole cannot be imported (no header, no email column)."""
+
+
+class PrivacyRequestError(SurveyWorkerError):
+    """A privacy request cannot be carried out as asked; nothing was changed."""
+
+
 class NotFound(SurveyWorkerError):
     """A client or campaign named by the user does not exist."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from worker import addresses, links, locales
-from worker.errors import InvalidAddress, InvalidUrl, SurveyWorkerError
+from worker.errors import CsvProblem, InvalidAddress, InvalidUrl
 
 MAX_VALUE_LENGTH = 1000
 # C0 controls but tab, and DEL: no message can carry NUL, CR and LF would break a header,
@@ -23,10 +23,6 @@ MAX_VALUE_LENGTH = 1000
 # U+2029) fails only the message that puts it in one.
 CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 RESERVED = frozenset({"client_name", "unsubscribe_url"})
-
-
-class CsvProblem(SurveyWorkerError):
-    """The file as a whole cannot be imported (no header, no email column)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import structlog
 
 from worker import addresses, db, optouts
 from worker.db import Conn
-from worker.errors import PermissionDenied, SurveyWorkerError
+from worker.errors import PermissionDenied, PrivacyRequestError
 from worker.suppression import Scope
 
 log = structlog.get_logger("worker.privacy")
@@ -31,10 +31,6 @@ PURGE_BATCH = 10_000
 # OWASP "CSV Injection": the characters that can make a spreadsheet read a cell that
 # starts with one of them as a formula.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-class PrivacyRequestError(SurveyWorkerError):
-    """A privacy request cannot be carried out as asked; nothing was changed."""
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ async def create_pool(
             command_timeout=60,
             server_settings=settings,
         )
-    except (OSError, asyncpg.PostgresError) as e:
+    except DB_ERRORS as e:
         raise ConfigError(f"cannot connect to Postgres: {e}") from e
     assert pool is not None
     return pool

@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import asyncpg
-
-from worker.db import Conn
+from worker.db import DB_ERRORS, Conn
 from worker.errors import SuppressionUnavailable
 
 # The order reasons are reported in when several apply.
@@ -56,7 +54,7 @@ async def lookup(
             list(hashes),
             timeout=timeout,
         )
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+    except (TimeoutError, *DB_ERRORS) as e:
         raise SuppressionUnavailable(f"opt-out check failed: {type(e).__name__}") from e
     found: dict[bytes, set[str]] = {}
     for row in rows:

@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from worker.db import Conn, row_count
+from worker.states import CampaignStatus, InvitationState, Kind
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,11 @@ class Campaign:
     client_name: str
     sender_email: str
     name: str
-    kind: str
+    kind: Kind
     template: str
     locale: str
     survey_url: str
-    status: str
+    status: CampaignStatus
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Outcome:
     """What happened to one invitation, to be recorded."""
 
     invitation_id: int
-    state: str
+    state: InvitationState
     reason: str | None = None
     smtp_code: int | None = None
     message_id: str | None = None
@@ -307,9 +308,9 @@ async def fail_campaign(conn: Conn, campaign_id: int, reason: str) -> bool:
     return status is not None
 
 
-async def campaign_status(conn: Conn, campaign_id: int) -> str | None:
+async def campaign_status(conn: Conn, campaign_id: int) -> CampaignStatus | None:
     """The campaign's status, read fresh (pause and cancel take effect per chunk)."""
-    status: str | None = await conn.fetchval(
+    status: CampaignStatus | None = await conn.fetchval(
         "SELECT status FROM campaigns WHERE id = $1", campaign_id
     )
     return status
@@ -374,7 +375,12 @@ async def finished_running_campaigns(conn: Conn) -> list[int]:
     return [r["id"] for r in rows]
 
 
-async def set_status(conn: Conn, campaign_id: int, new: str, allowed_from: tuple[str, ...]) -> bool:
+async def set_status(
+    conn: Conn,
+    campaign_id: int,
+    new: CampaignStatus,
+    allowed_from: tuple[CampaignStatus, ...],
+) -> bool:
     """Move a campaign to `new` if it is in one of `allowed_from`; True if it moved."""
     moved = await conn.fetchval(
         """UPDATE campaigns SET status = $2,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-Outcome = Literal["sent", "deferred", "failed", "unknown"]
+# What an SMTP reply code makes of a message (an invitation state, see worker/states.py).
+ReplyClass = Literal["sent", "deferred", "failed", "unknown"]
 
 # RFC 3463 enhanced status code "class.subject.detail", which RFC 2034 §4 puts at the start
 # of each reply line. The look-arounds keep "5.1.1" out of e.g. an IP address "10.5.1.1".
@@ -32,7 +33,7 @@ _NO_SUCH_MAILBOX = re.compile(
 )
 
 
-def classify_reply(code: int) -> Outcome:
+def classify_reply(code: int) -> ReplyClass:
     """The outcome of a final SMTP reply code (RFC 5321 §4.2.1).
 
     2xx means the server took responsibility for the message (`sent`), 4xx is a transient

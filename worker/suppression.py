@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from worker.db import DB_ERRORS, Conn
 from worker.errors import SuppressionUnavailable
+from worker.states import Kind
 
 # The order reasons are reported in when several apply.
 REASONS = ("client_opt_out", "marketing_opt_out", "bounced")
@@ -21,7 +22,7 @@ REASONS = ("client_opt_out", "marketing_opt_out", "bounced")
 class Scope:
     """Which opt-out list applies: a client's survey list, or the marketing list."""
 
-    kind: str
+    kind: Kind
     client_id: str
 
 

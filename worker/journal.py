@@ -30,7 +30,6 @@ from collections.abc import Iterable
 from enum import StrEnum
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from worker import ledger
 from worker.redis_pipe import RedisPipe
@@ -69,14 +68,20 @@ def key_for(worker_id: str) -> str:
 
 class Journal:
     """One worker process's journal, on a Redis connection of its own (`RedisPipe`); it
-    holds the one chunk that process has in flight."""
+    holds the one chunk that process has in flight.
+
+    Opening a chunk waits for Redis's answers; the marks that follow are sent with the
+    connection's replies turned off (`CLIENT REPLY OFF`), so each costs one small write and
+    nothing comes back: a lost connection, which stops all starts, is what matters.
+    """
 
     def __init__(self, redis_url: str, worker_id: str) -> None:
-        self._pipe = RedisPipe(redis_url)
+        self._pipe = RedisPipe(redis_url, name=f"journal:{worker_id}")
         self.key = key_for(worker_id)
         self._accepts: list[int] = []
         self._flush: asyncio.Handle | None = None
         self._deadline = 0.0
+        self._quiet = False
 
     async def open(self, invitation_ids: Iterable[int], *, lease_seconds: float) -> None:
         """Start the journal of a new chunk: every invitation queued, nothing started.
@@ -87,6 +92,11 @@ class Journal:
         """
         if not self._pipe.is_open:
             await self._pipe.connect()
+            self._quiet = False
+        self._write_accepts()
+        if self._quiet:
+            await self._pipe.ask("CLIENT", "REPLY", "ON")
+            self._quiet = False
         self._deadline = time.monotonic() + lease_seconds * (1 - LEASE_MARGIN)
         fields = [part for i in invitation_ids for part in (i, Mark.QUEUED.value)]
         for command in (
@@ -95,18 +105,22 @@ class Journal:
             ("EXPIRE", self.key, TTL_SECONDS),
         ):
             await self._pipe.ask(*command)
+        self._quiet = self._pipe.send(("CLIENT", "REPLY", "OFF"))
 
     def start(self, invitation_id: int) -> bool:
         """Mark the message started, just before its content is written; False when it
         must not start (the journal's connection is gone, or the chunk's lease is nearly
         over): its content must then never leave."""
-        if not self._pipe.is_open or time.monotonic() > self._deadline:
+        if not self._quiet or time.monotonic() > self._deadline:
             return False
-        self._pipe.call(("HSET", self.key, invitation_id, Mark.STARTED.value), self._check)
-        return True
+        # Accepted marks still waiting go in the same write.
+        return self._pipe.send(
+            *self._accepted_commands(), ("HSET", self.key, invitation_id, Mark.STARTED.value)
+        )
 
     def accepted(self, invitation_id: int) -> None:
-        """Note that the server accepted the message (written with the next batch)."""
+        """Note that the server accepted the message (written with the next mark, or at
+        the end of this turn of the event loop)."""
         self._accepts.append(invitation_id)
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_soon(self._write_accepts)
@@ -116,15 +130,19 @@ class Journal:
         self._pipe.close()
 
     def _write_accepts(self) -> None:
-        self._flush = None
-        accepts, self._accepts = self._accepts, []
-        fields = [part for i in accepts for part in (i, Mark.ACCEPTED.value)]
-        self._pipe.call(("HSET", self.key, *fields), self._check)
+        commands = self._accepted_commands()
+        if commands and self._quiet:
+            self._pipe.send(*commands)
 
-    def _check(self, reply: object) -> None:
-        if isinstance(reply, RedisError):
-            # A mark Redis did not take: start nothing more until the connection is new.
-            self._pipe.close()
+    def _accepted_commands(self) -> list[tuple[str | bytes | int, ...]]:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if not self._accepts:
+            return []
+        fields = [part for i in self._accepts for part in (i, Mark.ACCEPTED.value)]
+        self._accepts = []
+        return [("HSET", self.key, *fields)]
 
 
 def settle(

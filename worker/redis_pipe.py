@@ -97,8 +97,10 @@ class RedisPipe:
     """One connection to the Redis at `url` (redis://, rediss:// or unix://), opened on
     demand, on which `call` writes a command at once and hands its reply to a callback."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, name: str) -> None:
         self._options = parse_url(url)
+        # What `CLIENT LIST` shows for this connection.
+        self._name = name
         self._protocol: _Protocol | None = None
         self._watchdog: asyncio.TimerHandle | None = None
 
@@ -131,6 +133,7 @@ class RedisPipe:
             await self.ask("AUTH", *login, options["password"])
         if options.get("db"):
             await self.ask("SELECT", options["db"])
+        await self.ask("CLIENT", "SETNAME", self._name)
         self._watchdog = loop.call_later(REPLY_TIMEOUT, self._check_replies)
 
     async def ask(self, *args: str | bytes | int) -> bytes | int | None:
@@ -150,6 +153,15 @@ class RedisPipe:
             return
         protocol.waiting.append((time.monotonic(), on_reply))
         protocol.transport.write(encode(*args))
+
+    def send(self, *commands: tuple[str | bytes | int, ...]) -> bool:
+        """Write commands whose replies the server was told not to send (`CLIENT REPLY
+        OFF`), in one write; False when the connection is closed."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None or protocol.transport is None:
+            return False
+        protocol.transport.write(b"".join(encode(*c) for c in commands))
+        return True
 
     def close(self) -> None:
         if self._watchdog is not None:

@@ -215,9 +215,7 @@ async def send_invitation(ctx: Context, invitation_id: int) -> dict[str, Any]:
     if _malformed(ctx, invitation_id):
         return {"counts": {}}
     async with ctx["pool"].acquire() as conn:
-        campaign_id = await conn.fetchval(
-            "SELECT campaign_id FROM invitations WHERE id = $1", invitation_id
-        )
+        campaign_id = await ledger.campaign_of(conn, invitation_id)
     if campaign_id is None:
         log.warning("invitation.missing", invitation_id=invitation_id, job_id=ctx["job_id"])
         return {"counts": {}}

@@ -308,6 +308,23 @@ async def fail_campaign(conn: Conn, campaign_id: int, reason: str) -> bool:
     return status is not None
 
 
+async def run_seconds(conn: Conn, campaign_id: int) -> float | None:
+    """Seconds from the campaign's creation to its completion (None while it runs)."""
+    elapsed = await conn.fetchval(
+        "SELECT extract(epoch FROM completed_at - created_at) FROM campaigns WHERE id = $1",
+        campaign_id,
+    )
+    return None if elapsed is None else float(elapsed)
+
+
+async def campaign_of(conn: Conn, invitation_id: int) -> int | None:
+    """The campaign an invitation belongs to, or None when there is no such invitation."""
+    campaign_id: int | None = await conn.fetchval(
+        "SELECT campaign_id FROM invitations WHERE id = $1", invitation_id
+    )
+    return campaign_id
+
+
 async def campaign_status(conn: Conn, campaign_id: int) -> CampaignStatus | None:
     """The campaign's status, read fresh (pause and cancel take effect per chunk)."""
     status: CampaignStatus | None = await conn.fetchval(

@@ -303,10 +303,7 @@ def _log_decision(
 async def log_completion(conn: Conn, campaign: ledger.Campaign) -> None:
     """The `campaign.completed` summary line: counts per state and the average rate."""
     states = await ledger.counts(conn, campaign.id)
-    elapsed = await conn.fetchval(
-        "SELECT extract(epoch FROM completed_at - created_at) FROM campaigns WHERE id = $1",
-        campaign.id,
-    )
+    elapsed = await ledger.run_seconds(conn, campaign.id)
     total = sum(states.values())
     log.info(
         "campaign.completed",
@@ -315,6 +312,6 @@ async def log_completion(conn: Conn, campaign: ledger.Campaign) -> None:
         total=total,
         counts=states,
         reasons=await ledger.reason_counts(conn, campaign.id),
-        seconds=round(float(elapsed or 0), 3),
-        rate=round(total / float(elapsed), 1) if elapsed else None,
+        seconds=round(elapsed or 0, 3),
+        rate=round(total / elapsed, 1) if elapsed else None,
     )

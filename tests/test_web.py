@@ -220,7 +220,12 @@ async def test_postgres_down_queues_the_click_and_the_job_records_it(
     assert "en cours de traitement" in first.text
     assert_private_headers(first)
     assert health.status_code == 200
-    assert health.json() == {"status": "degraded", "database": False, "queue": True}
+    assert health.json() == {
+        "status": "degraded",
+        "database": False,
+        "queue": True,
+        "reasons": {"database": "ConnectionRefusedError"},
+    }
     assert await opt_outs(pg) == []
     assert "opt_out.queued" in {e["event"] for e in logs}
 
@@ -247,7 +252,73 @@ async def test_postgres_and_redis_down_answers_503_try_again(settings: Settings)
     assert "Probeer het" in response.text
     assert_private_headers(response)
     assert health.status_code == 503
-    assert health.json() == {"status": "down", "database": False, "queue": False}
+    assert health.json() == {
+        "status": "down",
+        "database": False,
+        "queue": False,
+        "reasons": {"database": "ConnectionRefusedError", "queue": "ConnectionError"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("bad_database_url", "bad_redis_url", "reasons"),
+    [
+        (
+            "postgresql://survey:s3cret@db.internal:notaport/survey",
+            "garbage",
+            {
+                "database": "DATABASE_URL: the port is not a number from 1 to 65535",
+                "queue": "REDIS_URL: not a redis://, rediss:// or unix:// URL",
+            },
+        ),
+        (
+            "garbage",
+            "redis://:s3cret@cache.internal:6379/zero",
+            {
+                "database": "DATABASE_URL: not a postgresql:// URL",
+                "queue": "REDIS_URL: the database is not a number",
+            },
+        ),
+    ],
+)
+async def test_unusable_urls_are_503_with_reasons_never_500(
+    settings: Settings, bad_database_url: str, bad_redis_url: str, reasons: dict[str, str]
+) -> None:
+    token = token_for(settings, ANN, None)
+    async with (
+        serving(settings, database_url=bad_database_url, redis_url=bad_redis_url) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        health = await client.get("/healthz")
+        page = await client.get(f"/unsubscribe/{token}")
+        clicked = await client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert health.status_code == 503
+    assert health.json() == {
+        "status": "down",
+        "database": False,
+        "queue": False,
+        "reasons": reasons,
+    }
+    assert "s3cret" not in health.text
+    assert page.status_code == 200
+    assert clicked.status_code == 503
+
+
+async def test_a_usable_database_with_an_unusable_redis_url_is_degraded(
+    settings: Settings,
+) -> None:
+    async with (
+        serving(settings, redis_url="garbage") as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        health = await client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {
+        "status": "degraded",
+        "database": True,
+        "queue": False,
+        "reasons": {"queue": "REDIS_URL: not a redis://, rediss:// or unix:// URL"},
+    }
 
 
 async def test_healthz_and_unknown_paths_carry_the_headers(settings: Settings) -> None:
@@ -256,7 +327,7 @@ async def test_healthz_and_unknown_paths_carry_the_headers(settings: Settings) -
         missing = await client.get("/nothing-here")
         wrong_method = await client.put("/unsubscribe/abc")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "database": True, "queue": True}
+    assert health.json() == {"status": "ok", "database": True, "queue": True, "reasons": {}}
     assert missing.status_code == 404
     assert wrong_method.status_code == 405
     for response in (health, missing, wrong_method):
@@ -280,6 +351,29 @@ async def test_request_log_lines_name_the_route_not_the_path(
     assert recorded["scope"] == "client:acme"
     assert recorded["source"] == "one-click"
     assert len(str(recorded["recipient"])) == 16
+
+
+async def test_a_trailing_slash_is_a_404_never_a_redirect(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    await add_client(pg, "acme")
+    token = token_for(settings, ANN, await token_id(pg, "acme"))
+    hostile = {"host": "evil.example"}
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        responses = [
+            await client.get(f"/unsubscribe/{token}/", headers=hostile),
+            await client.post(
+                f"/unsubscribe/{token}/",
+                data={"List-Unsubscribe": "One-Click"},
+                headers=hostile,
+            ),
+            await client.get("/healthz/", headers=hostile),
+        ]
+    for response in responses:
+        assert response.status_code == 404
+        assert "evil.example" not in response.text
+        assert_private_headers(response)  # no Location header either
+    assert await opt_outs(pg) == []
 
 
 @pytest.mark.parametrize(

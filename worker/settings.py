@@ -4,14 +4,76 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
 from worker.resources import bundled
 
 PLACEHOLDER_PREFIX = "change-me"
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+# The schemes arq's RedisSettings.from_dsn understands.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _port_problem(hostspec: str) -> str | None:
+    """What is wrong with the port of `host[:port]` or `[v6]:port`, or None."""
+    after_host = hostspec.rpartition("]")[2] if hostspec.startswith("[") else hostspec
+    _, colon, port = after_host.partition(":")
+    # Never quote the value: a password with an unescaped '/' or '?' ends up here.
+    if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return "the port is not a number from 1 to 65535"
+    return None
+
+
+def postgres_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a Postgres URL (asyncpg's DSN, several hosts allowed), or None.
+
+    The answer never quotes the URL: it may hold a password.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme not in POSTGRES_SCHEMES:
+        return "not a postgresql:// URL"
+    hosts = parts.netloc.rpartition("@")[2]
+    ports = parse_qs(parts.query).get("port", [])
+    for problem in (
+        *(_port_problem(spec) for spec in hosts.split(",")),
+        *(_port_problem(f"h:{port}") for value in ports for port in value.split(",")),
+    ):
+        if problem:
+            return problem
+    return None
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a Redis URL as arq reads it, or None (never quoting the URL)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme not in REDIS_SCHEMES:
+        return "not a redis://, rediss:// or unix:// URL"
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs the socket's path"
+    problem = _port_problem(parts.netloc.rpartition("@")[2])
+    if problem:
+        return problem
+    database = parse_qs(parts.query).get("db", [parts.path.lstrip("/") or "0"])[0]
+    if not database.isdigit():
+        return "the database is not a number"
+    return None
+
+
+def location(url: str) -> str:
+    """Where `url` points, for messages: host, port and path, without user, password or
+    query (which may hold a password too)."""
+    parts = urlsplit(url)
+    return parts.netloc.rpartition("@")[2] + parts.path
 
 
 class Settings(BaseSettings):
@@ -25,7 +87,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
 
     smtp_host: str = "localhost"
-    smtp_port: int = 25
+    smtp_port: int = Field(default=25, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
@@ -51,6 +113,30 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: int = Field(default=60, ge=1)
     unknown_policy: Literal["hold", "resend"] = "hold"
     retention_days: int = Field(default=365, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else postgres_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else redis_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _smtp_host(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("must be a host name or address")
+        return value
 
     def as_environment(self) -> dict[str, str]:
         """These settings as environment variables: a child process reading them (with no

@@ -3,9 +3,10 @@
     GET  /unsubscribe/{token}   a confirmation page; changes nothing (mail scanners
                                 prefetch links)
     POST /unsubscribe/{token}   records the opt-out: the page's button, or RFC 8058 one-click
-    GET  /healthz               whether the app can record opt-outs now
+    GET  /healthz               whether the app can record opt-outs now, and if not, why
 
-A POST never redirects and sets no cookie, and repeating it is harmless. An unusable token
+A POST never redirects and sets no cookie, and repeating it is harmless; no path redirects
+(a trailing slash is a 404, not a redirect built from the Host header). An unusable token
 gets the same 400 page whatever is wrong with it. When Postgres is unavailable the click is
 queued as the `record_opt_out` job (202); when Redis is unavailable too, the person is asked
 to try again (503). Every response forbids caching, framing and referrers (the token is in
@@ -19,6 +20,7 @@ import asyncio
 import email.parser
 import email.policy
 import hashlib
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,8 +42,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker import addresses, db, optouts, pages, queue, tokens
 from worker.db import DB_ERRORS
-from worker.errors import SurveyWorkerError
-from worker.settings import Settings
+from worker.errors import ConfigError, SurveyWorkerError
+from worker.settings import Settings, postgres_url_problem, redis_url_problem
 
 log = structlog.get_logger("worker.web")
 
@@ -58,22 +60,34 @@ class QueueUnavailable(SurveyWorkerError):
     """Redis could not take the job."""
 
 
+class UnusableUrl(ConnectionError):
+    """A Postgres or Redis URL that cannot work: to the app, a server that is down.
+
+    A ConnectionError, so the handlers treat it as they treat a server that is down.
+    """
+
+
 class Backends:
     """Postgres and Redis as the app reaches them.
 
     Nothing connects at start-up, so the app starts and answers while either is down;
-    connections are made on first use and made again once a server is back.
+    connections are made on first use and made again once a server is back. A URL that
+    cannot work counts as a server that is down.
     """
 
     def __init__(self, database_url: str, redis_url: str) -> None:
         self._database_url = database_url
         self._redis_url = redis_url
+        self._database_url_problem = postgres_url_problem(database_url)
+        self._redis_url_problem = redis_url_problem(redis_url)
         self._pool: asyncpg.Pool | None = None
         self._redis: ArqRedis | None = None
         self._redis_lock = asyncio.Lock()
 
     async def open(self) -> None:
         """Create the connection pool (min_size=0: it connects on the first query)."""
+        if self._database_url_problem:
+            return
         self._pool = await asyncpg.create_pool(
             self._database_url,
             min_size=0,
@@ -93,12 +107,15 @@ class Backends:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
         """A pooled connection; raises one of `DB_ERRORS` when Postgres is unavailable."""
-        assert self._pool is not None, "Backends.open() was not called"
+        if self._pool is None:
+            raise UnusableUrl(f"DATABASE_URL: {self._database_url_problem or 'not opened'}")
         async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
             yield conn
 
     async def _queue(self) -> ArqRedis:
         async with self._redis_lock:
+            if self._redis_url_problem:
+                raise UnusableUrl(f"REDIS_URL: {self._redis_url_problem}")
             if self._redis is None:
                 # A click waits for this: fail at once rather than retry.
                 self._redis = await queue.connect(self._redis_url, retries=0)
@@ -114,23 +131,29 @@ class Backends:
         except queue.ERRORS as e:
             raise QueueUnavailable(type(e).__name__) from e
 
-    async def database_ok(self) -> bool:
-        """Whether Postgres answers now."""
+    async def database_problem(self) -> str | None:
+        """None when Postgres answers now, else why not."""
         try:
             async with self.connection() as conn:
                 await conn.fetchval("SELECT 1")
-        except DB_ERRORS:
-            return False
-        return True
+        except DB_ERRORS as e:
+            return _reason(e)
+        return None
 
-    async def queue_ok(self) -> bool:
-        """Whether Redis answers now."""
+    async def queue_problem(self) -> str | None:
+        """None when Redis answers now, else why not."""
         try:
             async with asyncio.timeout(QUEUE_TIMEOUT):
                 await (await self._queue()).ping()
-        except queue.ERRORS:
-            return False
-        return True
+        except queue.ERRORS as e:
+            return _reason(e)
+        return None
+
+
+def _reason(error: BaseException) -> str:
+    # The error's class says enough to an operator; its text may name hosts and users,
+    # which a public endpoint does not show.
+    return str(error) if isinstance(error, UnusableUrl) else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -267,12 +290,15 @@ async def _queue_opt_out(
 
 
 async def healthz(request: Request) -> Response:
-    """200 while the app can record opt-outs (directly, or through the queue), else 503."""
+    """200 while the app can record opt-outs (directly, or through the queue), else 503;
+    `reasons` says what is wrong with whichever is unavailable."""
     web: WebContext = request.state.web
-    database, job_queue = await asyncio.gather(web.backends.database_ok(), web.backends.queue_ok())
+    problems = await asyncio.gather(web.backends.database_problem(), web.backends.queue_problem())
+    reasons = {name: p for name, p in zip(("database", "queue"), problems, strict=True) if p}
+    database, job_queue = "database" not in reasons, "queue" not in reasons
     status = "ok" if database and job_queue else "degraded" if database or job_queue else "down"
     return JSONResponse(
-        {"status": status, "database": database, "queue": job_queue},
+        {"status": status, "database": database, "queue": job_queue, "reasons": reasons},
         status_code=200 if database or job_queue else 503,
     )
 
@@ -342,6 +368,9 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlet
         ],
         lifespan=lifespan,
     )
+    # Starlette would answer a trailing slash with a redirect to a URL built from the Host
+    # header: an open redirect on a link in every message. Unknown paths are 404s.
+    app.router.redirect_slashes = False
     app.add_middleware(PrivateResponses, content_security_policy=renderer.content_security_policy)
     return app
 
@@ -359,6 +388,21 @@ def server(app: ASGIApp, *, host: str, port: int) -> uvicorn.Server:
         server_header=False,
     )
     return uvicorn.Server(config)
+
+
+def check_listen(host: str, port: int) -> None:
+    """Raise ConfigError unless `host:port` can be listened on now, as uvicorn will."""
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as probe:
+                # As asyncio's create_server: a port in TIME_WAIT is free, a listened one not.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as e:
+        reason = (e.strerror or type(e).__name__).lower()
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from e
 
 
 def serve(settings: Settings, *, database_url: str, redis_url: str, host: str, port: int) -> None:

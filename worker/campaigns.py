@@ -36,6 +36,8 @@ class LaunchRequest:
     survey_url: str | None
     name: str
     locale: str
+    # The client's key for this launch: launching again with it returns the first campaign.
+    idempotency_key: str | None = None
 
 
 def check_request(request: LaunchRequest) -> None:
@@ -49,11 +51,16 @@ def check_request(request: LaunchRequest) -> None:
 
 @dataclass
 class LaunchReport:
-    """The created campaign and what happened to each line of the file."""
+    """The created campaign and what happened to each line of the file.
+
+    `existing`: an earlier launch with the same idempotency key created the campaign, and
+    nothing was imported now (`rejected` is then empty: those lines were reported then).
+    """
 
     campaign_id: int = 0
     imported: int = 0
     rejected: list[imports.Rejected] = field(default_factory=list)
+    existing: bool = False
 
 
 # The rule of the CHECK on clients.id, and the longest name clients.name takes.
@@ -145,12 +152,17 @@ async def launch(
     """Create a running campaign and import its recipients, all or nothing.
 
     The file is streamed into Postgres with COPY inside one transaction; addresses that
-    appear twice are imported once and the later lines reported as duplicates.
+    appear twice are imported once and the later lines reported as duplicates. With an
+    idempotency key already used by the client, the campaign it created is returned and
+    the file is not read.
     """
     check_request(request)
     client = await conn.fetchrow("SELECT name FROM clients WHERE id = $1", request.client_id)
     if client is None:
         raise LaunchProblem(f"unknown client {request.client_id!r}; add it with `client add`")
+    existing = await _launched_before(conn, request)
+    if existing is not None:
+        return existing
     columns, rows = imports.read_recipients(
         stream,
         hash_key=hash_key,
@@ -165,16 +177,26 @@ async def launch(
         raise LaunchProblem(str(e)) from e
     report = LaunchReport()
     async with conn.transaction():
-        report.campaign_id = await conn.fetchval(
-            """INSERT INTO campaigns (client_id, name, kind, template, locale, survey_url)
-               VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+        campaign_id = await conn.fetchval(
+            """INSERT INTO campaigns
+                   (client_id, name, kind, template, locale, survey_url, idempotency_key)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (client_id, idempotency_key) DO NOTHING RETURNING id""",
             request.client_id,
             request.name,
             request.kind,
             request.template,
             request.locale,
             request.survey_url or "",
+            request.idempotency_key,
         )
+        if campaign_id is None:
+            # A concurrent launch with the same key committed first (the insert waited for
+            # it): its campaign is the answer.
+            existing = await _launched_before(conn, request)
+            assert existing is not None
+            return existing
+        report.campaign_id = campaign_id
         await conn.execute(
             """CREATE TEMP TABLE staging (line integer, email text, email_hash bytea,
                                           locale text, vars text) ON COMMIT DROP"""
@@ -214,6 +236,21 @@ async def launch(
             )
     report.rejected.sort(key=lambda r: r.line)
     return report
+
+
+async def _launched_before(conn: Conn, request: LaunchRequest) -> LaunchReport | None:
+    """The campaign an earlier launch with the client's same idempotency key created."""
+    if request.idempotency_key is None:
+        return None
+    row = await conn.fetchrow(
+        """SELECT c.id, (SELECT count(*) FROM invitations i WHERE i.campaign_id = c.id) AS n
+           FROM campaigns c WHERE c.client_id = $1 AND c.idempotency_key = $2""",
+        request.client_id,
+        request.idempotency_key,
+    )
+    if row is None:
+        return None
+    return LaunchReport(campaign_id=row["id"], imported=row["n"], existing=True)
 
 
 def open_recipients(path: Path) -> BinaryIO:

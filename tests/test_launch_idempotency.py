@@ -4,13 +4,84 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+from pathlib import Path
 
 import asyncpg
+import pytest
 
 from tests.support.pipeline import add_client, csv_of
+from tests.support.web import cli
 from worker import campaigns
 from worker.render import TemplateStore
 from worker.settings import Settings
+
+
+def launch_args(
+    recipients: Path, client_id: str = "acme", key: str = "order-2026-117"
+) -> list[str]:
+    return [
+        "launch",
+        "--client",
+        client_id,
+        "--template",
+        "invitation",
+        "--recipients",
+        str(recipients),
+        "--survey-url",
+        "https://survey.test/s",
+        "--idempotency-key",
+        key,
+    ]
+
+
+async def test_the_same_key_returns_the_first_campaign_and_imports_nothing(
+    pg: asyncpg.Pool, settings: Settings, tmp_path: Path
+) -> None:
+    await add_client(pg, "acme")
+    await add_client(pg, "globex")
+    first_file = tmp_path / "first.csv"
+    first_file.write_text(csv_of("ann@example.com", "bob@example.com", extra="nope\n"))
+    again_file = tmp_path / "again.csv"
+    again_file.write_text(csv_of("carol@example.com"))
+
+    first = await cli(settings, *launch_args(first_file), "--json")
+    assert first.code == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert (report["imported"], len(report["rejected"]), report["existing"]) == (2, 1, False)
+
+    again = await cli(settings, *launch_args(again_file), "--json")
+    assert again.code == 0, again.stderr
+    assert json.loads(again.stdout) == {
+        "campaign_id": report["campaign_id"],
+        "imported": 2,
+        "rejected": [],
+        "existing": True,
+    }
+    text = await cli(settings, *launch_args(again_file))
+    assert text.code == 0, text.stderr
+    assert text.stdout.startswith(f"campaign {report['campaign_id']} already existed")
+    assert await pg.fetchval("SELECT count(*) FROM campaigns") == 1
+    emails = await pg.fetch("SELECT email FROM invitations ORDER BY email")
+    assert [r["email"] for r in emails] == ["ann@example.com", "bob@example.com"]
+
+    # The key is the client's own: another client's launch with it is another campaign.
+    globex = await cli(settings, *launch_args(again_file, "globex"), "--json")
+    assert globex.code == 0, globex.stderr
+    assert json.loads(globex.stdout)["campaign_id"] != report["campaign_id"]
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 201])
+async def test_a_malformed_key_is_a_usage_error(
+    pg: asyncpg.Pool, settings: Settings, tmp_path: Path, key: str
+) -> None:
+    await add_client(pg, "acme")
+    recipients = tmp_path / "people.csv"
+    recipients.write_text(csv_of("ann@example.com"))
+    done = await cli(settings, *launch_args(recipients, key=key))
+    assert done.code == 1
+    assert done.stderr.startswith("Error: Invalid value for --idempotency-key")
+    assert await pg.fetchval("SELECT count(*) FROM campaigns") == 0
 
 
 async def test_a_concurrent_launch_with_the_same_key_creates_one_campaign(

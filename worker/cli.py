@@ -6,11 +6,15 @@ import asyncio
 import json
 import os
 import re
+import signal
+import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import click
@@ -23,10 +27,13 @@ from tqdm import tqdm
 from worker import addresses, campaigns, db, embedded, ledger, logs, optouts, privacy, queue
 from worker.errors import ConfigError, NotFound, SurveyWorkerError
 from worker.render import TemplateStore
-from worker.settings import Settings
+from worker.settings import Settings, location
 from worker.suppression import Scope
 
 T = TypeVar("T")
+# Seconds a command waits for Postgres, Redis or the SMTP relay to answer before it says
+# which setting points at a server that is not there.
+REACH_TIMEOUT = 5.0
 
 
 @contextmanager
@@ -35,9 +42,13 @@ def _clear_errors() -> Iterator[None]:
     try:
         yield
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]).upper()
-        raise click.ClickException(f"configuration: {where}: {first['msg']}") from None
+        errors = e.errors()
+        where = ".".join(str(p) for p in errors[0]["loc"]).upper()
+        # A validator's own message, without pydantic's "Value error, " in front of it.
+        error = errors[0].get("ctx", {}).get("error")
+        message = str(error) if isinstance(error, ValueError) else errors[0]["msg"]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise click.ClickException(f"{where}: {message}{more}") from None
     except SurveyWorkerError as e:
         raise click.ClickException(str(e)) from None
     except (*db.DB_ERRORS, *queue.ERRORS) as e:
@@ -53,19 +64,92 @@ class Env:
 
 
 @contextmanager
-def environment(*, secrets: bool = False) -> Iterator[Env]:
-    """Load settings, configure logging, start embedded services if none are configured."""
+def environment(
+    *, secrets: bool = False, database: bool = True, redis: bool = False, service: bool = False
+) -> Iterator[Env]:
+    """Load and check the settings, configure logging, start embedded services if none are
+    configured, and check that the services the command uses answer, before it writes
+    anything.
+
+    `database` and `redis` name the services to check. A `service` (worker, web) logs on
+    stdout, and SIGTERM makes it leave through this context with exit status 0, so the
+    embedded servers stop when it was their last user; other commands log on stderr, their
+    stdout being their answer.
+    """
     with _clear_errors():
         settings = Settings()
-        logs.configure(fmt=settings.log_format, level=settings.log_level)
+        logs.configure(
+            fmt=settings.log_format,
+            level=settings.log_level,
+            stream=sys.stdout if service else sys.stderr,
+        )
         if secrets:
             settings.check_secrets()
-        with embedded.services(
-            database_url=settings.database_url,
-            redis_url=settings.redis_url,
-            data_dir=settings.data_dir,
-        ) as urls:
-            yield Env(settings, urls)
+        with (
+            embedded.services(
+                database_url=settings.database_url,
+                redis_url=settings.redis_url,
+                data_dir=settings.data_dir,
+            ) as urls,
+            _exit_on_sigterm() if service else nullcontext(),
+        ):
+            env = Env(settings, urls)
+            if database:
+                _reach(env, "DATABASE_URL", "Postgres", urls.database_url, _postgres_answers)
+            if redis:
+                _reach(env, "REDIS_URL", "Redis", urls.redis_url, _redis_answers)
+            yield env
+
+
+@contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Make SIGTERM raise SystemExit(0) in the block, so enclosing `with` blocks close.
+
+    arq handles SIGTERM itself while the worker runs; uvicorn hands a SIGTERM it handled on
+    to the handler it found, so this one runs after the web app's graceful shutdown (its
+    default would end the process there, leaving the embedded servers running).
+    """
+
+    def leave(_signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+async def _postgres_answers(url: str) -> None:
+    conn = await asyncpg.connect(url, timeout=REACH_TIMEOUT)
+    await conn.close()
+
+
+async def _redis_answers(url: str) -> None:
+    await queue.check(url, timeout=REACH_TIMEOUT)
+
+
+def _reach(
+    env: Env, variable: str, name: str, url: str, probe: Callable[[str], Coroutine[Any, Any, None]]
+) -> None:
+    """Raise ConfigError naming `variable` unless the server at `url` answers `probe`."""
+    try:
+        asyncio.run(probe(url))
+    except (*db.DB_ERRORS, *queue.ERRORS) as e:
+        configured = getattr(env.settings, variable.lower()) is not None
+        raise ConfigError(
+            _unreachable(variable if configured else f"embedded {name}", name, url, e)
+        ) from e
+
+
+def _unreachable(label: str, name: str, url: str, error: BaseException) -> str:
+    """`label: cannot connect to NAME at HOST:PORT/PATH: why`, with no password in it."""
+    reason = str(error) or type(error).__name__
+    password = urlsplit(url).password
+    if password:
+        for form in {password, unquote(password)}:
+            reason = reason.replace(form, "***")
+    return f"{label}: cannot connect to {name} at {location(url)}: {reason}"
 
 
 def run(
@@ -111,7 +195,38 @@ def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(data) if as_json else text)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """A command group whose every error, usage errors included, is one line on stderr and
+    exit status 1 (click's usage errors are three lines and exit status 2)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Errors are reported here rather than by click's standalone mode.
+        kwargs["standalone_mode"] = False
+        try:
+            code = self.main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            # No command at all is a request for help, as `--help` is.
+            click.echo(e.ctx.get_help() if e.ctx else "")
+            sys.exit(0)
+        except click.UsageError as e:
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+            click.echo(f"Error: {_one_line(e.format_message())}{hint}", err=True)
+            sys.exit(1)
+        except click.ClickException as e:
+            click.echo(f"Error: {_one_line(e.format_message())}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        # Without standalone mode click returns what `--help` or ctx.exit() asked for.
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """survey-worker: send survey invitations by e-mail, never to an opted-out address.
 
@@ -139,8 +254,9 @@ def worker(burst: bool) -> None:
     """Run a worker: take jobs from Redis and send invitations."""
     from worker.main import create_worker
 
-    with environment(secrets=True) as env:
+    with environment(secrets=True, redis=True, service=True) as env:
         prepare_database(env)
+        _warn_if_smtp_unreachable(env.settings)
         with _clear_errors():
             _install_uvloop()
             create_worker(
@@ -149,6 +265,25 @@ def worker(burst: bool) -> None:
                 redis_url=env.urls.redis_url,
                 burst=burst,
             ).run()
+
+
+def _warn_if_smtp_unreachable(settings: Settings) -> None:
+    """Log a warning when nothing answers at SMTP_HOST:SMTP_PORT.
+
+    Only a warning: a relay that is down for a while is a fault the worker rides out (its
+    sends are deferred and retried), not a reason not to start.
+    """
+    address = (settings.smtp_host, settings.smtp_port)
+    try:
+        with socket.create_connection(address, timeout=REACH_TIMEOUT):
+            pass
+    except OSError as e:
+        structlog.get_logger().warning(
+            "worker.smtp_unreachable",
+            smtp_host=settings.smtp_host,
+            smtp_port=settings.smtp_port,
+            error=type(e).__name__,
+        )
 
 
 def _install_uvloop() -> None:
@@ -196,6 +331,11 @@ def client_add(client_id: str, name: str, sender: str) -> None:
 @click.option(
     "--locale", default="en", show_default=True, help="Locale for recipients without one."
 )
+@click.option(
+    "--idempotency-key",
+    help="Launching again with the client's same key returns the first campaign "
+    "(retries create nothing twice).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def launch(
     client_id: str,
@@ -205,11 +345,16 @@ def launch(
     survey_url: str | None,
     name: str | None,
     locale: str,
+    idempotency_key: str | None,
     as_json: bool,
 ) -> None:
     """Create a campaign, import its recipients and start sending it."""
     if not re.fullmatch(r"[a-zA-Z]{2}", locale):
         raise click.BadParameter("a locale is two letters, e.g. en", param_hint="--locale")
+    if idempotency_key is not None and not re.fullmatch(r"[\x21-\x7e]{1,200}", idempotency_key):
+        raise click.BadParameter(
+            "1 to 200 printable ASCII characters, no spaces", param_hint="--idempotency-key"
+        )
     request = campaigns.LaunchRequest(
         client_id=client_id,
         template=template,
@@ -217,8 +362,11 @@ def launch(
         survey_url=survey_url,
         name=name or recipients.name,
         locale=locale.lower(),
+        idempotency_key=idempotency_key,
     )
-    with environment(secrets=True) as env:
+    # Redis is checked too before anything is imported: a campaign that could not be
+    # queued would wait for the next reconcile.
+    with environment(secrets=True, redis=True) as env:
         with _clear_errors():
             stream = campaigns.open_recipients(recipients)
             size = os.fstat(stream.fileno()).st_size
@@ -244,22 +392,36 @@ def launch(
                     progress=bar.update,
                 ),
             )
-        enqueued = _enqueue_launch(env.urls.redis_url, report.campaign_id)
+        _enqueue_launch(
+            env, report.campaign_id, "already existed" if report.existing else "created"
+        )
     rejected = [{"line": r.line, "reason": r.reason} for r in report.rejected]
-    text = [f"campaign {report.campaign_id}: {report.imported} recipients imported"]
+    if report.existing:
+        text = [
+            f"campaign {report.campaign_id} already existed (idempotency key "
+            f"{idempotency_key}): {report.imported} recipients, nothing imported again"
+        ]
+    else:
+        text = [f"campaign {report.campaign_id}: {report.imported} recipients imported"]
     text += [f"  line {r['line']}: {r['reason']}" for r in rejected]
-    if not enqueued:
-        text.append("warning: Redis is unreachable; the campaign starts at the next reconcile")
     _emit(
         as_json,
-        {"campaign_id": report.campaign_id, "imported": report.imported, "rejected": rejected},
+        {
+            "campaign_id": report.campaign_id,
+            "imported": report.imported,
+            "rejected": rejected,
+            "existing": report.existing,
+        },
         "\n".join(text),
     )
 
 
-def _enqueue_launch(redis_url: str, campaign_id: int) -> bool:
+def _enqueue_launch(env: Env, campaign_id: int, what: str) -> None:
+    """Ask the workers to start the campaign; if Redis cannot take the job, say on stderr
+    that the campaign `what` (created, resumed, ...) all the same and reconcile starts it."""
+
     async def go() -> None:
-        redis = await queue.connect(redis_url)
+        redis = await queue.connect(env.urls.redis_url)
         try:
             await queue.enqueue_launch(redis, campaign_id)
         finally:
@@ -268,11 +430,16 @@ def _enqueue_launch(redis_url: str, campaign_id: int) -> bool:
     try:
         asyncio.run(go())
     except queue.ERRORS as e:
+        error = type(e).__name__
         structlog.get_logger().warning(
-            "campaign.enqueue_failed", campaign_id=campaign_id, error=type(e).__name__
+            "campaign.enqueue_failed", campaign_id=campaign_id, error=error
         )
-        return False
-    return True
+        click.echo(
+            f"warning: campaign {campaign_id} {what}, but it could not be queued (Redis: "
+            f"{error}), so the reconcile job will start it (a worker runs it every "
+            f"{env.settings.reconcile_interval_seconds} s)",
+            err=True,
+        )
 
 
 @main.command()
@@ -304,7 +471,7 @@ def status(campaign_id: int, as_json: bool) -> None:
 
 def _control(campaign_id: int, action: str) -> str:
     """Pause, resume or cancel a campaign; idempotent; returns what happened."""
-    with environment() as env:
+    with environment(redis=action == "resume") as env:
 
         async def work(conn: asyncpg.Connection) -> tuple[bool, str | None]:
             state = await ledger.campaign_status(conn, campaign_id)
@@ -327,7 +494,7 @@ def _control(campaign_id: int, action: str) -> str:
         if moved:
             structlog.get_logger().info(f"campaign.{state}", campaign_id=campaign_id)
             if state == "running":
-                _enqueue_launch(env.urls.redis_url, campaign_id)
+                _enqueue_launch(env, campaign_id, "resumed")
     return f"campaign {campaign_id}: {state}" + ("" if moved else " (unchanged)")
 
 
@@ -356,9 +523,11 @@ def cancel(campaign_id: int) -> None:
 @click.argument("campaign_id", type=int)
 def resend_unknown(campaign_id: int) -> None:
     """Send again the invitations whose SMTP reply never came (each may get two messages)."""
-    with environment(secrets=True) as env:
+    with environment(secrets=True, redis=True) as env:
 
         async def work(conn: asyncpg.Connection) -> int:
+            if await ledger.campaign_status(conn, campaign_id) is None:
+                raise NotFound(f"no campaign {campaign_id}")
             async with conn.transaction():
                 count = await ledger.reopen_unknown(conn, campaign_id)
                 if count:
@@ -370,7 +539,7 @@ def resend_unknown(campaign_id: int) -> None:
             structlog.get_logger().info(
                 "campaign.resend_unknown", campaign_id=campaign_id, count=count
             )
-            _enqueue_launch(env.urls.redis_url, campaign_id)
+            _enqueue_launch(env, campaign_id, "reopened")
     click.echo(f"campaign {campaign_id}: {count} unknown invitations queued again")
 
 
@@ -386,15 +555,16 @@ def health() -> None:
         raise click.ClickException("health needs REDIS_URL (the worker's Redis)")
 
     async def fresh() -> bool:
-        client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2)
+        client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         try:
             return bool(await client.exists(health_key()))
-        except queue.ERRORS:
-            return False
         finally:
             await client.aclose()
 
-    ok = asyncio.run(fresh())
+    try:
+        ok = asyncio.run(fresh())
+    except queue.ERRORS as e:
+        raise click.ClickException(_unreachable("REDIS_URL", "Redis", url, e)) from None
     click.echo("healthy" if ok else "unhealthy: no fresh worker heartbeat")
     sys.exit(0 if ok else 1)
 
@@ -499,10 +669,12 @@ def web(host: str, port: int) -> None:
     """Run the unsubscribe web app: GET /unsubscribe/TOKEN asks, POST records the opt-out."""
     from worker import web as web_app
 
-    with environment(secrets=True) as env:
+    with _clear_errors():
+        web_app.check_listen(host, port)
+    # A configured Postgres may be down right now, and the app must start anyway (it
+    # queues clicks until Postgres is back): only the settings are checked.
+    with environment(secrets=True, database=False, service=True) as env:
         if env.settings.database_url is None:
-            # Embedded Postgres: migrate it. A configured one may be down right now, and the
-            # app must start anyway (it queues clicks until Postgres is back).
             prepare_database(env)
         with _clear_errors():
             web_app.serve(

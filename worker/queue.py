@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -50,6 +51,14 @@ async def connect(url: str, *, retries: int = 1) -> ArqRedis:
         job_serializer=serialize,
         job_deserializer=deserialize,
     )
+
+
+async def check(url: str, *, timeout: float) -> None:
+    """Return once the Redis at `url` answers a PING; raise one of `ERRORS` if it does not
+    within `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        redis = await connect(url, retries=0)
+        await redis.aclose()
 
 
 async def enqueue_launch(redis: ArqRedis, campaign_id: int) -> None:

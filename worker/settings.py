@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     unknown_policy: Literal["hold", "resend"] = "hold"
     retention_days: int = Field(default=365, ge=1)
 
+    @field_validator("database_url", "redis_url", mode="before")
+    @classmethod
+    def _unset_when_blank(cls, value: object) -> object:
+        # A blank URL means unset (embedded servers), as it did before URLs were checked.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:

@@ -8,7 +8,7 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,38 +90,66 @@ class CliResult:
     stderr: str
 
     def log_lines(self) -> list[dict[str, Any]]:
-        """The JSON log lines the command printed on stdout."""
+        """The JSON log lines the command printed (on stderr: stdout is its answer)."""
         lines = []
-        for line in self.stdout.splitlines():
+        for line in self.stderr.splitlines():
             if line.startswith("{"):
                 lines.append(orjson.loads(line))
         return lines
 
 
-async def cli(settings: Settings, *args: str) -> CliResult:
-    """Run `survey-worker ARGS` in a subprocess against the test's Postgres and Redis."""
+def cli_environment(
+    settings: Settings, overrides: Mapping[str, str | None] | None = None
+) -> dict[str, str]:
+    """The environment of `survey-worker` run with these settings; `overrides` sets
+    variables, or removes those it maps to None."""
     env = {
         **os.environ,
-        "APP_ENV": settings.app_env,
+        **settings.as_environment(),
+        # Unset in the settings means embedded, whatever the test run's environment says.
         "DATABASE_URL": settings.database_url or "",
         "REDIS_URL": settings.redis_url or "",
-        "UNSUBSCRIBE_SECRETS": settings.unsubscribe_secrets.get_secret_value(),
-        "ADDRESS_HASH_KEY": settings.address_hash_key.get_secret_value(),
-        "TEMPLATES_DIR": str(settings.templates_dir),
-        "RETENTION_DAYS": str(settings.retention_days),
         "LOG_FORMAT": "json",
     }
-    process = await asyncio.create_subprocess_exec(
+    for name, value in (overrides or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+async def start_cli(
+    settings: Settings, *args: str, env: Mapping[str, str | None] | None = None
+) -> asyncio.subprocess.Process:
+    """Start `survey-worker ARGS` in a subprocess (see `cli_environment` for `env`)."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "worker",
         *args,
-        env=env,
+        env=cli_environment(settings, env),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await process.communicate()
+
+
+async def cli(
+    settings: Settings,
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    timeout: float = 120,
+) -> CliResult:
+    """Run `survey-worker ARGS` in a subprocess against the test's Postgres and Redis
+    (see `cli_environment` for `env`); one still running after `timeout` s is killed."""
+    process = await start_cli(settings, *args, env=env)
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return CliResult(-9, "", f"killed: still running after {timeout} s")
     assert process.returncode is not None
     return CliResult(process.returncode, stdout.decode(), stderr.decode())
 

@@ -69,11 +69,39 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
+@pytest.fixture(scope="session")
+def redis_database(services: embedded.ServiceUrls) -> Iterator[int]:
+    """A Redis database number of this pytest process's own: two runs may share the
+    embedded server, and one's FLUSHDB must not empty the other's queue."""
+    owner = f"pytest:{os.getpid()}"
+
+    async def claim() -> int:
+        client = redis.asyncio.from_url(services.redis_url)
+        try:
+            for number in range(1, 16):
+                if await client.set(f"test-database:{number}", owner, nx=True, ex=6 * 3600):
+                    return number
+        finally:
+            await client.aclose()
+        raise RuntimeError("all 15 test Redis databases are taken by other test runs")
+
+    async def release(number: int) -> None:
+        client = redis.asyncio.from_url(services.redis_url)
+        try:
+            if await client.get(f"test-database:{number}") == owner.encode():
+                await client.delete(f"test-database:{number}")
+        finally:
+            await client.aclose()
+
+    number = asyncio.run(claim())
+    yield number
+    asyncio.run(release(number))
+
+
 @pytest.fixture
-async def redis_url(services: embedded.ServiceUrls) -> AsyncIterator[str]:
+async def redis_url(services: embedded.ServiceUrls, redis_database: int) -> AsyncIterator[str]:
     """The test Redis, flushed before the test."""
-    # Its own database number per pytest process: two runs may share the embedded server.
-    url = f"{services.redis_url.rpartition('/')[0]}/{os.getpid() % 15 + 1}"
+    url = f"{services.redis_url.rpartition('/')[0]}/{redis_database}"
     client = redis.asyncio.from_url(url)
     await client.flushdb()
     await client.aclose()

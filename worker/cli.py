@@ -167,11 +167,11 @@ def run(
         except (OSError, asyncpg.PostgresError) as e:
             raise ConfigError(f"cannot connect to Postgres: {e}") from e
         try:
+            if migrating:
+                return await work(conn)
             if env.settings.database_url is None:
                 await db.migrate(conn)
-            elif not migrating and not await conn.fetchval(
-                "SELECT to_regclass('campaigns') IS NOT NULL"
-            ):
+            elif not await conn.fetchval("SELECT to_regclass('campaigns') IS NOT NULL"):
                 raise ConfigError("the database has no schema yet: run `survey-worker migrate`")
             await db.init_connection(conn)
             return await work(conn)

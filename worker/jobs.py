@@ -192,12 +192,12 @@ async def _send_range(
         )
         raise Retry(defer=_retry_delay(ctx)) from e
     if result.retry_at is not None:
-        await ctx["redis"].enqueue_job(
-            "send_batch",
+        await queue.enqueue_slice_retry(
+            ctx["redis"],
             campaign_id,
             first_id,
             last_id,
-            _defer_until=max(result.retry_at, datetime.now(UTC)),
+            at=max(result.retry_at, datetime.now(UTC)),
         )
     log.info(
         "batch.done",
@@ -273,7 +273,7 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
                 completed += 1
         stalled = await ledger.stalled_campaigns(conn, settings.reconcile_interval_seconds)
     for campaign_id in stalled:
-        await ctx["redis"].enqueue_job("launch_campaign", campaign_id)
+        await queue.enqueue_launch(ctx["redis"], campaign_id)
         log.warning("campaign.redriven", campaign_id=campaign_id, job_id=ctx["job_id"])
     return {"settled": settled, "completed": completed, "redriven": len(stalled)}
 

@@ -22,13 +22,13 @@ class WorkerSettings:
     """arq settings; `survey-worker worker` passes `redis_settings` and `ctx` at start."""
 
     functions: ClassVar[list[Function]] = [
-        func(jobs.launch_campaign, name="launch_campaign"),  # type: ignore[arg-type]
-        func(jobs.send_batch, name="send_batch"),  # type: ignore[arg-type]
-        func(jobs.send_invitation, name="send_invitation"),  # type: ignore[arg-type]
+        func(jobs.launch_campaign, name=queue.Job.LAUNCH_CAMPAIGN),  # type: ignore[arg-type]
+        func(jobs.send_batch, name=queue.Job.SEND_BATCH),  # type: ignore[arg-type]
+        func(jobs.send_invitation, name=queue.Job.SEND_INVITATION),  # type: ignore[arg-type]
         # A queued click is an opt-out: keep retrying for days while Postgres is away.
         func(
             jobs.record_opt_out,  # type: ignore[arg-type]
-            name="record_opt_out",
+            name=queue.Job.RECORD_OPT_OUT,
             max_tries=RECORD_OPT_OUT_TRIES,
         ),
     ]
@@ -41,7 +41,7 @@ class WorkerSettings:
     keep_result = 60
     cron_jobs: ClassVar[list[CronJob]] = [
         # Retention, daily at a quiet hour (UTC); `unique` lets one worker run it.
-        cron(jobs.purge, name="purge", hour={3}, minute={17}),  # type: ignore[arg-type]
+        cron(jobs.purge, name=queue.Job.PURGE, hour={3}, minute={17}),  # type: ignore[arg-type]
     ]
 
 
@@ -101,7 +101,7 @@ def create_worker(
     """An arq worker for these settings; `options` go to arq's Worker (tests tune polling)."""
     reconcile = cron(
         jobs.reconcile,  # type: ignore[arg-type]
-        name="reconcile",
+        name=queue.Job.RECONCILE,
         run_at_startup=True,
         unique=True,
         **every(settings.reconcile_interval_seconds),  # type: ignore[arg-type]

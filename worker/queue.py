@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -61,12 +63,38 @@ async def check(url: str, *, timeout: float) -> None:
         await redis.aclose()
 
 
+class Job(StrEnum):
+    """The jobs' names, bound once: platforms that enqueue directly rely on them (README,
+    Jobs). The worker registers each function under its name; the helpers below are the
+    only way this package enqueues them."""
+
+    LAUNCH_CAMPAIGN = "launch_campaign"
+    SEND_BATCH = "send_batch"
+    SEND_INVITATION = "send_invitation"
+    RECORD_OPT_OUT = "record_opt_out"
+    RECONCILE = "reconcile"
+    PURGE = "purge"
+
+
 async def enqueue_launch(redis: ArqRedis, campaign_id: int) -> None:
     """Ask the workers to start sending a campaign (idempotent: the ledger decides)."""
-    await redis.enqueue_job("launch_campaign", campaign_id)
+    await redis.enqueue_job(Job.LAUNCH_CAMPAIGN, campaign_id)
 
 
 async def enqueue_slices(redis: ArqRedis, campaign_id: int, ranges: list[tuple[int, int]]) -> None:
     """One `send_batch` job per id range `[first, last]` of the campaign."""
     for first, last in ranges:
-        await redis.enqueue_job("send_batch", campaign_id, first, last)
+        await redis.enqueue_job(Job.SEND_BATCH, campaign_id, first, last)
+
+
+async def enqueue_slice_retry(
+    redis: ArqRedis, campaign_id: int, first: int, last: int, *, at: datetime
+) -> None:
+    """Run the slice `[first, last]` again at `at`, when its deferred invitations are due."""
+    await redis.enqueue_job(Job.SEND_BATCH, campaign_id, first, last, _defer_until=at)
+
+
+async def enqueue_opt_out(redis: ArqRedis, token: str, source: str, *, job_id: str) -> None:
+    """Leave an opt-out to the `record_opt_out` job (a no-op while one with `job_id` is
+    queued)."""
+    await redis.enqueue_job(Job.RECORD_OPT_OUT, token, source, _job_id=job_id)

@@ -79,7 +79,8 @@ def location(url: str) -> str:
 class Settings(BaseSettings):
     """Every knob of the worker, the web app and the CLI; see `.env.example`."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # An empty value (`SMTP_USERNAME=` as in .env.example) means "not set", not "".
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
     app_env: Literal["production", "demo", "test"] = "production"
     database_url: str | None = None

@@ -121,13 +121,13 @@ class Backends:
                 self._redis = await queue.connect(self._redis_url, retries=0)
             return self._redis
 
-    async def enqueue(self, function: str, *args: Any, job_id: str) -> None:
-        """Enqueue an arq job (a no-op if one with `job_id` is queued); raises
-        `QueueUnavailable` when Redis cannot take it."""
+    async def enqueue_opt_out(self, token: str, source: str, *, job_id: str) -> None:
+        """Leave the opt-out to the `record_opt_out` job (a no-op if one with `job_id` is
+        queued); raises `QueueUnavailable` when Redis cannot take it."""
         try:
             async with asyncio.timeout(QUEUE_TIMEOUT):
                 redis = await self._queue()
-                await redis.enqueue_job(function, *args, _job_id=job_id)
+                await queue.enqueue_opt_out(redis, token, source, job_id=job_id)
         except queue.ERRORS as e:
             raise QueueUnavailable(type(e).__name__) from e
 
@@ -277,7 +277,7 @@ async def _queue_opt_out(
     # One job per link however often it is clicked; the id must not reveal the token.
     job_id = "record_opt_out:" + hashlib.sha256(token.encode()).hexdigest()[:32]
     try:
-        await web.backends.enqueue("record_opt_out", token, source, job_id=job_id)
+        await web.backends.enqueue_opt_out(token, source, job_id=job_id)
     except QueueUnavailable as e:
         log.error(
             "opt_out.unavailable", recipient=recipient, source=source, error=error, queue=str(e)

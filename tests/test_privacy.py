@@ -119,8 +119,10 @@ async def test_resubscribe_refuses_without_actor_or_reason(
     await add_client(pg, "acme")
     await opt_out(pg, settings, "ann@example.com", ACME)
     refused = await cli(settings, "resubscribe", "ann@example.com", "--client", "acme", *options)
-    assert refused.code == 2
+    # A usage error is one line and exit status 1, like every other error (README).
+    assert refused.code == 1
     assert complaint in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
     assert await lists(pg) == {("acme", "ann@example.com")}
     assert await pg.fetchval("SELECT count(*) FROM opt_out_audit WHERE action = 'resubscribe'") == 0
 

@@ -6,24 +6,22 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import orjson
 
-from worker import addresses, imports, links
+from worker import addresses, imports, ledger, links
 from worker.db import Conn
 from worker.errors import (
     InvalidAddress,
     InvalidClient,
     InvalidUrl,
-    SurveyWorkerError,
+    LaunchProblem,
+    NotFound,
     TemplateProblem,
 )
 from worker.render import TemplateStore
-
-
-class LaunchProblem(SurveyWorkerError):
-    """A campaign cannot be launched as asked; nothing was created."""
+from worker.states import CampaignStatus
 
 
 @dataclass(frozen=True)
@@ -259,3 +257,78 @@ def open_recipients(path: Path) -> BinaryIO:
         return path.open("rb")
     except OSError as e:
         raise LaunchProblem(f"cannot read {path}: {e.strerror}") from e
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What `status` shows: the campaign's status and its invitations by state and reason."""
+
+    campaign_id: int
+    status: CampaignStatus
+    counts: dict[str, int]
+    reasons: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_json(self) -> dict[str, object]:
+        """The `status --json` answer."""
+        return {
+            "campaign_id": self.campaign_id,
+            "status": self.status,
+            "total": self.total,
+            "counts": self.counts,
+            "reasons": self.reasons,
+        }
+
+
+async def status_report(conn: Conn, campaign_id: int) -> StatusReport:
+    """The campaign's status and counts; NotFound when there is no such campaign."""
+    status = await ledger.campaign_status(conn, campaign_id)
+    if status is None:
+        raise NotFound(f"no campaign {campaign_id}")
+    return StatusReport(
+        campaign_id,
+        status,
+        await ledger.counts(conn, campaign_id),
+        await ledger.reason_counts(conn, campaign_id),
+    )
+
+
+Action = Literal["pause", "resume", "cancel"]
+# Where each action may start from, and where it leads.
+_MOVES: dict[Action, tuple[tuple[CampaignStatus, ...], CampaignStatus]] = {
+    "pause": (("running",), "paused"),
+    "resume": (("paused",), "running"),
+    "cancel": (("running", "paused"), "cancelled"),
+}
+
+
+async def control(conn: Conn, campaign_id: int, action: Action) -> tuple[bool, CampaignStatus]:
+    """Pause, resume or cancel a campaign (idempotent); whether it moved, and its status.
+
+    Workers read the status before each chunk. A cancel commits the status on its own
+    first, so workers let go of the rows they hold, which are then marked cancelled.
+    """
+    if await ledger.campaign_status(conn, campaign_id) is None:
+        raise NotFound(f"no campaign {campaign_id}")
+    allowed_from, to = _MOVES[action]
+    moved = await ledger.set_status(conn, campaign_id, to, allowed_from)
+    if action == "cancel":
+        await ledger.cancel_open(conn, campaign_id)
+    status = await ledger.campaign_status(conn, campaign_id)
+    assert status is not None
+    return moved, status
+
+
+async def resend_unknown(conn: Conn, campaign_id: int) -> int:
+    """Put the campaign's `unknown` invitations back to pending and the campaign back to
+    running if it had completed; how many. NotFound when there is no such campaign."""
+    if await ledger.campaign_status(conn, campaign_id) is None:
+        raise NotFound(f"no campaign {campaign_id}")
+    async with conn.transaction():
+        count = await ledger.reopen_unknown(conn, campaign_id)
+        if count:
+            await ledger.set_status(conn, campaign_id, "running", ("completed",))
+    return count

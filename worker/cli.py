@@ -24,8 +24,8 @@ import structlog
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from worker import addresses, campaigns, db, embedded, ledger, logs, optouts, privacy, queue
-from worker.errors import ConfigError, NotFound, SurveyWorkerError
+from worker import addresses, campaigns, db, embedded, logs, optouts, privacy, queue
+from worker.errors import ConfigError, SurveyWorkerError
 from worker.render import TemplateStore
 from worker.settings import Settings, location
 from worker.suppression import Scope
@@ -171,7 +171,7 @@ def run(
                 return await work(conn)
             if env.settings.database_url is None:
                 await db.migrate(conn)
-            elif not await conn.fetchval("SELECT to_regclass('campaigns') IS NOT NULL"):
+            elif not await db.has_schema(conn):
                 raise ConfigError("the database has no schema yet: run `survey-worker migrate`")
             await db.init_connection(conn)
             return await work(conn)
@@ -448,49 +448,17 @@ def _enqueue_launch(env: Env, campaign_id: int, what: str) -> None:
 def status(campaign_id: int, as_json: bool) -> None:
     """Show a campaign's status and how many invitations are in each state."""
     with environment() as env:
-
-        async def work(conn: asyncpg.Connection) -> dict[str, Any]:
-            state = await ledger.campaign_status(conn, campaign_id)
-            if state is None:
-                raise NotFound(f"no campaign {campaign_id}")
-            counts = await ledger.counts(conn, campaign_id)
-            return {
-                "campaign_id": campaign_id,
-                "status": state,
-                "total": sum(counts.values()),
-                "counts": counts,
-                "reasons": await ledger.reason_counts(conn, campaign_id),
-            }
-
-        data = run(env, work)
-    lines = [f"campaign {campaign_id}: {data['status']}, {data['total']} invitations"]
-    lines += [f"  {state}: {n}" for state, n in sorted(data["counts"].items())]
-    lines += [f"  {key}: {n}" for key, n in data["reasons"].items()]
-    _emit(as_json, data, "\n".join(lines))
+        report = run(env, lambda conn: campaigns.status_report(conn, campaign_id))
+    lines = [f"campaign {campaign_id}: {report.status}, {report.total} invitations"]
+    lines += [f"  {state}: {n}" for state, n in sorted(report.counts.items())]
+    lines += [f"  {key}: {n}" for key, n in report.reasons.items()]
+    _emit(as_json, report.as_json(), "\n".join(lines))
 
 
-def _control(campaign_id: int, action: str) -> str:
+def _control(campaign_id: int, action: campaigns.Action) -> str:
     """Pause, resume or cancel a campaign; idempotent; returns what happened."""
     with environment(redis=action == "resume") as env:
-
-        async def work(conn: asyncpg.Connection) -> tuple[bool, str | None]:
-            state = await ledger.campaign_status(conn, campaign_id)
-            if state is None:
-                raise NotFound(f"no campaign {campaign_id}")
-            if action == "pause":
-                moved = await ledger.set_status(conn, campaign_id, "paused", ("running",))
-            elif action == "resume":
-                moved = await ledger.set_status(conn, campaign_id, "running", ("paused",))
-            else:
-                # The status first, committed on its own: workers see it at their next
-                # chunk and let go of the rows they hold, which cancel_open then marks.
-                moved = await ledger.set_status(
-                    conn, campaign_id, "cancelled", ("running", "paused")
-                )
-                await ledger.cancel_open(conn, campaign_id)
-            return moved, await ledger.campaign_status(conn, campaign_id)
-
-        moved, state = run(env, work)
+        moved, state = run(env, lambda conn: campaigns.control(conn, campaign_id, action))
         if moved:
             structlog.get_logger().info(f"campaign.{state}", campaign_id=campaign_id)
             if state == "running":
@@ -524,17 +492,7 @@ def cancel(campaign_id: int) -> None:
 def resend_unknown(campaign_id: int) -> None:
     """Send again the invitations whose SMTP reply never came (each may get two messages)."""
     with environment(secrets=True, redis=True) as env:
-
-        async def work(conn: asyncpg.Connection) -> int:
-            if await ledger.campaign_status(conn, campaign_id) is None:
-                raise NotFound(f"no campaign {campaign_id}")
-            async with conn.transaction():
-                count = await ledger.reopen_unknown(conn, campaign_id)
-                if count:
-                    await ledger.set_status(conn, campaign_id, "running", ("completed",))
-            return count
-
-        count = run(env, work)
+        count = run(env, lambda conn: campaigns.resend_unknown(conn, campaign_id))
         if count:
             structlog.get_logger().info(
                 "campaign.resend_unknown", campaign_id=campaign_id, count=count

@@ -104,6 +104,17 @@ async def migrate(conn: Conn, sql_dir: Path = SQL_DIR) -> list[str]:
     return applied
 
 
+async def ping(conn: Conn) -> None:
+    """Return once Postgres answers on `conn`."""
+    await conn.fetchval("SELECT 1")
+
+
+async def has_schema(conn: Conn) -> bool:
+    """Whether `migrate` has created the schema in this database."""
+    found: bool = await conn.fetchval("SELECT to_regclass('campaigns') IS NOT NULL")
+    return found
+
+
 def row_count(status: str) -> int:
     """The row count of a command status such as `UPDATE 3`."""
     return int(status.rsplit(" ", 1)[-1])

@@ -23,6 +23,21 @@ class PrivacyRequestError(SurveyWorkerError):
     """A privacy request cannot be carried out as asked; nothing was changed."""
 
 
+class LaunchProblem(SurveyWorkerError):
+    """A campaign cannot be launched as asked; nothing was created."""
+
+
+class QueueUnavailable(SurveyWorkerError):
+    """Redis could not take the job."""
+
+
+class UnusableUrl(SurveyWorkerError, ConnectionError):
+    """A Postgres or Redis URL that cannot work: to the web app, a server that is down.
+
+    A ConnectionError, so the handlers treat it as they treat a server that is down.
+    """
+
+
 class NotFound(SurveyWorkerError):
     """A client or campaign named by the user does not exist."""
 

@@ -8,6 +8,14 @@ from worker.suppression import Scope
 from worker.tokens import TokenClaims
 
 
+async def client_name(conn: Conn, claims: TokenClaims) -> str | None:
+    """The name of the client whose list a token names (None: marketing, or unknown)."""
+    name: str | None = await conn.fetchval(
+        "SELECT name FROM clients WHERE token_id = $1", claims.client_id
+    )
+    return name
+
+
 async def require_client(conn: Conn, scope: Scope) -> None:
     """Refuse a client's list when there is no such client."""
     if scope.kind == "survey" and not await conn.fetchval(

@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker import addresses, db, optouts, pages, queue, tokens
 from worker.db import DB_ERRORS
-from worker.errors import ConfigError, SurveyWorkerError
+from worker.errors import ConfigError, QueueUnavailable, UnusableUrl
 from worker.settings import Settings, postgres_url_problem, redis_url_problem
 
 log = structlog.get_logger("worker.web")
@@ -54,17 +54,6 @@ POOL_SIZE = 5
 # A one-click body is 26 bytes, a multipart one a few hundred: anything much larger is not
 # one, and is not read into memory.
 MAX_BODY = 4096
-
-
-class QueueUnavailable(SurveyWorkerError):
-    """Redis could not take the job."""
-
-
-class UnusableUrl(ConnectionError):
-    """A Postgres or Redis URL that cannot work: to the app, a server that is down.
-
-    A ConnectionError, so the handlers treat it as they treat a server that is down.
-    """
 
 
 class Backends:
@@ -135,7 +124,7 @@ class Backends:
         """None when Postgres answers now, else why not."""
         try:
             async with self.connection() as conn:
-                await conn.fetchval("SELECT 1")
+                await db.ping(conn)
         except DB_ERRORS as e:
             return _reason(e)
         return None
@@ -210,13 +199,6 @@ def _page(web: WebContext, page: pages.Page) -> HTMLResponse:
     return HTMLResponse(web.renderer.render(page), status_code=page.status)
 
 
-async def _client_name(conn: db.Conn, claims: tokens.TokenClaims) -> str | None:
-    name: str | None = await conn.fetchval(
-        "SELECT name FROM clients WHERE token_id = $1", claims.client_id
-    )
-    return name
-
-
 async def unsubscribe_page(request: Request) -> Response:
     """GET: the confirmation page, naming the list the person is about to leave."""
     web: WebContext = request.state.web
@@ -229,7 +211,7 @@ async def unsubscribe_page(request: Request) -> Response:
     if not marketing:
         try:
             async with web.backends.connection() as conn:
-                client_name = await _client_name(conn, claims)
+                client_name = await optouts.client_name(conn, claims)
         except DB_ERRORS as e:
             # The page can still be shown, with a generic name; the POST copes on its own.
             log.warning("web.database_unavailable", error=type(e).__name__)
@@ -254,7 +236,7 @@ async def unsubscribe(request: Request) -> Response:
     marketing = claims.client_id is None
     try:
         async with web.backends.connection() as conn:
-            client_name = None if marketing else await _client_name(conn, claims)
+            client_name = None if marketing else await optouts.client_name(conn, claims)
             scope = None
             if marketing or client_name is not None:
                 scope = await optouts.add_from_token(conn, claims, source=source)

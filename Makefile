@@ -47,5 +47,5 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff format worker tests
 
 clean:  ## stop embedded services and delete .venv, .data and demo output
-	-$(BIN)/python -c 'from pathlib import Path; from worker import embedded; [embedded.discard(Path(d)) for d in (".data", ".data/test", ".data/bench")]'
+	-$(BIN)/python -c 'from pathlib import Path; from worker.dev import embedded; [embedded.discard(Path(d)) for d in (".data", ".data/test", ".data/bench")]'
 	rm -rf $(VENV) .data demo-mail *.egg-info

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import procfs
-from worker.embedded import EmbeddedPostgres, EmbeddedRedis
+from worker.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
 Snapshot = dict[str, dict[int, float]]
 

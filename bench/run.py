@@ -34,7 +34,8 @@ from bench.errors import BenchError
 from bench.monitor import Monitor
 from bench.report import Figures, as_json, as_table
 from bench.settings import bench_settings
-from worker import embedded, ledger, queue
+from worker import ledger, queue
+from worker.dev import embedded
 from worker.errors import ConfigError
 from worker.settings import Settings
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench import processes
 from bench.errors import BenchError
-from worker.embedded import free_port
+from worker.dev.embedded import free_port
 
 # Postfix installs its tools in sbin, which is not on an ordinary user's PATH.
 SBIN = ("/usr/sbin", "/usr/local/sbin")

@@ -15,7 +15,8 @@ import redis.asyncio
 
 from tests.support.admin import admin, with_database
 from tests.support.smtp import RecordingHandler, start_smtp_server
-from worker import db, embedded
+from worker import db
+from worker.dev import embedded
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

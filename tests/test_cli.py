@@ -22,8 +22,9 @@ from tests.support.admin import admin, with_database
 from tests.support.pipeline import add_client, csv_of, run_workers
 from tests.support.smtp import RecordingHandler
 from tests.support.web import cli, start_cli
-from worker import db, embedded
-from worker.embedded import ServiceUrls
+from worker import db
+from worker.dev import embedded
+from worker.dev.embedded import ServiceUrls
 from worker.main import health_key
 from worker.settings import Settings
 

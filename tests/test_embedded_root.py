@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import embedded
+from worker.dev import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 

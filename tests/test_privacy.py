@@ -24,7 +24,8 @@ from tests.support.web import (
     serving,
     unsubscribe_link,
 )
-from worker import embedded, privacy, queue
+from worker import privacy, queue
+from worker.dev import embedded
 from worker.settings import Settings
 from worker.suppression import Scope
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from tests.support.pipeline import add_client, csv_of, launch
 from tests.support.web import CliResult, cli
-from worker import embedded
+from worker.dev import embedded
 from worker.settings import Settings
 
 # In every URL below, so that a message quoting the URL is caught.

@@ -12,7 +12,8 @@ from pydantic import SecretStr
 
 from tests.support.pipeline import add_client, run_workers
 from tests.support.web import email_hash, private_logs, serving, token_for, token_id
-from worker import embedded, web
+from worker import web
+from worker.dev import embedded
 from worker.settings import Settings
 
 ANN = "ann.unsubscriber@example.com"

@@ -24,10 +24,10 @@ import structlog
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from worker import addresses, campaigns, db, embedded, logs, optouts, privacy, queue
+from worker import addresses, campaigns, db, logs, optouts, privacy, queue
 from worker.errors import ConfigError, SurveyWorkerError
 from worker.render import TemplateStore
-from worker.settings import Settings, location
+from worker.settings import ServiceUrls, Settings, location
 from worker.suppression import Scope
 
 T = TypeVar("T")
@@ -58,9 +58,25 @@ def _clear_errors() -> Iterator[None]:
 class Env:
     """Settings plus the service URLs the command runs against."""
 
-    def __init__(self, settings: Settings, urls: embedded.ServiceUrls) -> None:
+    def __init__(self, settings: Settings, urls: ServiceUrls) -> None:
         self.settings = settings
         self.urls = urls
+
+
+@contextmanager
+def _services(settings: Settings) -> Iterator[ServiceUrls]:
+    """The configured servers; the embedded ones (worker.dev) for those not configured."""
+    if settings.database_url and settings.redis_url:
+        yield ServiceUrls(settings.database_url, settings.redis_url)
+        return
+    from worker.dev import embedded
+
+    with embedded.services(
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        data_dir=settings.data_dir,
+    ) as urls:
+        yield urls
 
 
 @contextmanager
@@ -86,11 +102,7 @@ def environment(
         if secrets:
             settings.check_secrets()
         with (
-            embedded.services(
-                database_url=settings.database_url,
-                redis_url=settings.redis_url,
-                data_dir=settings.data_dir,
-            ) as urls,
+            _services(settings) as urls,
             _exit_on_sigterm() if service else nullcontext(),
         ):
             env = Env(settings, urls)
@@ -607,7 +619,7 @@ def preview(template: str, locale: str, client_name: str) -> None:
 )
 def demo(output: Path) -> None:
     """Run the whole system end to end on embedded services and a local SMTP sink."""
-    from worker import demo as demo_run
+    from worker.dev import demo as demo_run
 
     os.environ.setdefault("APP_ENV", "demo")
     with _clear_errors():

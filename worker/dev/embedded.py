@@ -21,10 +21,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import ConfigError
+from worker.settings import ServiceUrls
 
 
 def _package_dir(name: str) -> Path:
@@ -53,14 +53,6 @@ def redis_server() -> Path:
 PG_SYSTEM_USER = "survey-pg"
 SYSTEM_ROOT = Path("/var/lib/survey-worker")
 START_TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class ServiceUrls:
-    """Where the database and the job queue are."""
-
-    database_url: str
-    redis_url: str
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from worker.embedded import free_port
+from worker.dev.embedded import free_port
 
 
 class SavingHandler:

@@ -25,9 +25,10 @@ import asyncpg
 import click
 import orjson
 
-from worker import addresses, campaigns, db, embedded, ledger, optouts, privacy, queue, sink
+from worker import addresses, campaigns, db, ledger, optouts, privacy, queue
+from worker.dev import embedded, sink
 from worker.render import TemplateStore
-from worker.settings import Settings
+from worker.settings import ServiceUrls, Settings
 from worker.suppression import Scope
 
 PEOPLE = [
@@ -77,7 +78,7 @@ def recipients_csv() -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-async def _prepare(settings: Settings, urls: embedded.ServiceUrls) -> bool:
+async def _prepare(settings: Settings, urls: ServiceUrls) -> bool:
     """Clients and opt-out lists as the demo needs them; True if a previous run's one-click
     opt-out was reversed."""
     conn = await asyncpg.connect(urls.database_url)
@@ -115,9 +116,7 @@ async def _prepare(settings: Settings, urls: embedded.ServiceUrls) -> bool:
         await conn.close()
 
 
-async def _launch(
-    settings: Settings, urls: embedded.ServiceUrls, name: str, recipients: bytes
-) -> int:
+async def _launch(settings: Settings, urls: ServiceUrls, name: str, recipients: bytes) -> int:
     """Create an Acme survey campaign and enqueue it; return its id."""
     conn = await asyncpg.connect(urls.database_url)
     try:
@@ -148,7 +147,7 @@ async def _launch(
 
 
 async def _summary(
-    urls: embedded.ServiceUrls, campaign_id: int
+    urls: ServiceUrls, campaign_id: int
 ) -> tuple[str, dict[str, int], dict[str, int]]:
     conn = await asyncpg.connect(urls.database_url)
     try:
@@ -289,7 +288,7 @@ def _unsubscribe_link(output: Path, recipient: str) -> str:
 
 def _unsubscribe_and_follow_up(
     settings: Settings,
-    urls: embedded.ServiceUrls,
+    urls: ServiceUrls,
     env: dict[str, str],
     output: Path,
     log_path: Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 
 import pytest
 import redis.asyncio
@@ -13,6 +14,10 @@ from worker import journal
 from worker.journal import Journal, Mark
 
 LEASE = 300.0
+
+
+def nothing() -> None:
+    """A content that needs no writing: the marks are what these tests look at."""
 
 
 @pytest.fixture
@@ -52,7 +57,7 @@ async def test_marks_follow_each_message(
 ) -> None:
     book = books("w1")
     await book.open([1, 2, 3], lease_seconds=LEASE)
-    assert book.start(1) and book.start(2)
+    assert await book.start(1, nothing) and await book.start(2, nothing)
     book.accepted(1)
     await marks(client, book, lambda found: sorted(found) == [b"a", b"q", b"s"])
     assert await journal.take_back(client, "w1") == {
@@ -67,7 +72,7 @@ async def test_a_new_chunk_replaces_the_last_one(
 ) -> None:
     book = books("w2")
     await book.open([1, 2], lease_seconds=LEASE)
-    assert book.start(1)
+    assert await book.start(1, nothing)
     await book.open([3], lease_seconds=LEASE)
     assert await journal.take_back(client, "w2") == {3: Mark.TAKEN_BACK}
 
@@ -79,7 +84,7 @@ async def test_accepted_marks_of_one_turn_are_one_command(
     ids = list(range(1, 101))
     await book.open(ids, lease_seconds=LEASE)
     for i in ids:
-        assert book.start(i)
+        assert await book.start(i, nothing)
     await marks(client, book, lambda found: set(found) == {b"s"})
     before = await _hset_calls(client)
     for i in ids:
@@ -95,7 +100,7 @@ async def test_nothing_starts_once_the_lease_is_nearly_over(
     book = books("w4")
     await book.open([1], lease_seconds=0.05)
     await asyncio.sleep(0.1)
-    assert book.start(1) is False
+    assert await book.start(1, nothing) is False
     assert await journal.take_back(client, "w4") == {1: Mark.TAKEN_BACK}
 
 
@@ -107,7 +112,7 @@ async def test_without_redis_no_chunk_opens_and_nothing_starts() -> None:
     book = Journal(f"redis://127.0.0.1:{free_port()}/0", "w5")
     with pytest.raises(OSError):
         await book.open([1], lease_seconds=LEASE)
-    assert book.start(1) is False
+    assert await book.start(1, nothing) is False
     book.close()
 
 
@@ -116,14 +121,29 @@ async def test_a_lost_connection_stops_the_starts(
 ) -> None:
     book = books("w6")
     await book.open([1, 2], lease_seconds=LEASE)
-    assert book.start(1)
+    assert await book.start(1, nothing)
     own = [c["id"] for c in await client.client_list() if c["name"] == f"journal:{'w6'}"]
     assert len(own) == 1
     await client.client_kill_filter(_id=own[0])
     await asyncio.sleep(0.2)
-    assert book.start(2) is False
+    assert await book.start(2, nothing) is False
 
 
 async def _hset_calls(client: redis.asyncio.Redis) -> int:
     stats = await client.info("commandstats")
     return int(stats.get("cmdstat_hset", {}).get("calls", 0))
+
+
+async def test_the_starts_of_one_turn_are_one_write_before_their_contents(
+    client: redis.asyncio.Redis, books: Callable[[str], Journal]
+) -> None:
+    book = books("w7")
+    ids = list(range(1, 51))
+    await book.open(ids, lease_seconds=LEASE)
+    written: list[int] = []
+    before = await _hset_calls(client)
+    started = await asyncio.gather(*(book.start(i, partial(written.append, i)) for i in ids))
+    assert all(started)
+    assert written == ids
+    await marks(client, book, lambda found: set(found) == {b"s"})
+    assert await _hset_calls(client) - before == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -87,12 +87,13 @@ async def test_a_message_the_journal_does_not_start_never_leaves(
 ) -> None:
     asked: list[str] = []
 
-    def refuse() -> bool:
+    async def refuse(write_content: Callable[[], None]) -> bool:
         asked.append("refused")
         return False
 
-    def allow() -> bool:
+    async def allow(write_content: Callable[[], None]) -> bool:
         asked.append("allowed")
+        write_content()
         return True
 
     with pytest.raises(NotStarted):

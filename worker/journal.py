@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 
 from redis.asyncio import Redis
@@ -78,6 +78,7 @@ class Journal:
     def __init__(self, redis_url: str, worker_id: str) -> None:
         self._pipe = RedisPipe(redis_url, name=f"journal:{worker_id}")
         self.key = key_for(worker_id)
+        self._starts: list[tuple[int, Callable[[], None], asyncio.Future[bool]]] = []
         self._accepts: list[int] = []
         self._flush: asyncio.Handle | None = None
         self._deadline = 0.0
@@ -93,7 +94,10 @@ class Journal:
         if not self._pipe.is_open:
             await self._pipe.connect()
             self._quiet = False
-        self._write_accepts()
+        if self._flush is not None:
+            # The last chunk's accepted marks, while replies are still off.
+            self._flush.cancel()
+            self._write_marks()
         if self._quiet:
             await self._pipe.ask("CLIENT", "REPLY", "ON")
             self._quiet = False
@@ -107,42 +111,52 @@ class Journal:
             await self._pipe.ask(*command)
         self._quiet = self._pipe.send(("CLIENT", "REPLY", "OFF"))
 
-    def start(self, invitation_id: int) -> bool:
-        """Mark the message started, just before its content is written; False when it
-        must not start (the journal's connection is gone, or the chunk's lease is nearly
-        over): its content must then never leave."""
-        if not self._quiet or time.monotonic() > self._deadline:
-            return False
-        # Accepted marks still waiting go in the same write.
-        return self._pipe.send(
-            *self._accepted_commands(), ("HSET", self.key, invitation_id, Mark.STARTED.value)
-        )
+    def start(self, invitation_id: int, write_content: Callable[[], None]) -> asyncio.Future[bool]:
+        """Mark the message started, then write its content with `write_content`; answers
+        whether it did. The marks of the messages that start in one turn of the event loop
+        are written at its end, in one write, each content right after; no content is
+        written when the journal's connection is gone or the chunk's lease is nearly over.
+        """
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._starts.append((invitation_id, write_content, future))
+        self._write_soon()
+        return future
 
     def accepted(self, invitation_id: int) -> None:
-        """Note that the server accepted the message (written with the next mark, or at
-        the end of this turn of the event loop)."""
+        """Note that the server accepted the message (written at the end of this turn of the
+        event loop)."""
         self._accepts.append(invitation_id)
-        if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_soon(self._write_accepts)
+        self._write_soon()
 
     def close(self) -> None:
         """Drop the journal's connection (worker shutdown)."""
         self._pipe.close()
 
-    def _write_accepts(self) -> None:
-        commands = self._accepted_commands()
-        if commands and self._quiet:
-            self._pipe.send(*commands)
+    def _write_soon(self) -> None:
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._write_marks)
 
-    def _accepted_commands(self) -> list[tuple[str | bytes | int, ...]]:
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
-        if not self._accepts:
-            return []
-        fields = [part for i in self._accepts for part in (i, Mark.ACCEPTED.value)]
-        self._accepts = []
-        return [("HSET", self.key, *fields)]
+    def _write_marks(self) -> None:
+        self._flush = None
+        starts, self._starts = self._starts, []
+        accepts, self._accepts = self._accepts, []
+        commands = []
+        if accepts:
+            commands.append(("HSET", self.key, *_fields(accepts, Mark.ACCEPTED)))
+        may_start = self._quiet and time.monotonic() <= self._deadline
+        if starts and may_start:
+            commands.append(("HSET", self.key, *_fields([s[0] for s in starts], Mark.STARTED)))
+        # The marks go to the kernel before any of the contents they announce.
+        started = bool(commands) and self._quiet and self._pipe.send(*commands) and may_start
+        for _, write_content, future in starts:
+            if started:
+                write_content()
+            if not future.done():
+                future.set_result(started)
+
+
+def _fields(invitation_ids: list[int], mark: Mark) -> list[int | str]:
+    return [part for i in invitation_ids for part in (i, mark.value)]
 
 
 def settle(

@@ -9,7 +9,6 @@ went out but no verdict came back, so it may have been delivered).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Protocol, Self
@@ -18,7 +17,7 @@ from aiosmtplib import SMTP, SMTPException, SMTPResponseException
 
 from worker.errors import TransientSmtpError
 from worker.settings import Settings
-from worker.smtp_session import Session
+from worker.smtp_session import ContentGate, Session
 
 
 class Mailer(Protocol):
@@ -30,12 +29,13 @@ class Mailer(Protocol):
         sender: str,
         recipient: str,
         message: bytes,
-        before_content: Callable[[], bool] | None = None,
+        before_content: ContentGate | None = None,
     ) -> int:
         """Deliver `message` to `recipient`; return the 2xx code or raise an `SmtpError`.
 
-        `before_content` is called once the server invites the content, right before it
-        is written; False stops the message before any of it leaves (`NotStarted`).
+        `before_content` gets the function that writes the content once the server invites
+        it, and answers whether it called it; False stops the message before any of it
+        leaves (`NotStarted`).
         """
         ...
 
@@ -105,7 +105,7 @@ class SmtpPool:
         sender: str,
         recipient: str,
         message: bytes,
-        before_content: Callable[[], bool] | None = None,
+        before_content: ContentGate | None = None,
     ) -> int:
         """Deliver `message` (the complete RFC 5322 bytes) from `sender` to `recipient`.
 
@@ -113,8 +113,8 @@ class SmtpPool:
         a connection failure or timeout before the content was sent, `PermanentSmtpError`
         for a 5xx reply (or an address the server cannot take, code None), and
         `AmbiguousSmtpError` when the connection is lost while the content is transferred,
-        and `NotStarted` when `before_content` answers False once the server invites the
-        content. No error message contains the recipient's address.
+        and `NotStarted` when `before_content` did not write the content. No error message
+        contains the recipient's address.
         """
         slot = await self._idle.get()
         try:

@@ -15,9 +15,11 @@ holds the recipient's address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import NamedTuple, cast
 
 from aiosmtplib import SMTP
@@ -30,6 +32,10 @@ from worker.errors import (
     TransientSmtpError,
 )
 from worker.outcomes import classify_reply
+
+# Gets the function that writes a message's content once the server invites it; calls it
+# (or not) and answers whether it did (the send journal, worker/journal.py).
+ContentGate = Callable[[Callable[[], None]], Awaitable[bool]]
 
 # RFC 5321 section 4.5.3.1.5: a reply line is at most 512 octets; allow servers some slack,
 # but never let one that sends no line ending fill the memory.
@@ -174,16 +180,16 @@ class Session:
         sender: str,
         recipient: str,
         message: bytes,
-        before_content: Callable[[], bool] | None = None,
+        before_content: ContentGate | None = None,
     ) -> int:
         """Send `message` from `sender` to `recipient`; return the 2xx code of the final reply.
 
         Raises `TransientSmtpError`, `PermanentSmtpError` or `AmbiguousSmtpError` as the
         module describes. After a refusal the session is reset (RSET) for the next message;
         after any other failure it is closed. Once the server invites the content,
-        `before_content` is called, and the content written in the same step; when it
-        answers False the content never leaves, the session is closed and `NotStarted`
-        raised.
+        `before_content` gets the function that writes it: it calls that function (or not)
+        and answers whether it did; when it did not, the content never leaves, the session
+        is closed and `NotStarted` raised.
         """
         mail, rcpt = self._envelope(sender, recipient, message)
         data = b"DATA\r\n"
@@ -203,7 +209,10 @@ class Session:
             self.close()
             raise TransientSmtpError(f"before the content: {_reason(exc)}") from None
         await self._check_envelope(replies, recipient)
-        if before_content is not None and not before_content():
+        content = partial(self._send_content, dot_stuffed(message))
+        if before_content is None:
+            content()
+        elif not await before_content(content):
             # After 354 the server waits for content, and SMTP has no way to cancel it:
             # closing the connection before the final dot aborts the transaction
             # (RFC 5321 section 4.1.1.4), so nothing is delivered.
@@ -212,7 +221,6 @@ class Session:
         # From here on the content has left: if the reply is lost, the server may have
         # accepted the message.
         try:
-            self._write(dot_stuffed(message))
             reply = await self._read()
         except (_SessionLost, TimeoutError) as exc:
             self.close()
@@ -286,6 +294,11 @@ class Session:
                 self.close()
         except (_SessionLost, TimeoutError):
             self.close()
+
+    def _send_content(self, data: bytes) -> None:
+        # A connection already lost shows when the reply is read.
+        with contextlib.suppress(_SessionLost):
+            self._write(data)
 
     def _write(self, data: bytes) -> None:
         if self._replies.lost is not None or self._transport.is_closing():

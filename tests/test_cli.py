@@ -21,7 +21,7 @@ from tests.faults.harness import wait_until
 from tests.support.admin import admin, with_database
 from tests.support.pipeline import add_client, csv_of, run_workers
 from tests.support.smtp import RecordingHandler
-from tests.support.web import cli, start_cli
+from tests.support.web import cli, launch_args, start_cli
 from worker import db
 from worker.dev import embedded
 from worker.dev.embedded import ServiceUrls
@@ -29,21 +29,6 @@ from worker.main import health_key
 from worker.settings import Settings
 
 SMTP = tuple[RecordingHandler, int]
-
-
-def launch_args(recipients: Path) -> list[str]:
-    """`launch` of a survey campaign for client acme from `recipients`."""
-    return [
-        "launch",
-        "--client",
-        "acme",
-        "--template",
-        "invitation",
-        "--recipients",
-        str(recipients),
-        "--survey-url",
-        "https://survey.test/s",
-    ]
 
 
 async def test_help_lists_the_commands(settings: Settings) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.pipeline import add_client, csv_of, launch, parse, received_by, run_workers
 from tests.support.smtp import RecordingHandler
-from tests.support.web import cli, private_logs
+from tests.support.web import cli, launch_args, private_logs
 from worker import campaigns, queue
 from worker.render import TemplateStore
 from worker.settings import Settings
@@ -72,18 +72,7 @@ async def test_a_bad_survey_url_refuses_the_whole_launch(
     await add_client(pg, "acme")
     recipients = tmp_path / "people.csv"
     recipients.write_text("email\nann@example.com\n")
-    done = await cli(
-        settings,
-        "launch",
-        "--client",
-        "acme",
-        "--template",
-        "invitation",
-        "--recipients",
-        str(recipients),
-        "--survey-url",
-        survey_url,
-    )
+    done = await cli(settings, *launch_args(recipients, survey_url=survey_url))
     assert done.code == 1
     assert done.stderr == f"Error: --survey-url {reason}\n"
     assert await pg.fetchval("SELECT count(*) FROM campaigns") == 0

@@ -11,28 +11,12 @@ import asyncpg
 import pytest
 
 from tests.support.pipeline import add_client, csv_of
-from tests.support.web import cli
+from tests.support.web import cli, launch_args
 from worker import campaigns
 from worker.render import TemplateStore
 from worker.settings import Settings
 
-
-def launch_args(
-    recipients: Path, client_id: str = "acme", key: str = "order-2026-117"
-) -> list[str]:
-    return [
-        "launch",
-        "--client",
-        client_id,
-        "--template",
-        "invitation",
-        "--recipients",
-        str(recipients),
-        "--survey-url",
-        "https://survey.test/s",
-        "--idempotency-key",
-        key,
-    ]
+KEY = "order-2026-117"
 
 
 async def test_the_same_key_returns_the_first_campaign_and_imports_nothing(
@@ -45,12 +29,12 @@ async def test_the_same_key_returns_the_first_campaign_and_imports_nothing(
     again_file = tmp_path / "again.csv"
     again_file.write_text(csv_of("carol@example.com"))
 
-    first = await cli(settings, *launch_args(first_file), "--json")
+    first = await cli(settings, *launch_args(first_file, key=KEY), "--json")
     assert first.code == 0, first.stderr
     report = json.loads(first.stdout)
     assert (report["imported"], len(report["rejected"]), report["existing"]) == (2, 1, False)
 
-    again = await cli(settings, *launch_args(again_file), "--json")
+    again = await cli(settings, *launch_args(again_file, key=KEY), "--json")
     assert again.code == 0, again.stderr
     assert json.loads(again.stdout) == {
         "campaign_id": report["campaign_id"],
@@ -58,7 +42,7 @@ async def test_the_same_key_returns_the_first_campaign_and_imports_nothing(
         "rejected": [],
         "existing": True,
     }
-    text = await cli(settings, *launch_args(again_file))
+    text = await cli(settings, *launch_args(again_file, key=KEY))
     assert text.code == 0, text.stderr
     assert text.stdout.startswith(f"campaign {report['campaign_id']} already existed")
     assert await pg.fetchval("SELECT count(*) FROM campaigns") == 1
@@ -66,7 +50,7 @@ async def test_the_same_key_returns_the_first_campaign_and_imports_nothing(
     assert [r["email"] for r in emails] == ["ann@example.com", "bob@example.com"]
 
     # The key is the client's own: another client's launch with it is another campaign.
-    globex = await cli(settings, *launch_args(again_file, "globex"), "--json")
+    globex = await cli(settings, *launch_args(again_file, client_id="globex", key=KEY), "--json")
     assert globex.code == 0, globex.stderr
     assert json.loads(globex.stdout)["campaign_id"] != report["campaign_id"]
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.support.pipeline import add_client, csv_of, launch
-from tests.support.web import CliResult, cli
+from tests.support.web import CliResult, cli, launch_args
 from worker.dev import embedded
 from worker.settings import Settings
 
@@ -26,17 +26,7 @@ def commands(tmp_path: Path) -> dict[str, list[str]]:
     return {
         "migrate": ["migrate"],
         "worker": ["worker", "--burst"],
-        "launch": [
-            "launch",
-            "--client",
-            "acme",
-            "--template",
-            "invitation",
-            "--recipients",
-            str(recipients),
-            "--survey-url",
-            "https://survey.test/s",
-        ],
+        "launch": launch_args(recipients),
         "status": ["status", "1"],
         "resume": ["resume", "1"],
         "resend-unknown": ["resend-unknown", "1"],

@@ -28,6 +28,11 @@ from tests.support.smtp import RecordedMessage, RecordingHandler
 
 README = (ROOT / "README.md").read_text()
 RECIPIENTS = ["ada@customers.example", "grace@customers.example", "alan@customers.example"]
+# A second campaign after the documented steps, to the same file.
+LAUNCH = shlex.split(
+    "launch --client acme --template invitation --recipients customers.csv"
+    " --survey-url https://s.example/s"
+)
 SECRETS = {
     "APP_ENV": "production",
     "UNSUBSCRIBE_SECRETS": "deploy-test-signing-key-0123456789",
@@ -199,21 +204,7 @@ async def test_readme_production_steps(
 
     # The next campaign (the worker's user) skips her; the privacy contact (anna's user)
     # can export her opt-out.
-    ok(
-        await shell.run(
-            [
-                "launch",
-                "--client",
-                "acme",
-                "--template",
-                "invitation",
-                "--recipients",
-                "customers.csv",
-                "--survey-url",
-                "https://s.example/s",
-            ]
-        )
-    )
+    ok(await shell.run(LAUNCH))
     ok(await shell.run(["worker", "--burst"]))
     assert (await status(shell, 2))["counts"] == {"sent": 2, "suppressed": 1}
     anna = {"DATABASE_URL": f"postgresql://anna:anna-password@127.0.0.1:{postgres.port}/survey"}
@@ -283,22 +274,7 @@ async def test_compose_services_run_as_written(
             ["client", "add", "acme", "--name", "Acme", "--sender", "s@acme.example"], worker_env
         )
     )
-    ok(
-        await shell.run(
-            [
-                "launch",
-                "--client",
-                "acme",
-                "--template",
-                "invitation",
-                "--recipients",
-                "customers.csv",
-                "--survey-url",
-                "https://s.example/s",
-            ],
-            worker_env,
-        )
-    )
+    ok(await shell.run(LAUNCH, worker_env))
     ok(await shell.run([*command_of(ours["worker"]), "--burst"], worker_env))
     assert received(handler) == sorted(RECIPIENTS)
 

@@ -135,6 +135,19 @@ async def start_cli(
     )
 
 
+def launch_args(
+    recipients: Path,
+    *,
+    client_id: str = "acme",
+    survey_url: str = "https://survey.test/s",
+    key: str | None = None,
+) -> list[str]:
+    """`launch` of a survey campaign from `recipients` (with an idempotency key if given)."""
+    args = ["launch", "--client", client_id, "--template", "invitation"]
+    args += ["--recipients", str(recipients), "--survey-url", survey_url]
+    return args if key is None else [*args, "--idempotency-key", key]
+
+
 async def cli(
     settings: Settings,
     *args: str,

@@ -8,12 +8,12 @@ outcomes are recorded. Each invitation's field moves
                                           ─► a (accepted: the server's 250 arrived)
     q ─► x (taken back by reconcile: it will never start here)
 
-The `q` marks are stored (acknowledged) before the chunk's `sending` mark commits. A
-message's `s` mark is written on the journal's own Redis connection in the same step as,
-and just before, its content is written to the SMTP connection, without waiting for Redis:
-a worker killed at any instant has handed either both or neither to the kernel, which
-delivers what was written. `a` marks follow the 250 replies, a batch per turn of the event
-loop. No mark costs the message a round trip.
+The `q` marks are stored (acknowledged) before the chunk's `sending` mark commits. The `s`
+marks of the messages whose content may leave in one turn of the event loop are written
+in one write on the journal's own Redis connection, and each content right after it, in
+the same step, without waiting for Redis: a worker killed at any instant has handed the
+kernel (which delivers what was written) either a mark and maybe its content, or neither.
+`a` marks follow the 250 replies in the same writes. No mark costs a round trip.
 
 When a worker dies, `reconcile` settles its `sending` rows from the journal once their
 lease runs out: `a` is sent, `q` goes back to pending, and only `s` (content on the wire,
@@ -102,10 +102,9 @@ class Journal:
             await self._pipe.ask("CLIENT", "REPLY", "ON")
             self._quiet = False
         self._deadline = time.monotonic() + lease_seconds * (1 - LEASE_MARGIN)
-        fields = [part for i in invitation_ids for part in (i, Mark.QUEUED.value)]
         for command in (
             ("DEL", self.key),
-            ("HSET", self.key, *fields),
+            ("HSET", self.key, *_fields(list(invitation_ids), Mark.QUEUED)),
             ("EXPIRE", self.key, TTL_SECONDS),
         ):
             await self._pipe.ask(*command)

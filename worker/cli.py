@@ -176,7 +176,7 @@ def run(
     async def main() -> T:
         try:
             conn = await asyncpg.connect(env.urls.database_url)
-        except (OSError, asyncpg.PostgresError) as e:
+        except db.DB_ERRORS as e:
             raise ConfigError(f"cannot connect to Postgres: {e}") from e
         try:
             if migrating:

@@ -23,18 +23,13 @@ from worker.mailer import SmtpConfig, SmtpPool
 from worker.ratelimit import RateLimiter
 from worker.render import TemplateStore
 from worker.settings import Settings
+from worker.states import decision_event
 
 log = structlog.get_logger("worker.jobs")
 # Jobs one worker process runs at once; each holds a database connection while it runs.
 CONCURRENT_JOBS = 10
 # Allocations between collections of the youngest generation (Python's default is 700).
 GC_THRESHOLD = 20_000
-# The decision line for an invitation `reconcile` settles, by its new state.
-SETTLED_EVENTS = {
-    "sent": "invitation.sent",
-    "pending": "invitation.requeued",
-    "unknown": "invitation.unknown",
-}
 
 
 class Context(TypedDict):
@@ -298,7 +293,7 @@ async def _settle(
     await ledger.record(conn, outcomes, worker_id)
     for e, outcome in zip(expired, outcomes, strict=True):
         log.warning(
-            SETTLED_EVENTS[outcome.state],
+            decision_event(outcome.state),
             campaign_id=e.campaign_id,
             client_id=e.client_id,
             invitation_id=e.id,

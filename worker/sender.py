@@ -34,6 +34,7 @@ from worker.journal import Journal
 from worker.mailer import Mailer
 from worker.ratelimit import RateLimiter
 from worker.settings import Settings
+from worker.states import decision_event
 
 log = structlog.get_logger("worker.sender")
 
@@ -295,9 +296,7 @@ def _log_decision(
     if outcome.state == "deferred":
         fields["attempt"] = inv.attempts + 1
     level = "warning" if outcome.state in ("failed", "unknown") else "info"
-    # A message given back before it started is due again: "requeued", as reconcile says.
-    event = "requeued" if outcome.state == "pending" else outcome.state
-    getattr(bound, level)(f"invitation.{event}", **fields)
+    getattr(bound, level)(decision_event(outcome.state), **fields)
 
 
 async def log_completion(conn: Conn, campaign: ledger.Campaign) -> None:

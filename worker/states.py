@@ -14,6 +14,13 @@ InvitationState = Literal[
 CampaignStatus = Literal["running", "paused", "cancelled", "completed", "failed"]
 Kind = Literal["survey", "marketing"]
 
+
+def decision_event(state: InvitationState) -> str:
+    """The log event of a decision that left an invitation in `state`; one given back
+    before it started (pending again) is `invitation.requeued`."""
+    return "invitation.requeued" if state == "pending" else f"invitation.{state}"
+
+
 INVITATION_STATES: tuple[InvitationState, ...] = get_args(InvitationState)
 CAMPAIGN_STATUSES: tuple[CampaignStatus, ...] = get_args(CampaignStatus)
 KINDS: tuple[Kind, ...] = get_args(Kind)

@@ -72,6 +72,7 @@ class Job(StrEnum):
     SEND_BATCH = "send_batch"
     SEND_INVITATION = "send_invitation"
     RECORD_OPT_OUT = "record_opt_out"
+    RECORD_FEEDBACK = "record_feedback"
     RECONCILE = "reconcile"
     PURGE = "purge"
 
@@ -98,3 +99,11 @@ async def enqueue_opt_out(redis: ArqRedis, token: str, source: str, *, job_id: s
     """Leave an opt-out to the `record_opt_out` job (a no-op while one with `job_id` is
     queued)."""
     await redis.enqueue_job(Job.RECORD_OPT_OUT, token, source, _job_id=job_id)
+
+
+async def enqueue_feedback(redis: ArqRedis, report: dict[str, Any], *, job_id: str) -> None:
+    """Leave a report to the `record_feedback` job: `{"message": <base64 of the raw
+    message>, "verp": <the address it was sent to>}` from `survey-worker inbound`, or
+    `{"events": [feedback.Event.as_job(), ...]}` from a provider's webhook. A no-op while
+    a job with `job_id` is queued; raises one of `ERRORS` when Redis did not take it."""
+    await redis.enqueue_job(Job.RECORD_FEEDBACK, report, _job_id=job_id)

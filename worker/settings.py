@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,10 @@ PLACEHOLDER_PREFIX = "change-me"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 # The schemes arq's RedisSettings.from_dsn understands.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+# Where Amazon SNS serves the certificates that sign its messages, in every region.
+SNS_CERT_HOSTS = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+# A domain name of at least two labels (letters, digits, hyphens; no leading or trailing -).
+_DOMAIN = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
 def _port_problem(hostspec: str) -> str | None:
@@ -124,6 +129,21 @@ class Settings(BaseSettings):
     unknown_policy: Literal["hold", "resend"] = "hold"
     retention_days: int = Field(default=365, ge=1)
 
+    # The feedback loop: bounces and complaints (README, "Bounces and complaints").
+    bounce_domain: str | None = None
+    inbound_max_bytes: int = Field(default=10_000_000, ge=1_000, le=100_000_000)
+    soft_bounce_limit: int = Field(default=3, ge=1)
+    soft_bounce_window_days: int = Field(default=30, ge=1)
+    pause_min_sent: int = Field(default=1000, ge=1)
+    pause_bounce_rate: float = Field(default=0.05, gt=0, le=1)
+    pause_complaint_rate: float = Field(default=0.001, gt=0, le=1)
+    ses_topic_arns: str | None = None
+    sns_cert_host_pattern: str = SNS_CERT_HOSTS
+    sendgrid_webhook_public_key: str | None = None
+    mailgun_webhook_signing_key: SecretStr | None = None
+    postmark_webhook_user: str | None = None
+    postmark_webhook_password: SecretStr | None = None
+
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod
     def _unset_when_blank(cls, value: object) -> object:
@@ -144,6 +164,25 @@ class Settings(BaseSettings):
         problem = None if value is None else redis_url_problem(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("bounce_domain")
+    @classmethod
+    def _bounce_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower().rstrip(".")
+        if not _DOMAIN.fullmatch(value):
+            raise ValueError("must be a domain name such as bounces.example.com")
+        return value
+
+    @field_validator("sns_cert_host_pattern")
+    @classmethod
+    def _host_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {e}") from None
         return value
 
     @field_validator("smtp_host")
@@ -174,6 +213,10 @@ class Settings(BaseSettings):
     def hash_key(self) -> bytes:
         """The server key of the keyed address hash."""
         return self.address_hash_key.get_secret_value().encode()
+
+    def topic_arns(self) -> frozenset[str]:
+        """The SNS topics whose SES notifications are accepted (SES_TOPIC_ARNS)."""
+        return frozenset(a.strip() for a in (self.ses_topic_arns or "").split(",") if a.strip())
 
     def check_secrets(self) -> None:
         """Refuse placeholder or missing secrets outside demo and test."""

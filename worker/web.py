@@ -4,6 +4,8 @@
                                 prefetch links)
     POST /unsubscribe/{token}   records the opt-out: the page's button, or RFC 8058 one-click
     GET  /healthz               whether the app can record opt-outs now, and if not, why
+    POST /webhooks/{provider}   bounces, complaints and deliveries from SES, SendGrid,
+                                Mailgun and Postmark (worker/provider_webhooks/)
 
 A POST never redirects and sets no cookie, and repeating it is harmless; no path redirects
 (a trailing slash is a 404, not a redirect built from the Host header). An unusable token
@@ -40,7 +42,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker import addresses, db, optouts, pages, queue, tokens
+from worker import addresses, db, optouts, pages, provider_webhooks, queue, tokens
 from worker.db import DB_ERRORS
 from worker.errors import ConfigError, QueueUnavailable, UnusableUrl
 from worker.settings import Settings, postgres_url_problem, redis_url_problem
@@ -117,6 +119,34 @@ class Backends:
             async with asyncio.timeout(QUEUE_TIMEOUT):
                 redis = await self._queue()
                 await queue.enqueue_opt_out(redis, token, source, job_id=job_id)
+        except queue.ERRORS as e:
+            raise QueueUnavailable(type(e).__name__) from e
+
+    async def enqueue_feedback(self, report: dict[str, Any], *, job_id: str) -> None:
+        """Leave a provider's feedback to the `record_feedback` job (a no-op while one with
+        `job_id` is queued); raises `QueueUnavailable` when Redis cannot take it."""
+        try:
+            async with asyncio.timeout(QUEUE_TIMEOUT):
+                redis = await self._queue()
+                await queue.enqueue_feedback(redis, report, job_id=job_id)
+        except queue.ERRORS as e:
+            raise QueueUnavailable(type(e).__name__) from e
+
+    async def remember(self, key: str, *, seconds: int) -> bool:
+        """Set `key` in Redis for `seconds` unless it is set (SET NX EX); whether it was
+        not. Raises `QueueUnavailable` when Redis cannot answer."""
+        try:
+            async with asyncio.timeout(QUEUE_TIMEOUT):
+                redis = await self._queue()
+                return bool(await redis.set(key, b"1", nx=True, ex=seconds))
+        except queue.ERRORS as e:
+            raise QueueUnavailable(type(e).__name__) from e
+
+    async def forget(self, key: str) -> None:
+        """Delete `key` from Redis; raises `QueueUnavailable` when Redis cannot answer."""
+        try:
+            async with asyncio.timeout(QUEUE_TIMEOUT):
+                await (await self._queue()).delete(key)
         except queue.ERRORS as e:
             raise QueueUnavailable(type(e).__name__) from e
 
@@ -329,16 +359,22 @@ class PrivateResponses:
 
 
 def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlette:
-    """The unsubscribe app for these settings, Postgres and Redis."""
+    """The unsubscribe app (and the provider webhooks) for these settings, Postgres and
+    Redis; ConfigError when a webhook setting is unusable."""
     renderer = pages.Renderer()
     keys = settings.signing_keys()
+    webhook_config = provider_webhooks.WebhookConfig.from_settings(settings)
 
     @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, WebContext]]:
+    async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
         backends = Backends(database_url, redis_url)
         await backends.open()
         try:
-            yield {"web": WebContext(keys=keys, renderer=renderer, backends=backends)}
+            async with provider_webhooks.running(webhook_config, backends) as webhooks:
+                yield {
+                    "web": WebContext(keys=keys, renderer=renderer, backends=backends),
+                    "webhooks": webhooks,
+                }
         finally:
             await backends.close()
 
@@ -347,6 +383,7 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlet
             Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET"]),
             Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            *provider_webhooks.ROUTES,
         ],
         lifespan=lifespan,
     )

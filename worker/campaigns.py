@@ -10,7 +10,7 @@ from typing import BinaryIO, Literal
 
 import orjson
 
-from worker import addresses, imports, ledger, links
+from worker import addresses, feedback, imports, ledger, links
 from worker.db import Conn
 from worker.errors import (
     InvalidAddress,
@@ -267,6 +267,10 @@ class StatusReport:
     status: CampaignStatus
     counts: dict[str, int]
     reasons: dict[str, int]
+    # Why it is paused (by the reputation guard) or failed; None otherwise.
+    status_reason: str | None
+    # Bounces and complaints that came back: hard, soft, policy, complaints.
+    feedback: dict[str, int]
 
     @property
     def total(self) -> int:
@@ -280,6 +284,8 @@ class StatusReport:
             "total": self.total,
             "counts": self.counts,
             "reasons": self.reasons,
+            "status_reason": self.status_reason,
+            "feedback": self.feedback,
         }
 
 
@@ -293,6 +299,8 @@ async def status_report(conn: Conn, campaign_id: int) -> StatusReport:
         status,
         await ledger.counts(conn, campaign_id),
         await ledger.reason_counts(conn, campaign_id),
+        await ledger.status_reason(conn, campaign_id),
+        await feedback.counts(conn, campaign_id),
     )
 
 

@@ -461,9 +461,12 @@ def status(campaign_id: int, as_json: bool) -> None:
     """Show a campaign's status and how many invitations are in each state."""
     with environment() as env:
         report = run(env, lambda conn: campaigns.status_report(conn, campaign_id))
-    lines = [f"campaign {campaign_id}: {report.status}, {report.total} invitations"]
+    because = f" ({report.status_reason})" if report.status_reason else ""
+    lines = [f"campaign {campaign_id}: {report.status}{because}, {report.total} invitations"]
     lines += [f"  {state}: {n}" for state, n in sorted(report.counts.items())]
     lines += [f"  {key}: {n}" for key, n in report.reasons.items()]
+    if any(report.feedback.values()):
+        lines.append("  feedback: " + ", ".join(f"{k} {n}" for k, n in report.feedback.items()))
     _emit(as_json, report.as_json(), "\n".join(lines))
 
 
@@ -654,6 +657,46 @@ def web(host: str, port: int) -> None:
                 host=host,
                 port=port,
             )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=2525,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (the MX of BOUNCE_DOMAIN forwards port 25 here).",
+)
+def inbound(host: str, port: int) -> None:
+    """Receive bounces and complaints: an SMTP server for BOUNCE_DOMAIN only.
+
+    Mail to a VERP address of a message we sent is queued for the record_feedback job
+    (answered 250 once queued, 451 while Redis is away); anything else is refused.
+    """
+    from worker import inbound as inbound_server
+    from worker import web as web_app
+
+    with _clear_errors():
+        web_app.check_listen(host, port)
+    # Like the web app, it starts while Redis is down, and answers 451 until it is back.
+    with environment(secrets=True, database=False, service=True) as env:
+        domain = env.settings.bounce_domain
+        if domain is None:
+            raise click.ClickException(
+                "BOUNCE_DOMAIN is not set: inbound receives the bounces sent to it"
+            )
+        _install_uvloop()
+        asyncio.run(
+            inbound_server.serve(
+                keys=env.settings.signing_keys(),
+                domain=domain,
+                redis_url=env.urls.redis_url,
+                max_bytes=env.settings.inbound_max_bytes,
+                host=host,
+                port=port,
+            )
+        )
 
 
 def _not_blank(_ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from worker import addresses, ledger, links, locales, message, tokens
+from worker import addresses, ledger, links, locales, message, tokens, verp
 from worker.errors import InvalidAddress, UnsafeHeaderValue
 from worker.render import TemplateStore
 from worker.settings import Settings
@@ -28,6 +28,7 @@ class Composer:
     signing_key: bytes  # signs unsubscribe tokens: the newest of UNSUBSCRIBE_SECRETS
     hash_key: bytes  # keys the survey reference of each invitation
     public_base_url: str  # where the unsubscribe pages are
+    bounce_domain: str | None = None  # BOUNCE_DOMAIN: the envelope sender is a VERP address
 
     @classmethod
     def from_settings(cls, settings: Settings, templates: TemplateStore) -> Composer:
@@ -37,6 +38,7 @@ class Composer:
             signing_key=settings.signing_keys()[0],
             hash_key=settings.hash_key(),
             public_base_url=settings.public_base_url,
+            bounce_domain=settings.bounce_domain,
         )
 
 
@@ -48,6 +50,7 @@ class Prepared:
     recipient: str
     data: bytes
     message_id: str
+    envelope_sender: str  # MAIL FROM: the client's address, or a VERP address
 
 
 def prepare(
@@ -118,7 +121,11 @@ def prepare(
         return ledger.Outcome(inv.id, "failed", reason=f"unencodable_message: {e}")
     if len(data) > MAX_MESSAGE_BYTES:
         return ledger.Outcome(inv.id, "failed", reason="message_too_large")
-    return Prepared(inv, recipient, data, message_id)
+    if composer.bounce_domain is None:
+        envelope_sender = campaign.sender_email
+    else:
+        envelope_sender = verp.address(composer.signing_key, inv.id, composer.bounce_domain)
+    return Prepared(inv, recipient, data, message_id, envelope_sender)
 
 
 def _recipient_name(variables: dict[str, Any]) -> str:

@@ -1,8 +1,11 @@
-"""The arq jobs. Each takes ids, never payloads, and may run more than once: the ledger's
-conditional updates make every effect happen once however often a job runs."""
+"""The arq jobs. Each takes ids, never payloads (but for the reports `record_feedback`
+carries), and may run more than once: the ledger's conditional updates make every effect
+happen once however often a job runs."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gc
 import os
 import secrets
@@ -15,7 +18,20 @@ import structlog
 from arq import Retry
 from arq.connections import ArqRedis
 
-from worker import addresses, db, journal, ledger, message, optouts, privacy, queue, sender, tokens
+from worker import (
+    addresses,
+    db,
+    dsn,
+    feedback,
+    journal,
+    ledger,
+    message,
+    optouts,
+    privacy,
+    queue,
+    sender,
+    tokens,
+)
 from worker.compose import Composer
 from worker.db import Conn
 from worker.errors import SuppressionUnavailable, TemplateMissing, WorkerStopping
@@ -62,6 +78,7 @@ async def startup(ctx: Context) -> None:
         settings=settings,
         worker_id=worker_id,
         journal=journal.Journal(ctx["redis_url"], worker_id),
+        policy=feedback.Policy.from_settings(settings),
         limiter=RateLimiter(ctx["redis"], settings.send_rate) if settings.send_rate else None,
     )
     ctx["run_state"] = sender.RunState()
@@ -243,6 +260,112 @@ async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any
         job_id=ctx["job_id"],
     )
     return {"recorded": True}
+
+
+async def record_feedback(ctx: Context, report: dict[str, Any]) -> dict[str, Any]:
+    """Record a report of what became of messages we sent (README, "Bounces and
+    complaints"): `{"verp": ADDRESS, "message": BASE64}`, a message `survey-worker inbound`
+    received at a VERP address, or `{"events": [...]}`, the events of a provider's webhook.
+
+    Idempotent: each invitation gets each kind of feedback once, however often the same
+    report arrives. While Postgres is away the job is retried, for days.
+    """
+    settings = ctx["settings"]
+    events = _feedback_events(ctx, report)
+    if events is None:
+        log.error("job.malformed", job_id=ctx["job_id"])
+        return {"recorded": 0}
+    policy = feedback.Policy.from_settings(settings)
+    recorded = 0
+    try:
+        async with ctx["pool"].acquire() as conn:
+            for event in events:
+                target = await feedback.find(
+                    conn, event, keys=settings.signing_keys(), bounce_domain=settings.bounce_domain
+                )
+                if target is None:
+                    log.info(
+                        "feedback.ignored",
+                        reason="not_our_message",
+                        kind=event.kind,
+                        source=event.source,
+                        job_id=ctx["job_id"],
+                    )
+                    continue
+                effect = await feedback.apply(conn, target, event, policy)
+                _log_feedback(ctx, target, event, effect)
+                recorded += effect.recorded
+    except db.DB_ERRORS as e:
+        raise Retry(defer=_retry_delay(ctx)) from e
+    return {"recorded": recorded}
+
+
+def _feedback_events(ctx: Context, report: object) -> list[feedback.Event] | None:
+    """The events a `record_feedback` report carries (none for an auto-reply), or None
+    when the report is malformed."""
+    if not isinstance(report, dict):
+        return None
+    if set(report) == {"events"} and isinstance(report["events"], list):
+        events = [feedback.Event.from_job(e) for e in report["events"]]
+        return None if None in events else [e for e in events if e is not None]
+    if set(report) != {"verp", "message"}:
+        return None
+    address, encoded = report["verp"], report["message"]
+    if not isinstance(address, str) or not isinstance(encoded, str):
+        return None
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        return None
+    verdict = dsn.classify(raw)
+    if verdict.kind == "ignore":
+        log.info("feedback.ignored", reason=verdict.reason, source="verp", job_id=ctx["job_id"])
+        return []
+    return [
+        feedback.Event(
+            kind=verdict.kind,
+            source="verp",
+            status=verdict.status,
+            verp=address,
+            message_id=verdict.original_message_id,
+        )
+    ]
+
+
+def _log_feedback(
+    ctx: Context, target: feedback.Target, event: feedback.Event, effect: feedback.Effect
+) -> None:
+    fields: dict[str, Any] = {
+        "campaign_id": target.campaign_id,
+        "client_id": target.client_id,
+        "invitation_id": target.invitation_id,
+        "recipient": addresses.recipient_id(target.email_hash),
+        "source": event.source,
+        "job_id": ctx["job_id"],
+    }
+    if not effect.recorded:
+        log.info("feedback.ignored", reason="duplicate", kind=event.kind, **fields)
+        return
+    if event.kind == "complaint":
+        log.warning(
+            "feedback.complaint", opted_out=effect.opted_out, listed=effect.listed, **fields
+        )
+    elif event.kind == "delivered":
+        log.info("feedback.delivered", **fields)
+    else:
+        log.info(
+            "feedback.bounce", kind=event.kind, status=event.status, listed=effect.listed, **fields
+        )
+    if effect.paused is not None:
+        log.warning(
+            "campaign.paused",
+            campaign_id=target.campaign_id,
+            client_id=target.client_id,
+            reason=effect.paused.reason,
+            rate=effect.paused.rate,
+            sent=effect.paused.sent,
+            job_id=ctx["job_id"],
+        )
 
 
 async def reconcile(ctx: Context) -> dict[str, Any]:

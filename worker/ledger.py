@@ -212,9 +212,10 @@ async def record(conn: Conn, outcomes: Sequence[Outcome], worker_id: str) -> Non
     """Record the SMTP outcomes of a chunk in one statement and drop the claims.
 
     Only rows still claimed by this worker and `sending` are touched, so a late or repeated
-    write can never overwrite a final state. Hard bounces join the global bounce list in
-    the same statement. If this write is lost (asynchronous commit, a crash), the rows stay
-    `sending` and `reconcile` settles them from the send journal: never a silent duplicate.
+    write can never overwrite a final state. Hard bounces join the global bounce list and
+    the campaign's feedback in the same statement. If this write is lost (asynchronous
+    commit, a crash), the rows stay `sending` and `reconcile` settles them from the send
+    journal: never a silent duplicate.
     """
     if not outcomes:
         return
@@ -231,9 +232,14 @@ async def record(conn: Conn, outcomes: Sequence[Outcome], worker_id: str) -> Non
                            $6::timestamptz[], $8::bool[])
                     AS o(id, state, reason, smtp_code, message_id, next_attempt_at, started)
                WHERE i.id = o.id AND i.claimed_by = $7 AND i.state = 'sending'
-               RETURNING i.email_hash, o.reason, o.smtp_code)
+               RETURNING i.id, i.campaign_id, i.email_hash, o.reason, o.smtp_code),
+           hard AS (SELECT * FROM upd WHERE reason = 'hard_bounce'),
+           feedback AS (
+               INSERT INTO feedback (invitation_id, campaign_id, email_hash, kind, source)
+               SELECT id, campaign_id, email_hash, 'hard', 'smtp' FROM hard
+               ON CONFLICT DO NOTHING)
            INSERT INTO bounces (email_hash, kind, smtp_code)
-           SELECT email_hash, 'hard', smtp_code FROM upd WHERE reason = 'hard_bounce'
+           SELECT email_hash, 'hard', smtp_code FROM hard
            ON CONFLICT DO NOTHING""",
         [o.invitation_id for o in outcomes],
         [o.state for o in outcomes],
@@ -325,6 +331,14 @@ async def campaign_of(conn: Conn, invitation_id: int) -> int | None:
     return campaign_id
 
 
+async def status_reason(conn: Conn, campaign_id: int) -> str | None:
+    """Why the campaign is in its status (failed, or paused by the reputation guard)."""
+    reason: str | None = await conn.fetchval(
+        "SELECT reason FROM campaigns WHERE id = $1", campaign_id
+    )
+    return reason
+
+
 async def campaign_status(conn: Conn, campaign_id: int) -> CampaignStatus | None:
     """The campaign's status, read fresh (pause and cancel take effect per chunk)."""
     status: CampaignStatus | None = await conn.fetchval(
@@ -397,15 +411,19 @@ async def set_status(
     campaign_id: int,
     new: CampaignStatus,
     allowed_from: tuple[CampaignStatus, ...],
+    *,
+    reason: str | None = None,
 ) -> bool:
-    """Move a campaign to `new` if it is in one of `allowed_from`; True if it moved."""
+    """Move a campaign to `new` if it is in one of `allowed_from`, with `reason` (why it
+    paused itself, say; None clears it); True if it moved."""
     moved = await conn.fetchval(
-        """UPDATE campaigns SET status = $2,
+        """UPDATE campaigns SET status = $2, reason = $4,
                completed_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE completed_at END
            WHERE id = $1 AND status = ANY($3) RETURNING true""",
         campaign_id,
         new,
         list(allowed_from),
+        reason,
     )
     return bool(moved)
 

@@ -31,6 +31,12 @@ class WorkerSettings:
             name=queue.Job.RECORD_OPT_OUT,
             max_tries=RECORD_OPT_OUT_TRIES,
         ),
+        # A complaint is an opt-out too: the same patience.
+        func(
+            jobs.record_feedback,  # type: ignore[arg-type]
+            name=queue.Job.RECORD_FEEDBACK,
+            max_tries=RECORD_OPT_OUT_TRIES,
+        ),
     ]
     on_startup = jobs.startup
     on_shutdown = jobs.shutdown

@@ -48,6 +48,10 @@ _PLAIN = re.compile(r"(?:(?!=\?)[\x20-\x7e])*")
 # no control character or Unicode line separator that some software reads as a break.
 _ADDR_CHAR = r"[^\x00-\x20\x7f-\x9f\u2028\u2029\"(),:;<>@\[\\\]]"
 _ADDRESS = re.compile(rf"{_ADDR_CHAR}+@{_ADDR_CHAR}+")
+# A Message-ID `message_id_for` made (the id without leading zeros, at most 19 digits).
+_OUR_MESSAGE_ID = re.compile(
+    r"invitation-(?P<id>[1-9][0-9]{0,18})@(?P<domain>[A-Za-z0-9.-]{1,253})"
+)
 # RFC 5322 section 3.6.4 msg-id and RFC 2919 section 2 list-id: dot-atom-text pieces.
 _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
 _MSG_ID = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
@@ -76,6 +80,15 @@ class OutgoingMessage:
 def message_id_for(invitation_id: int, domain: str) -> str:
     """The Message-ID (without angle brackets) of an invitation: the same on every attempt."""
     return f"invitation-{invitation_id}@{domain}"
+
+
+def invitation_of_message_id(message_id: str) -> tuple[int, str] | None:
+    """The invitation id and domain a Message-ID of `message_id_for` names, or None; angle
+    brackets and surrounding spaces are allowed, the domain comes back in lower case."""
+    match = _OUR_MESSAGE_ID.fullmatch(message_id.strip().removeprefix("<").removesuffix(">"))
+    if match is None or int(match["id"]) >= 2**63:
+        return None
+    return int(match["id"]), match["domain"].lower()
 
 
 def build(msg: OutgoingMessage) -> bytes:

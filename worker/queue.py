@@ -14,6 +14,9 @@ from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from worker.errors import UnusableUrl
+from worker.settings import redis_url_problem
+
 # What an unreachable or failing Redis raises.
 ERRORS = (OSError, redis.exceptions.RedisError)
 # Backoff 0.2, 0.4, 0.8, 1.6 s, then 2 s a try: about 30 s in all.
@@ -61,6 +64,33 @@ async def check(url: str, *, timeout: float) -> None:
     async with asyncio.timeout(timeout):
         redis = await connect(url, retries=0)
         await redis.aclose()
+
+
+class LazyQueue:
+    """The arq pool of a process that must start and answer while Redis is down (the web
+    app, the inbound SMTP server): it connects on first use, failing at once rather than
+    retrying, and its connections are made again once Redis is back."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._url_problem = redis_url_problem(url)
+        self._redis: ArqRedis | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> ArqRedis:
+        """The pool; raises `UnusableUrl` for a REDIS_URL that cannot work, or one of
+        `ERRORS` when Redis does not answer."""
+        async with self._lock:
+            if self._url_problem:
+                raise UnusableUrl(f"REDIS_URL: {self._url_problem}")
+            if self._redis is None:
+                self._redis = await connect(self._url, retries=0)
+            return self._redis
+
+    async def close(self) -> None:
+        """Close the pool if it was opened."""
+        if self._redis is not None:
+            await self._redis.aclose()
 
 
 class Job(StrEnum):

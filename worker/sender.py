@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 from asyncpg.transaction import Transaction
 
-from worker import addresses, compose, ledger, outcomes, pacing, suppression
+from worker import addresses, compose, feedback, ledger, outcomes, pacing, suppression
 from worker.db import DB_ERRORS, Conn
 from worker.errors import (
     AmbiguousSmtpError,
@@ -51,6 +51,7 @@ class Sender:
     settings: Settings
     worker_id: str
     journal: Journal
+    policy: feedback.Policy = field(default_factory=feedback.Policy)
     limiter: RateLimiter | None = None
 
 
@@ -185,10 +186,15 @@ async def _claim_and_send(
         inv_by_id = {inv.id: inv for inv in claimed}
         for o in early:
             _log_decision(bound, inv_by_id, o)
-        done = list(await asyncio.gather(*(_deliver(sender, campaign, p) for p in ready)))
+        done = list(await asyncio.gather(*(_deliver(sender, p) for p in ready)))
         await ledger.record(conn, done, sender.worker_id)
     for o in done:
         _log_decision(bound, inv_by_id, o)
+    if any(o.reason == "hard_bounce" for o in done):
+        # A 5xx at send time counts like a bounce that came back: it may pause the campaign.
+        pause = await feedback.guard(conn, campaign.id, sender.policy)
+        if pause is not None:
+            bound.warning("campaign.paused", reason=pause.reason, rate=pause.rate, sent=pause.sent)
     return early + done
 
 
@@ -245,13 +251,11 @@ async def _check_and_start(
     return early, [ready[i] for i in started]
 
 
-async def _deliver(
-    sender: Sender, campaign: ledger.Campaign, p: compose.Prepared
-) -> ledger.Outcome:
+async def _deliver(sender: Sender, p: compose.Prepared) -> ledger.Outcome:
     inv = p.invitation
     try:
         code = await sender.mailer.send(
-            sender=campaign.sender_email,
+            sender=p.envelope_sender,
             recipient=p.recipient,
             message=p.data,
             before_content=partial(sender.journal.start, inv.id),

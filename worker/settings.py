@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -11,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker import durations
 from worker.errors import ConfigError
 from worker.resources import bundled
 
@@ -73,6 +75,14 @@ def redis_url_problem(url: str) -> str | None:
     if not database.isdigit():
         return "the database is not a number"
     return None
+
+
+def parse_contact_cap(text: str) -> tuple[int, timedelta]:
+    """`K/DURATION` (e.g. `2/30d`) as (K, window); ValueError saying what is expected."""
+    count, slash, window = text.partition("/")
+    if not slash or not count.strip().isdigit() or not 1 <= int(count) <= 1000:
+        raise ValueError("must be K/DURATION with K from 1 to 1000, e.g. 2/30d")
+    return int(count), durations.parse(window)
 
 
 def location(url: str) -> str:
@@ -144,6 +154,9 @@ class Settings(BaseSettings):
     postmark_webhook_user: str | None = None
     postmark_webhook_password: SecretStr | None = None
 
+    # At most K first survey invitations to one address in any rolling window (`2/30d`).
+    contact_cap: str | None = None
+
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod
     def _unset_when_blank(cls, value: object) -> object:
@@ -174,6 +187,13 @@ class Settings(BaseSettings):
         value = value.strip().lower().rstrip(".")
         if not _DOMAIN.fullmatch(value):
             raise ValueError("must be a domain name such as bounces.example.com")
+        return value
+
+    @field_validator("contact_cap")
+    @classmethod
+    def _contact_cap(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_contact_cap(value)
         return value
 
     @field_validator("sns_cert_host_pattern")
@@ -213,6 +233,10 @@ class Settings(BaseSettings):
     def hash_key(self) -> bytes:
         """The server key of the keyed address hash."""
         return self.address_hash_key.get_secret_value().encode()
+
+    def contact_limit(self) -> tuple[int, timedelta] | None:
+        """CONTACT_CAP as (K, window), or None when there is no cap."""
+        return None if self.contact_cap is None else parse_contact_cap(self.contact_cap)
 
     def topic_arns(self) -> frozenset[str]:
         """The SNS topics whose SES notifications are accepted (SES_TOPIC_ARNS)."""

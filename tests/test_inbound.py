@@ -3,61 +3,23 @@ from the environment, a real SMTP client, the job it queues run by a real worker
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 
 import aiosmtplib
 import asyncpg
 import pytest
 
-from tests.faults.harness import wait_until
+from tests.support.commands import inbound
 from tests.support.pipeline import add_client, csv_of, launch, run_workers
 from tests.support.reports import delivery_status
 from tests.support.smtp import RecordingHandler
-from tests.support.web import assert_private, cli, start_cli
+from tests.support.web import cli
 from worker import verp
 from worker.dev.embedded import free_port
 from worker.settings import Settings
 
 SMTP = tuple[RecordingHandler, int]
 BOUNCE_DOMAIN = "bounces.test"
-
-
-async def _listening(port: int) -> bool:
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.close()
-    await writer.wait_closed()
-    return True
-
-
-@asynccontextmanager
-async def inbound(
-    settings: Settings, env: Mapping[str, str | None] | None = None
-) -> AsyncIterator[int]:
-    """Run `survey-worker inbound` on a free port; yield the port. On leaving, SIGTERM
-    must stop it cleanly, and its logs must hold no address or token."""
-    port = free_port()
-    process = await start_cli(
-        settings,
-        "inbound",
-        "--port",
-        str(port),
-        env={"BOUNCE_DOMAIN": BOUNCE_DOMAIN, **(env or {})},
-    )
-    try:
-        await wait_until(lambda: _listening(port), timeout=60, what="inbound to listen")
-        yield port
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, stderr.decode()
-        assert_private(stdout.decode() + stderr.decode())
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def deliver(port: int, recipient: str, data: bytes) -> tuple[int, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -85,6 +87,21 @@ def parse_contact_cap(text: str) -> tuple[int, timedelta]:
     return int(count), durations.parse(window)
 
 
+def webhook_secret_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret `whsec_<base64>`: the decoded part, at
+    least 16 bytes. ValueError, never quoting the secret, for anything else."""
+    encoded = secret.strip().removeprefix("whsec_")
+    if encoded == secret.strip():
+        raise ValueError("must be whsec_ followed by the base64 key the survey platform shows")
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after whsec_ is not base64") from None
+    if len(key) < 16:
+        raise ValueError("the key after whsec_ is shorter than 16 bytes")
+    return key
+
+
 def location(url: str) -> str:
     """Where `url` points, for messages: host, port and path, without user, password or
     query (which may hold a password too)."""
@@ -154,6 +171,9 @@ class Settings(BaseSettings):
     postmark_webhook_user: str | None = None
     postmark_webhook_password: SecretStr | None = None
 
+    # Standard Webhooks secret of POST /webhooks/completion (`whsec_<base64>`; unset: 404).
+    completion_webhook_secret: SecretStr | None = None
+
     # At most K first survey invitations to one address in any rolling window (`2/30d`).
     contact_cap: str | None = None
 
@@ -194,6 +214,13 @@ class Settings(BaseSettings):
     def _contact_cap(cls, value: str | None) -> str | None:
         if value is not None:
             parse_contact_cap(value)
+        return value
+
+    @field_validator("completion_webhook_secret")
+    @classmethod
+    def _completion_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            webhook_secret_key(value.get_secret_value())
         return value
 
     @field_validator("sns_cert_host_pattern")
@@ -237,6 +264,11 @@ class Settings(BaseSettings):
     def contact_limit(self) -> tuple[int, timedelta] | None:
         """CONTACT_CAP as (K, window), or None when there is no cap."""
         return None if self.contact_cap is None else parse_contact_cap(self.contact_cap)
+
+    def completion_webhook_key(self) -> bytes | None:
+        """The HMAC key of COMPLETION_WEBHOOK_SECRET, or None when it is unset."""
+        secret = self.completion_webhook_secret
+        return None if secret is None else webhook_secret_key(secret.get_secret_value())
 
     def topic_arns(self) -> frozenset[str]:
         """The SNS topics whose SES notifications are accepted (SES_TOPIC_ARNS)."""

@@ -6,6 +6,8 @@
     GET  /healthz               whether the app can record opt-outs now, and if not, why
     POST /webhooks/{provider}   bounces, complaints and deliveries from SES, SendGrid,
                                 Mailgun and Postmark (worker/provider_webhooks/)
+    POST /webhooks/completion   the survey platform's signed word that invitations were
+                                answered (worker/completion.py)
 
 A POST never redirects and sets no cookie, and repeating it is harmless; no path redirects
 (a trailing slash is a 404, not a redirect built from the Host header). An unusable token
@@ -42,7 +44,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker import addresses, db, optouts, pages, provider_webhooks, queue, tokens
+from worker import addresses, completion, db, optouts, pages, provider_webhooks, queue, tokens
 from worker.db import DB_ERRORS
 from worker.errors import ConfigError, QueueUnavailable, UnusableUrl
 from worker.settings import Settings, postgres_url_problem, redis_url_problem
@@ -182,6 +184,8 @@ class WebContext:
     keys: list[bytes]
     renderer: pages.Renderer
     backends: Backends
+    hash_key: bytes = b""  # ADDRESS_HASH_KEY: keys the survey references
+    completion_key: bytes | None = None  # COMPLETION_WEBHOOK_SECRET's key; None: 404
 
 
 def is_one_click(content_type: str, body: bytes) -> bool:
@@ -301,6 +305,63 @@ async def _queue_opt_out(
     )
 
 
+async def completion_webhook(request: Request) -> Response:
+    """POST: the survey platform says invitations were answered (Standard Webhooks).
+
+    404 while COMPLETION_WEBHOOK_SECRET is unset; 413, 401 or 400 (a JSON reason) for a
+    request refused as a whole, nothing recorded; 503 while Postgres is unavailable, so the
+    platform delivers it again. Otherwise 200 with the counts and the unknown references.
+    """
+    web: WebContext = request.state.web
+    if web.completion_key is None:
+        return JSONResponse({"error": "not found"}, status_code=404)
+    headers = request.headers
+    try:
+        body = await _capped_body(request, completion.MAX_BODY)
+        completion.verify(
+            web.completion_key,
+            webhook_id=headers.get("webhook-id"),
+            timestamp=headers.get("webhook-timestamp"),
+            signatures=headers.get("webhook-signature"),
+            body=body,
+            now=time.time(),
+        )
+        refs = completion.parse_refs(body)
+    except completion.CompletionRefused as e:
+        log.warning("completion.refused", status=e.status, reason=e.reason)
+        return JSONResponse({"error": e.reason}, status_code=e.status)
+    try:
+        async with web.backends.connection() as conn:
+            report = await completion.complete(
+                conn, refs, hash_key=web.hash_key, webhook_id=headers["webhook-id"]
+            )
+    except DB_ERRORS as e:
+        # Nothing was recorded (webhook id included): the platform's retry is not a replay.
+        log.error("completion.unavailable", error=type(e).__name__)
+        return JSONResponse(
+            {"error": "the database is unavailable; deliver again later"},
+            status_code=503,
+            headers={"Retry-After": "60"},
+        )
+    completion.log_completed(report, source="webhook")
+    return JSONResponse(report.as_json())
+
+
+async def _capped_body(request: Request, limit: int) -> bytes:
+    """The request body; completion.TooLarge past `limit` bytes (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise completion.TooLarge("the body is too large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise completion.TooLarge("the body is too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def healthz(request: Request) -> Response:
     """200 while the app can record opt-outs (directly, or through the queue), else 503;
     `reasons` says what is wrong with whichever is unavailable."""
@@ -363,6 +424,7 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlet
     Redis; ConfigError when a webhook setting is unusable."""
     renderer = pages.Renderer()
     keys = settings.signing_keys()
+    hash_key, completion_key = settings.hash_key(), settings.completion_webhook_key()
     webhook_config = provider_webhooks.WebhookConfig.from_settings(settings)
 
     @asynccontextmanager
@@ -372,7 +434,13 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlet
         try:
             async with provider_webhooks.running(webhook_config, backends) as webhooks:
                 yield {
-                    "web": WebContext(keys=keys, renderer=renderer, backends=backends),
+                    "web": WebContext(
+                        keys=keys,
+                        renderer=renderer,
+                        backends=backends,
+                        hash_key=hash_key,
+                        completion_key=completion_key,
+                    ),
                     "webhooks": webhooks,
                 }
         finally:
@@ -383,6 +451,7 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlet
             Route("/unsubscribe/{token}", unsubscribe_page, methods=["GET"]),
             Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/webhooks/completion", completion_webhook, methods=["POST"]),
             *provider_webhooks.ROUTES,
         ],
         lifespan=lifespan,

@@ -1,0 +1,451 @@
+"""Completion on real components: campaigns sent through the pipeline to a real SMTP
+server, the survey references read from the messages received, and completions reported
+to the real web app (`POST /webhooks/completion`, signed here as Standard Webhooks sign)
+and to the installed `survey-worker complete`, against real Postgres and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from tests.faults.harness import wait_until
+from tests.support.pipeline import add_client, csv_of, launch, parse, run_workers
+from tests.support.smtp import RecordingHandler
+from tests.support.web import assert_private, cli, private_logs, serving, start_cli
+from worker import addresses, completion, db, privacy
+from worker.dev.embedded import free_port
+from worker.settings import Settings
+
+KEY = hashlib.sha256(b"completion test key").digest()
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
+PEOPLE = ("ann@example.com", "bob@example.com", "cat@example.com")
+# A reference of links.survey_ref's shape that no invitation has.
+STRANGER = "AAAAAAAAAAAAAAAA"
+SURVEY_LINK = re.compile(r"https://survey\.test/s\?r=([A-Za-z0-9_-]+)")
+
+
+@pytest.fixture(autouse=True)
+def logs() -> Iterator[list[dict[str, Any]]]:
+    with private_logs() as captured:
+        yield captured
+
+
+@pytest.fixture
+def hook_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"completion_webhook_secret": SecretStr(SECRET)})
+
+
+@pytest.fixture
+async def app(hook_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(hook_settings) as base, httpx.AsyncClient(base_url=base) as client:
+        yield client
+
+
+def signed(
+    body: bytes,
+    *,
+    key: bytes = KEY,
+    webhook_id: str | None = None,
+    timestamp: int | None = None,
+) -> dict[str, str]:
+    """Standard Webhooks headers for `body`: HMAC-SHA256 of `id.timestamp.body`."""
+    webhook_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(key, f"{webhook_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": stamp,
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+        "content-type": "application/json",
+    }
+
+
+async def post(
+    client: httpx.AsyncClient, value: object, *, webhook_id: str | None = None
+) -> httpx.Response:
+    body = orjson.dumps(value)
+    headers = signed(body, webhook_id=webhook_id)
+    return await client.post("/webhooks/completion", content=body, headers=headers)
+
+
+async def sent_campaign(
+    pg: asyncpg.Pool, settings: Settings, handler: RecordingHandler, *people: str
+) -> dict[str, str]:
+    """Launch and send a campaign to `people`; the survey reference each one received."""
+    if not await pg.fetchval("SELECT true FROM clients WHERE id = 'acme'"):
+        await add_client(pg, "acme")
+    already = len(handler.messages)
+    await launch(pg, settings, csv_of(*people))
+    await run_workers(settings)
+    refs = {}
+    for message in handler.messages[already:]:
+        text = parse(message).get_body(("plain",))
+        assert text is not None
+        (ref,) = SURVEY_LINK.findall(text.get_content())
+        refs[message.recipients[0]] = ref
+    assert sorted(refs) == sorted(people)
+    return refs
+
+
+async def completed(pg: asyncpg.Pool) -> dict[str, object]:
+    """Each invitation's completed_at, by address."""
+    rows = await pg.fetch("SELECT email, completed_at FROM invitations ORDER BY id")
+    return {r["email"]: r["completed_at"] for r in rows}
+
+
+async def nothing_recorded(pg: asyncpg.Pool) -> bool:
+    return (
+        await pg.fetchval("SELECT count(*) FROM invitations WHERE completed_at IS NOT NULL") == 0
+        and await pg.fetchval("SELECT count(*) FROM completion_webhooks") == 0
+    )
+
+
+# --- The webhook ---------------------------------------------------------------------------
+
+
+async def test_a_completion_marks_its_invitation_once_and_the_first_wins(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    app: httpx.AsyncClient,
+    logs: list[dict[str, Any]],
+) -> None:
+    refs = await sent_campaign(pg, hook_settings, smtp[0], *PEOPLE)
+    first = await post(app, {"ref": refs["ann@example.com"]})
+    assert first.status_code == 200, first.text
+    assert first.json() == {"completed": 1, "already_completed": 0, "unknown": []}
+    after_first = await completed(pg)
+    assert after_first["ann@example.com"] is not None
+    assert after_first["bob@example.com"] is None and after_first["cat@example.com"] is None
+
+    second = await post(app, {"refs": [refs["ann@example.com"], refs["bob@example.com"]]})
+    assert second.json() == {"completed": 1, "already_completed": 1, "unknown": []}
+    after_second = await completed(pg)
+    assert after_second["ann@example.com"] == after_first["ann@example.com"]
+    assert after_second["bob@example.com"] is not None
+    assert after_second["cat@example.com"] is None
+
+    lines = [line for line in logs if line["event"] == "invitation.completed"]
+    ids = dict(await pg.fetch("SELECT email, id FROM invitations"))
+    hashes = dict(await pg.fetch("SELECT email, email_hash FROM invitations"))
+    assert [(line["invitation_id"], line["recipient"]) for line in lines] == [
+        (ids[a], addresses.recipient_id(hashes[a])) for a in ("ann@example.com", "bob@example.com")
+    ]
+    assert all(line["campaign_id"] == 1 and line["client_id"] == "acme" for line in lines)
+    # The log never shows a reference (nor, by private_logs, an address).
+    text = orjson.dumps(logs, default=str).decode()
+    assert not any(ref in text for ref in refs.values())
+
+
+async def test_unknown_refs_and_refs_of_another_shape_are_reported(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    app: httpx.AsyncClient,
+) -> None:
+    refs = await sent_campaign(pg, hook_settings, smtp[0], *PEOPLE)
+    ann = refs["ann@example.com"]
+    odd = [STRANGER, "hello", ann + "A", ann[:-1], ann.lower() if ann.lower() != ann else "x"]
+    response = await post(app, {"refs": [odd[0], ann, *odd[1:], ann, "\u00e9" * 16]})
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "completed": 1,
+        "already_completed": 0,
+        "unknown": [*odd, "\u00e9" * 16],
+    }
+    only_unknown = await post(app, {"ref": STRANGER})
+    assert only_unknown.json() == {"completed": 0, "already_completed": 0, "unknown": [STRANGER]}
+
+
+async def test_a_forged_or_unsigned_request_is_refused_and_records_nothing(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    app: httpx.AsyncClient,
+) -> None:
+    refs = await sent_campaign(pg, hook_settings, smtp[0], *PEOPLE)
+    body = orjson.dumps({"ref": refs["ann@example.com"]})
+    other_body = orjson.dumps({"ref": refs["bob@example.com"]})
+    forged = [
+        signed(body, key=hashlib.sha256(b"a guess").digest()),
+        # A genuine signature of another body.
+        signed(other_body),
+        {k: v for k, v in signed(body).items() if k != "webhook-signature"},
+        {k: v for k, v in signed(body).items() if k != "webhook-id"},
+        {**signed(body), "webhook-signature": "v1,"},
+    ]
+    for headers in forged:
+        response = await app.post("/webhooks/completion", content=body, headers=headers)
+        assert response.status_code == 401, response.text
+        assert "error" in response.json()
+    assert await nothing_recorded(pg)
+
+
+@pytest.mark.parametrize("skew", [-301, 301, -3600])
+async def test_a_stale_or_future_timestamp_is_refused(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    app: httpx.AsyncClient,
+    skew: int,
+) -> None:
+    refs = await sent_campaign(pg, hook_settings, smtp[0], "ann@example.com")
+    body = orjson.dumps({"ref": refs["ann@example.com"]})
+    headers = signed(body, timestamp=int(time.time()) + skew)
+    response = await app.post("/webhooks/completion", content=body, headers=headers)
+    assert response.status_code == 401
+    assert "timestamp" in response.json()["error"]
+    assert await nothing_recorded(pg)
+
+
+async def test_a_replayed_webhook_id_counts_once(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    app: httpx.AsyncClient,
+) -> None:
+    refs = await sent_campaign(pg, hook_settings, smtp[0], *PEOPLE)
+    body = orjson.dumps({"ref": refs["ann@example.com"]})
+    headers = signed(body, webhook_id="msg_once")
+    first = await app.post("/webhooks/completion", content=body, headers=headers)
+    replay = await app.post("/webhooks/completion", content=body, headers=headers)
+    # The platform's retry: same id, a new timestamp and signature, even another body.
+    other = orjson.dumps({"ref": refs["bob@example.com"]})
+    retry = await app.post(
+        "/webhooks/completion", content=other, headers=signed(other, webhook_id="msg_once")
+    )
+    assert first.json() == {"completed": 1, "already_completed": 0, "unknown": []}
+    duplicate = {"completed": 0, "already_completed": 0, "unknown": [], "duplicate": True}
+    assert replay.status_code == retry.status_code == 200
+    assert replay.json() == retry.json() == duplicate
+    state = await completed(pg)
+    assert state["ann@example.com"] is not None and state["bob@example.com"] is None
+
+
+async def test_concurrent_deliveries_complete_once(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    app: httpx.AsyncClient,
+) -> None:
+    # Nothing is indexed yet: both requests find the campaign to index at once.
+    refs = await sent_campaign(pg, hook_settings, smtp[0], *PEOPLE)
+    answers = await asyncio.gather(
+        *(post(app, {"refs": list(refs.values())}) for _ in range(4)),
+        post(app, {"ref": refs["ann@example.com"]}, webhook_id="msg_same"),
+        post(app, {"ref": refs["ann@example.com"]}, webhook_id="msg_same"),
+    )
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert sum(a.json()["completed"] for a in answers) == 3
+    assert sum(bool(a.json().get("duplicate")) for a in answers) == 1
+    assert await pg.fetchval("SELECT count(*) FROM survey_refs") == 3
+
+
+async def test_a_later_campaign_is_found_too(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    app: httpx.AsyncClient,
+) -> None:
+    first = await sent_campaign(pg, hook_settings, smtp[0], "ann@example.com")
+    assert (await post(app, {"ref": first["ann@example.com"]})).json()["completed"] == 1
+    # The same person in a second campaign has another reference, indexed on demand.
+    second = await sent_campaign(pg, hook_settings, smtp[0], "ann@example.com", "bob@example.com")
+    assert second["ann@example.com"] != first["ann@example.com"]
+    answer = await post(app, {"refs": [second["bob@example.com"], first["ann@example.com"]]})
+    assert answer.json() == {"completed": 1, "already_completed": 1, "unknown": []}
+    rows = await pg.fetch(
+        "SELECT campaign_id, email FROM invitations WHERE completed_at IS NOT NULL ORDER BY 1, 2"
+    )
+    assert [tuple(r) for r in rows] == [(1, "ann@example.com"), (2, "bob@example.com")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"",
+        b"[]",
+        b'{"refs": "abc"}',
+        b'{"refs": []}',
+        b'{"ref": 42}',
+        b'{"ref": "a", "refs": ["b"]}',
+        b'{"refs": [null]}',
+        b'{"reference": "AAAAAAAAAAAAAAAA"}',
+        orjson.dumps({"refs": ["AAAAAAAAAAAAAAAA"] * (completion.MAX_REFS + 1)}),
+    ],
+)
+async def test_a_malformed_body_is_400_with_a_reason(
+    pg: asyncpg.Pool, app: httpx.AsyncClient, body: bytes
+) -> None:
+    response = await app.post("/webhooks/completion", content=body, headers=signed(body))
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]
+    assert await nothing_recorded(pg)
+
+
+async def test_a_body_over_the_cap_is_413(pg: asyncpg.Pool, app: httpx.AsyncClient) -> None:
+    body = b'{"refs": ["' + b"A" * completion.MAX_BODY + b'"]}'
+    declared = await app.post("/webhooks/completion", content=body, headers=signed(body))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    # Without a Content-Length (chunked), the body is read no further than the cap.
+    streamed = await app.post("/webhooks/completion", content=chunks(), headers=signed(body))
+    assert declared.status_code == streamed.status_code == 413
+    assert streamed.json() == {"error": "the body is too large"}
+    assert await nothing_recorded(pg)
+
+
+async def test_without_a_secret_the_endpoint_does_not_exist(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    body = orjson.dumps({"ref": STRANGER})
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        response = await client.post("/webhooks/completion", content=body, headers=signed(body))
+    assert response.status_code == 404
+    assert await nothing_recorded(pg)
+
+
+async def test_postgres_down_is_503_and_the_retry_is_not_a_replay(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    logs: list[dict[str, Any]],
+) -> None:
+    refs = await sent_campaign(pg, hook_settings, smtp[0], "ann@example.com")
+    body = orjson.dumps({"ref": refs["ann@example.com"]})
+    nowhere = f"postgresql://survey@127.0.0.1:{free_port()}/survey"
+    async with (
+        serving(hook_settings, database_url=nowhere) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        down = await client.post(
+            "/webhooks/completion", content=body, headers=signed(body, webhook_id="msg_1")
+        )
+    assert down.status_code == 503
+    assert down.headers["retry-after"] == "60"
+    assert await nothing_recorded(pg)
+    assert any(line["event"] == "completion.unavailable" for line in logs)
+    async with serving(hook_settings) as base, httpx.AsyncClient(base_url=base) as client:
+        again = await client.post(
+            "/webhooks/completion", content=body, headers=signed(body, webhook_id="msg_1")
+        )
+    assert again.json() == {"completed": 1, "already_completed": 0, "unknown": []}
+
+
+async def test_purged_invitations_are_unknown(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    app: httpx.AsyncClient,
+) -> None:
+    refs = await sent_campaign(pg, hook_settings, smtp[0], *PEOPLE)
+    assert (await post(app, {"ref": refs["ann@example.com"]})).json()["completed"] == 1
+    await pg.execute("UPDATE campaigns SET completed_at = now() - interval '400 days'")
+    async with pg.acquire() as conn:
+        assert (await privacy.purge(conn, retention_days=365)).invitations == 3
+    assert await pg.fetchval("SELECT count(*) FROM survey_refs") == 0
+    answer = await post(app, {"refs": [refs["ann@example.com"], refs["bob@example.com"]]})
+    assert answer.json()["unknown"] == [refs["ann@example.com"], refs["bob@example.com"]]
+
+
+# --- Roles ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def web_login(database_url: str) -> AsyncIterator[str]:
+    """The URL of a login user in the survey_web role, as the README tells operators."""
+    admin = await asyncpg.connect(database_url)
+    user = f"t_web_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f"CREATE ROLE {user} LOGIN IN ROLE survey_web")
+    scheme, _, rest = database_url.partition("://")
+    try:
+        yield f"{scheme}://{user}@{rest.partition('@')[2]}"
+    finally:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", user
+        )
+        await admin.execute(f"DROP ROLE IF EXISTS {user}")
+        await admin.close()
+
+
+async def test_the_web_role_completes_with_its_grants_alone(
+    pg: asyncpg.Pool, hook_settings: Settings, smtp: tuple[RecordingHandler, int], web_login: str
+) -> None:
+    refs = await sent_campaign(pg, hook_settings, smtp[0], *PEOPLE)
+    async with (
+        serving(hook_settings, database_url=web_login) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        answer = await post(client, {"refs": [refs["ann@example.com"], STRANGER]})
+        again = await post(client, {"ref": refs["ann@example.com"]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"completed": 1, "already_completed": 0, "unknown": [STRANGER]}
+    assert again.json() == {"completed": 0, "already_completed": 1, "unknown": []}
+    # completed_at is all the web role may change of an invitation.
+    web = await db.create_pool(web_login, max_size=1)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await web.execute("UPDATE invitations SET state = 'pending'")
+    finally:
+        await web.close()
+
+
+# --- The installed command, configured from the environment --------------------------------
+
+
+async def test_survey_worker_web_serves_completion_with_the_secret_from_the_environment(
+    pg: asyncpg.Pool, settings: Settings, smtp: tuple[RecordingHandler, int]
+) -> None:
+    refs = await sent_campaign(pg, settings, smtp[0], "ann@example.com")
+    port = free_port()
+    process = await start_cli(
+        settings, "web", "--port", str(port), env={"COMPLETION_WEBHOOK_SECRET": SECRET}
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await wait_until(up, timeout=30, what="survey-worker web")
+            answer = await post(client, {"ref": refs["ann@example.com"]})
+    finally:
+        process.terminate()
+        stdout, stderr = await process.communicate()
+    assert answer.json() == {"completed": 1, "already_completed": 0, "unknown": []}
+    output = stdout.decode() + stderr.decode()
+    assert '"invitation.completed"' in output
+    assert SECRET.removeprefix("whsec_") not in output
+    assert refs["ann@example.com"] not in output
+    assert_private(output)
+
+
+@pytest.mark.parametrize(
+    "value", ["my-plain-secret-0123456789", "whsec_***not-base64***", "whsec_c2hvcnQ="]
+)
+async def test_a_bad_secret_is_refused_by_every_command(settings: Settings, value: str) -> None:
+    result = await cli(settings, "status", "1", env={"COMPLETION_WEBHOOK_SECRET": value})
+    assert result.code == 1
+    assert result.stderr.startswith("Error: COMPLETION_WEBHOOK_SECRET: ")
+    assert value.removeprefix("whsec_") not in result.stderr

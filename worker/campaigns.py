@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -36,10 +37,23 @@ class LaunchRequest:
     locale: str
     # The client's key for this launch: launching again with it returns the first campaign.
     idempotency_key: str | None = None
+    # Reminder rounds to those who have not answered, `reminder_interval` apart.
+    reminders: int = 0
+    reminder_interval: timedelta | None = None
+
+
+# At most this many reminder rounds (a survey, not a drip campaign).
+MAX_REMINDERS = 10
 
 
 def check_request(request: LaunchRequest) -> None:
     """Refuse a launch request that can never work, before anything is read or written."""
+    if not 0 <= request.reminders <= MAX_REMINDERS:
+        raise LaunchProblem(f"--reminders must be from 0 to {MAX_REMINDERS}")
+    if request.reminders and request.reminder_interval is None:
+        raise LaunchProblem("--reminders needs --reminder-interval, e.g. 3d")
+    if not request.reminders and request.reminder_interval is not None:
+        raise LaunchProblem("--reminder-interval needs --reminders N")
     if request.survey_url is not None:
         try:
             links.check_survey_url(request.survey_url)
@@ -118,7 +132,9 @@ def check_template(
         unsubscribe_url="https://unsubscribe.invalid/unsubscribe/sample",
     )
     for locale in templates.locales(name):
-        templates.render(name, [locale], sample)
+        # The first message and a reminder (see `reminder` in README, Templates).
+        for reminder in (0, 1):
+            templates.render(name, [locale], {**sample, "reminder": reminder})
 
 
 async def _batches(
@@ -176,9 +192,9 @@ async def launch(
     report = LaunchReport()
     async with conn.transaction():
         campaign_id = await conn.fetchval(
-            """INSERT INTO campaigns
-                   (client_id, name, kind, template, locale, survey_url, idempotency_key)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
+            """INSERT INTO campaigns (client_id, name, kind, template, locale, survey_url,
+                                     idempotency_key, reminders, reminder_interval)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                ON CONFLICT (client_id, idempotency_key) DO NOTHING RETURNING id""",
             request.client_id,
             request.name,
@@ -187,6 +203,8 @@ async def launch(
             request.locale,
             request.survey_url or "",
             request.idempotency_key,
+            request.reminders,
+            request.reminder_interval,
         )
         if campaign_id is None:
             # A concurrent launch with the same key committed first (the insert waited for
@@ -271,6 +289,8 @@ class StatusReport:
     status_reason: str | None
     # Bounces and complaints that came back: hard, soft, policy, complaints.
     feedback: dict[str, int]
+    # Each reminder round: when it is due and its invitations by state.
+    reminders: list[ledger.Round]
 
     @property
     def total(self) -> int:
@@ -286,6 +306,7 @@ class StatusReport:
             "reasons": self.reasons,
             "status_reason": self.status_reason,
             "feedback": self.feedback,
+            "reminders": [r.as_json() for r in self.reminders],
         }
 
 
@@ -301,6 +322,7 @@ async def status_report(conn: Conn, campaign_id: int) -> StatusReport:
         await ledger.reason_counts(conn, campaign_id),
         await ledger.status_reason(conn, campaign_id),
         await feedback.counts(conn, campaign_id),
+        await ledger.rounds(conn, campaign_id),
     )
 
 

@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager, nullcontext
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ import structlog
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from worker import addresses, campaigns, db, logs, optouts, privacy, queue
+from worker import addresses, campaigns, db, durations, logs, optouts, privacy, queue
 from worker.errors import ConfigError, SurveyWorkerError
 from worker.render import TemplateStore
 from worker.settings import ServiceUrls, Settings, location
@@ -322,6 +323,15 @@ def client_add(client_id: str, name: str, sender: str) -> None:
     click.echo(f"client {client_id} {'added' if created else 'updated'}")
 
 
+def _duration(_ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return durations.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=f"--{param.name}".replace("_", "-")) from e
+
+
 @main.command()
 @click.option("--client", "client_id", required=True, help="The client the campaign is for.")
 @click.option("--template", required=True, help="Template folder name under templates/.")
@@ -348,6 +358,18 @@ def client_add(client_id: str, name: str, sender: str) -> None:
     help="Launching again with the client's same key returns the first campaign "
     "(retries create nothing twice).",
 )
+@click.option(
+    "--reminders",
+    type=click.IntRange(0, campaigns.MAX_REMINDERS),
+    default=0,
+    show_default=True,
+    help="Reminder rounds to those who have not answered (survey campaigns).",
+)
+@click.option(
+    "--reminder-interval",
+    callback=_duration,
+    help="Time from the first message to round 1, and between rounds: 90s, 12h, 3d, 1w.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def launch(
     client_id: str,
@@ -358,6 +380,8 @@ def launch(
     name: str | None,
     locale: str,
     idempotency_key: str | None,
+    reminders: int,
+    reminder_interval: timedelta | None,
     as_json: bool,
 ) -> None:
     """Create a campaign, import its recipients and start sending it."""
@@ -375,7 +399,11 @@ def launch(
         name=name or recipients.name,
         locale=locale.lower(),
         idempotency_key=idempotency_key,
+        reminders=reminders,
+        reminder_interval=reminder_interval,
     )
+    with _clear_errors():
+        campaigns.check_request(request)
     # Redis is checked too before anything is imported: a campaign that could not be
     # queued would wait for the next reconcile.
     with environment(secrets=True, redis=True) as env:
@@ -591,7 +619,14 @@ def opt_out(email: str, client_id: str | None, marketing: bool) -> None:
 @click.option("--template", required=True, help="Template folder name under templates/.")
 @click.option("--locale", default="en", show_default=True)
 @click.option("--client-name", default="Acme Research", show_default=True)
-def preview(template: str, locale: str, client_name: str) -> None:
+@click.option(
+    "--reminder",
+    type=click.IntRange(0, campaigns.MAX_REMINDERS),
+    default=0,
+    show_default=True,
+    help="Render reminder round N (0: the first message).",
+)
+def preview(template: str, locale: str, client_name: str, reminder: int) -> None:
     """Render a template with sample values and print subject, text and HTML."""
     with _clear_errors():
         settings = Settings()
@@ -604,6 +639,7 @@ def preview(template: str, locale: str, client_name: str) -> None:
                 "first_name": "Alex",
                 "survey_url": "https://survey.example.com/s?r=preview",
                 "unsubscribe_url": f"{settings.public_base_url}/unsubscribe/preview-token",
+                "reminder": reminder,
             },
         )
     click.echo(f"Subject: {rendered.subject}\nLocale: {rendered.locale}\n")

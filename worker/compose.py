@@ -79,14 +79,16 @@ def prepare(
     unsubscribe_url = links.unsubscribe_link(
         composer.public_base_url, tokens.sign(composer.signing_key, claims)
     )
+    # A reminder links to the same survey answer as the first message.
     survey_url = inv.vars.get("survey_url") or links.survey_link(
-        campaign.survey_url, links.survey_ref(composer.hash_key, inv.id)
+        campaign.survey_url, links.survey_ref(composer.hash_key, inv.parent_id or inv.id)
     )
     context = {
         **inv.vars,
         "client_name": campaign.client_name,
         "survey_url": survey_url,
         "unsubscribe_url": unsubscribe_url,
+        "reminder": inv.round,
     }
     try:
         rendered = composer.templates.render(

@@ -62,13 +62,14 @@ class FeedbackHandler:
         did not take them (the jobs already queued are harmless: feedback counts once)."""
         content = envelope.original_content or b""
         encoded = base64.b64encode(content).decode()
-        digest = hashlib.sha256(content).hexdigest()
         try:
             async with asyncio.timeout(QUEUE_TIMEOUT):
                 redis = await self._queue.get()
                 for address in envelope.rcpt_tos:
                     # The same message delivered twice while the first is queued is one job.
-                    job_id = f"feedback:{digest}:{address.lower()}"
+                    # Job ids are logged: a hash, never the address (its token).
+                    digest = hashlib.sha256(address.lower().encode() + b"\0" + content)
+                    job_id = f"feedback:{digest.hexdigest()}"
                     await queue.enqueue_feedback(
                         redis, {"verp": address, "message": encoded}, job_id=job_id
                     )

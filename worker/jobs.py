@@ -375,7 +375,8 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
     left `sending` under a lease that ran out are settled from its send journal: accepted
     ones `sent`, unstarted ones `pending`, those on the wire `unknown` (or `pending` with
     UNKNOWN_POLICY=resend); running campaigns with due work that nobody touched for a
-    reconcile interval are launched again; the ledger's claims make all of it idempotent.
+    reconcile interval are launched again, and those with reminders due get their rows
+    and are launched; the ledger's claims make all of it idempotent.
     """
     settings = ctx["settings"]
     resend = settings.unknown_policy == "resend"
@@ -390,10 +391,19 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
                 await sender.log_completion(conn, campaign)
                 completed += 1
         stalled = await ledger.stalled_campaigns(conn, settings.reconcile_interval_seconds)
+        reminded = await ledger.create_due_reminders(conn)
     for campaign_id in stalled:
         await queue.enqueue_launch(ctx["redis"], campaign_id)
         log.warning("campaign.redriven", campaign_id=campaign_id, job_id=ctx["job_id"])
-    return {"settled": settled, "completed": completed, "redriven": len(stalled)}
+    for campaign_id in reminded:
+        await queue.enqueue_launch(ctx["redis"], campaign_id)
+        log.info("reminders.due", campaign_id=campaign_id, job_id=ctx["job_id"])
+    return {
+        "settled": settled,
+        "completed": completed,
+        "redriven": len(stalled),
+        "reminded": len(reminded),
+    }
 
 
 async def _settle(

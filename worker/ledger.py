@@ -53,6 +53,9 @@ class Invitation:
     locale: str | None
     vars: dict[str, Any]
     attempts: int
+    # 0 for the first message; r for reminder round r, which follows up `parent_id`.
+    round: int = 0
+    parent_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,8 @@ async def claim(
     commits, its locks vanish with its connection and the rows are simply due again.
     """
     rows = await conn.fetch(
-        """SELECT id, email, email_hash, locale, vars, attempts FROM invitations
+        """SELECT id, email, email_hash, locale, vars, attempts, round, parent_id
+           FROM invitations
            WHERE campaign_id = $1 AND id BETWEEN $2 AND $3
              AND (state = 'pending' OR (state = 'deferred' AND next_attempt_at <= now()))
            ORDER BY id
@@ -267,19 +271,57 @@ async def next_retry_at(
 
 
 async def counts(conn: Conn, campaign_id: int) -> dict[str, int]:
-    """Number of invitations of the campaign in each state."""
+    """Number of first invitations of the campaign in each state (reminders: `rounds`)."""
     rows = await conn.fetch(
-        "SELECT state, count(*) AS n FROM invitations WHERE campaign_id = $1 GROUP BY state",
+        """SELECT state, count(*) AS n FROM invitations WHERE campaign_id = $1 AND round = 0
+           GROUP BY state""",
         campaign_id,
     )
     return {r["state"]: r["n"] for r in rows}
 
 
+@dataclass(frozen=True)
+class Round:
+    """A reminder round of a campaign: when it is due, and its invitations by state."""
+
+    round: int
+    due_at: datetime | None  # None until the campaign's first message was accepted
+    counts: dict[str, int]
+
+    def as_json(self) -> dict[str, object]:
+        """As `status --json` shows it: round, due_at, then a count per state."""
+        return {
+            "round": self.round,
+            "due_at": None if self.due_at is None else self.due_at.isoformat(),
+            **{state: self.counts.get(state, 0) for state in ("sent", "suppressed")},
+            **{s: n for s, n in self.counts.items() if s not in ("sent", "suppressed")},
+        }
+
+
+async def rounds(conn: Conn, campaign_id: int) -> list[Round]:
+    """The campaign's reminder rounds, due from its first accepted message on."""
+    rows = await conn.fetch(
+        """SELECT r.round,
+                  (SELECT min(sent_at) FROM invitations
+                   WHERE campaign_id = c.id AND round = 0 AND state = 'sent')
+                      + r.round * c.reminder_interval AS due_at,
+                  (SELECT coalesce(jsonb_object_agg(state, n), '{}') FROM (
+                       SELECT state, count(*) AS n FROM invitations
+                       WHERE campaign_id = c.id AND round = r.round GROUP BY state) s) AS counts
+           FROM campaigns c CROSS JOIN generate_series(1, c.reminders) AS r(round)
+           WHERE c.id = $1
+           ORDER BY r.round""",
+        campaign_id,
+    )
+    return [Round(r["round"], r["due_at"], r["counts"]) for r in rows]
+
+
 async def reason_counts(conn: Conn, campaign_id: int) -> dict[str, int]:
-    """Number of suppressed or failed invitations of the campaign per reason."""
+    """Number of suppressed or failed first invitations of the campaign per reason."""
     rows = await conn.fetch(
         """SELECT state || ':' || coalesce(reason, '') AS key, count(*) AS n
-           FROM invitations WHERE campaign_id = $1 AND state IN ('suppressed', 'failed')
+           FROM invitations
+           WHERE campaign_id = $1 AND round = 0 AND state IN ('suppressed', 'failed')
            GROUP BY 1 ORDER BY 1""",
         campaign_id,
     )
@@ -287,13 +329,14 @@ async def reason_counts(conn: Conn, campaign_id: int) -> dict[str, int]:
 
 
 async def complete_if_done(conn: Conn, campaign_id: int) -> bool:
-    """Mark a running campaign completed when none of its invitations is open.
+    """Mark a running campaign completed when none of its invitations is open and every
+    reminder round was created.
 
     Returns True only to the one caller that made the change.
     """
     status = await conn.fetchval(
         """UPDATE campaigns SET status = 'completed', completed_at = now()
-           WHERE id = $1 AND status = 'running'
+           WHERE id = $1 AND status = 'running' AND reminder_rounds_created >= reminders
              AND NOT EXISTS (SELECT 1 FROM invitations
                              WHERE campaign_id = $1
                                AND state IN ('pending', 'sending', 'deferred'))
@@ -371,6 +414,64 @@ async def expired_sending(conn: Conn) -> dict[str, list[Expired]]:
     return by_worker
 
 
+async def create_due_reminders(conn: Conn) -> list[int]:
+    """Create the reminder invitations that are due; the campaigns that got some.
+
+    Round r of a running campaign follows up each first message accepted at
+    least r x its reminder interval ago whose person has not completed the survey (nor
+    been erased). A round is created once every first message is final and the last one
+    accepted is due too; the campaign stays `running` until its last round was created.
+    Safe to run concurrently and repeatedly: a person gets one row per round. Whether the
+    reminder may then be sent (opt-outs, bounces, completion) is decided at send time.
+    """
+    async with conn.transaction():
+        due = await conn.fetch(
+            """SELECT c.id, r.round, c.reminder_interval,
+                      NOT EXISTS (SELECT 1 FROM invitations i
+                                  WHERE i.campaign_id = c.id AND i.round = 0
+                                    AND i.state IN ('pending', 'sending', 'deferred'))
+                      AND coalesce((SELECT max(sent_at) FROM invitations i
+                                    WHERE i.campaign_id = c.id AND i.round = 0
+                                      AND i.state = 'sent'), '-infinity')
+                          <= now() - r.round * c.reminder_interval AS complete
+               FROM campaigns c
+               CROSS JOIN generate_series(c.reminder_rounds_created + 1, c.reminders) r(round)
+               WHERE c.reminders > c.reminder_rounds_created
+                 AND c.status = 'running'
+               ORDER BY c.id, r.round
+               FOR UPDATE OF c"""
+        )
+        if not due:
+            return []
+        created = await conn.fetch(
+            """INSERT INTO invitations
+                   (campaign_id, email, email_hash, locale, vars, round, parent_id)
+               SELECT f.campaign_id, f.email, f.email_hash, f.locale, f.vars, d.round, f.id
+               FROM unnest($1::bigint[], $2::int[], $3::interval[]) AS d(campaign_id, round, every)
+               JOIN invitations f ON f.campaign_id = d.campaign_id
+               WHERE f.round = 0 AND f.state = 'sent' AND f.email IS NOT NULL
+                 AND f.completed_at IS NULL AND f.sent_at <= now() - d.round * d.every
+               ORDER BY f.campaign_id, d.round, f.id
+               ON CONFLICT (campaign_id, email_hash, round) DO NOTHING
+               RETURNING campaign_id""",
+            [r["id"] for r in due],
+            [r["round"] for r in due],
+            [r["reminder_interval"] for r in due],
+        )
+        # A round is complete once its last first message is due: so are those before it.
+        done: dict[int, int] = {}
+        for row in due:
+            if row["complete"]:
+                done[row["id"]] = max(done.get(row["id"], 0), row["round"])
+        for campaign_id, rounds_done in done.items():
+            await conn.execute(
+                "UPDATE campaigns SET reminder_rounds_created = $2 WHERE id = $1",
+                campaign_id,
+                rounds_done,
+            )
+    return sorted({r["campaign_id"] for r in created})
+
+
 async def stalled_campaigns(conn: Conn, idle_seconds: float) -> list[int]:
     """Running campaigns with due work that no worker has touched for `idle_seconds`.
 
@@ -398,7 +499,7 @@ async def finished_running_campaigns(conn: Conn) -> list[int]:
     """Running campaigns none of whose invitations is open any more."""
     rows = await conn.fetch(
         """SELECT c.id FROM campaigns c
-           WHERE c.status = 'running'
+           WHERE c.status = 'running' AND c.reminder_rounds_created >= c.reminders
              AND NOT EXISTS (SELECT 1 FROM invitations i
                              WHERE i.campaign_id = c.id
                                AND i.state IN ('pending', 'sending', 'deferred'))"""

@@ -219,11 +219,13 @@ async def _check_and_start(
     if sender.limiter is not None:
         # Wait for permits before the opt-out check, so the check stays next to the send.
         await sender.limiter.acquire(len(claimed))
+    timeout = sender.settings.suppression_timeout_seconds
     hits = await suppression.lookup(
         conn,
         scope,
         [inv.email_hash for inv in claimed],
-        timeout=sender.settings.suppression_timeout_seconds,
+        timeout=timeout,
+        followed_up=[inv.parent_id for inv in claimed if inv.parent_id is not None],
     )
     early: list[ledger.Outcome] = []
     ready: dict[int, compose.Prepared] = {}
@@ -235,6 +237,16 @@ async def _check_and_start(
             ready[inv.id] = item
         else:
             early.append(item)
+    limit = sender.settings.contact_limit()
+    if limit is not None and campaign.kind == "survey":
+        # First survey invitations only: reminders and marketing mail are not counted.
+        firsts = {i: p.invitation.email_hash for i, p in ready.items() if p.invitation.round == 0}
+        over = await suppression.count_contacts(
+            conn, firsts, cap=limit[0], window=limit[1], timeout=timeout
+        )
+        for invitation_id in over:
+            del ready[invitation_id]
+            early.append(ledger.Outcome(invitation_id, "suppressed", reason="contact_cap"))
     started = await ledger.start_chunk(
         conn,
         campaign.id,
@@ -299,8 +311,10 @@ def _log_decision(
         fields["smtp_code"] = outcome.smtp_code
     if outcome.state == "deferred":
         fields["attempt"] = inv.attempts + 1
+    if inv.round:
+        fields["round"] = inv.round
     level = "warning" if outcome.state in ("failed", "unknown") else "info"
-    getattr(bound, level)(decision_event(outcome.state), **fields)
+    getattr(bound, level)(decision_event(outcome.state, inv.round), **fields)
 
 
 async def log_completion(conn: Conn, campaign: ledger.Campaign) -> None:

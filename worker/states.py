@@ -15,10 +15,12 @@ CampaignStatus = Literal["running", "paused", "cancelled", "completed", "failed"
 Kind = Literal["survey", "marketing"]
 
 
-def decision_event(state: InvitationState) -> str:
+def decision_event(state: InvitationState, round: int = 0) -> str:
     """The log event of a decision that left an invitation in `state`; one given back
-    before it started (pending again) is `invitation.requeued`."""
-    return "invitation.requeued" if state == "pending" else f"invitation.{state}"
+    before it started (pending again) is `invitation.requeued`; a reminder's (`round` > 0)
+    is `reminder.sent`, `reminder.suppressed`, ..."""
+    what = "reminder" if round else "invitation"
+    return f"{what}.requeued" if state == "pending" else f"{what}.{state}"
 
 
 INVITATION_STATES: tuple[InvitationState, ...] = get_args(InvitationState)

@@ -2,20 +2,27 @@
 
 `lookup` runs one query for a whole chunk of recipients; `decide` is the pure rule. A
 survey invitation is checked against its own client's opt-out list only, marketing mail
-against the firm's marketing list, and both against the global bounce list.
+against the firm's marketing list, and both against the global bounce list; a reminder
+also against the completion of the survey it follows up. `count_contacts` applies
+CONTACT_CAP to the first invitations of a survey chunk.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from worker.db import DB_ERRORS, Conn
 from worker.errors import SuppressionUnavailable
 from worker.states import Kind
 
 # The order reasons are reported in when several apply.
-REASONS = ("client_opt_out", "marketing_opt_out", "bounced")
+REASONS = ("client_opt_out", "marketing_opt_out", "bounced", "completed", "contact_cap")
+# The advisory-lock namespace of CONTACT_CAP's per-address locks (two-key form: it never
+# meets the one-key locks of worker/feedback.py).
+_CONTACT_LOCKS = 0x5357_4343
 
 
 @dataclass(frozen=True)
@@ -35,11 +42,18 @@ def decide(email_hash: bytes, hits: Mapping[bytes, frozenset[str]]) -> str | Non
 
 
 async def lookup(
-    conn: Conn, scope: Scope, hashes: Iterable[bytes], *, timeout: float
+    conn: Conn,
+    scope: Scope,
+    hashes: Iterable[bytes],
+    *,
+    timeout: float,
+    followed_up: Iterable[int] = (),
 ) -> dict[bytes, frozenset[str]]:
     """The suppression reasons that apply to each of `hashes` (absent: none apply).
 
-    Raises SuppressionUnavailable when the check cannot run: the caller sends nothing.
+    `followed_up` are the first invitations the chunk's reminders follow up: a completed
+    one suppresses its reminder (`completed`). Raises SuppressionUnavailable when the check
+    cannot run: the caller sends nothing.
     """
     try:
         rows = await conn.fetch(
@@ -49,10 +63,14 @@ async def lookup(
                SELECT email_hash, 'marketing_opt_out' FROM marketing_opt_outs
                WHERE $1 = 'marketing' AND email_hash = ANY($3)
                UNION ALL
-               SELECT email_hash, 'bounced' FROM bounces WHERE email_hash = ANY($3)""",
+               SELECT email_hash, 'bounced' FROM bounces WHERE email_hash = ANY($3)
+               UNION ALL
+               SELECT email_hash, 'completed' FROM invitations
+               WHERE id = ANY($4) AND completed_at IS NOT NULL""",
             scope.kind,
             scope.client_id,
             list(hashes),
+            list(followed_up),
             timeout=timeout,
         )
     except (TimeoutError, *DB_ERRORS) as e:
@@ -61,3 +79,63 @@ async def lookup(
     for row in rows:
         found.setdefault(row["email_hash"], set()).add(row["reason"])
     return {h: frozenset(r) for h, r in found.items()}
+
+
+async def count_contacts(
+    conn: Conn,
+    invitations: Mapping[int, bytes],
+    *,
+    cap: int,
+    window: timedelta,
+    timeout: float,
+) -> set[int]:
+    """Count first survey invitations against CONTACT_CAP; the ids over the cap.
+
+    `invitations` maps each invitation about to be started to its address's hash. Each
+    one within the cap is counted now (once: a retry of a deferred one is not counted
+    again), in the caller's transaction, under a lock per address held until it commits,
+    so concurrent workers and campaigns never count past the cap. Raises
+    SuppressionUnavailable when the count cannot run: the caller sends nothing.
+    """
+    if not invitations:
+        return set()
+    ids = list(invitations)
+    hashes = [invitations[i] for i in ids]
+    try:
+        async with asyncio.timeout(timeout):
+            await conn.execute(
+                """SELECT pg_advisory_xact_lock($1, k)
+                   FROM (SELECT DISTINCT ('x' || substr(encode(h, 'hex'), 1, 8))::bit(32)::int
+                         FROM unnest($2::bytea[]) AS h) AS keys(k)
+                   ORDER BY k""",
+                _CONTACT_LOCKS,
+                hashes,
+            )
+            rows = await conn.fetch(
+                """SELECT email_hash, count(*) AS n FROM contacts
+                   WHERE email_hash = ANY($1) AND counted_at > now() - $2::interval
+                     AND invitation_id <> ALL($3)
+                   GROUP BY email_hash""",
+                hashes,
+                window,
+                ids,
+            )
+            counted = {r["email_hash"]: r["n"] for r in rows}
+            over: set[int] = set()
+            allowed: list[int] = []
+            for invitation_id, email_hash in zip(ids, hashes, strict=True):
+                if counted.get(email_hash, 0) >= cap:
+                    over.add(invitation_id)
+                else:
+                    counted[email_hash] = counted.get(email_hash, 0) + 1
+                    allowed.append(invitation_id)
+            await conn.execute(
+                """INSERT INTO contacts (invitation_id, email_hash)
+                   SELECT * FROM unnest($1::bigint[], $2::bytea[])
+                   ON CONFLICT (invitation_id) DO NOTHING""",
+                allowed,
+                [invitations[i] for i in allowed],
+            )
+    except (TimeoutError, *DB_ERRORS) as e:
+        raise SuppressionUnavailable(f"contact count failed: {type(e).__name__}") from e
+    return over

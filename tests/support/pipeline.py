@@ -6,6 +6,7 @@ import asyncio
 import email
 import email.policy
 import io
+from datetime import timedelta
 from email.message import EmailMessage
 
 import asyncpg
@@ -58,6 +59,8 @@ async def launch(
     kind: str = "survey",
     template: str = "invitation",
     enqueue: bool = True,
+    reminders: int = 0,
+    reminder_interval: timedelta | None = None,
 ) -> campaigns.LaunchReport:
     """Import a campaign from CSV text and (by default) enqueue `launch_campaign`."""
     async with pool.acquire() as conn:
@@ -70,6 +73,8 @@ async def launch(
                 survey_url="https://survey.test/s",
                 name="test",
                 locale="en",
+                reminders=reminders,
+                reminder_interval=reminder_interval,
             ),
             io.BytesIO(csv_text.encode()),
             templates=TemplateStore(settings.templates_dir),

@@ -32,6 +32,7 @@ def context(**values: object) -> dict[str, object]:
         "first_name": "Emma",
         "survey_url": SURVEY_URL,
         "unsubscribe_url": UNSUBSCRIBE_URL,
+        "reminder": 0,
     }
     base.update(values)
     return base
@@ -99,6 +100,25 @@ def test_every_shipped_template_renders_with_both_links(
     assert f'href="{UNSUBSCRIBE_URL}"' in rendered.html
     assert "<script" not in rendered.html.lower()
     assert "<img" not in rendered.html.lower()
+
+
+@pytest.mark.parametrize(
+    ("locale", "word", "sentence"),
+    [
+        ("en", "Reminder", "a reminder"),
+        ("nl", "Herinnering", "een herinnering"),
+        ("fr", "Rappel", "un rappel"),
+    ],
+)
+def test_the_invitation_says_a_reminder_is_one_in_every_language(
+    shipped: TemplateStore, locale: str, word: str, sentence: str
+) -> None:
+    first = shipped.render("invitation", [locale], context())
+    reminder = shipped.render("invitation", [locale], context(reminder=2))
+    assert sentence not in first.subject + first.text + first.html
+    assert reminder.subject.startswith(word)
+    assert sentence in reminder.text and sentence in reminder.html
+    assert reminder.subject.removeprefix(word).lstrip(" :") == first.subject
 
 
 @pytest.mark.parametrize("name", sorted({name for name, _ in SHIPPED_CASES}))

@@ -11,7 +11,6 @@ ALTER TABLE campaigns
     ADD CONSTRAINT campaigns_reminder_interval CHECK (reminders = 0 OR reminder_interval IS NOT NULL);
 
 ALTER TABLE invitations
-    ADD COLUMN IF NOT EXISTS completed_at timestamptz,
     ADD COLUMN round integer NOT NULL DEFAULT 0 CHECK (round BETWEEN 0 AND 10),
     ADD COLUMN parent_id bigint REFERENCES invitations (id) ON DELETE CASCADE,
     ADD CONSTRAINT invitations_round_parent CHECK ((round = 0) = (parent_id IS NULL));

@@ -12,12 +12,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 from pydantic import SecretStr
 
 from tests.faults.harness import wait_until
+from tests.support.pipeline import add_client, csv_of, launch, parse, run_workers
+from tests.support.smtp import RecordingHandler
 from tests.support.web import assert_private, cli, private_logs, serving, start_cli
 from tests.support.webhooks import (
     BOUNCE_DOMAIN,
@@ -730,3 +733,38 @@ async def test_an_unusable_sendgrid_key_stops_survey_worker_web_with_one_line(
     assert done.stderr.splitlines()[-1] == (
         "Error: SENDGRID_WEBHOOK_PUBLIC_KEY: not a public key in base64 DER or PEM"
     )
+
+
+# --- End to end -----------------------------------------------------------------------------
+
+
+async def test_a_signed_ses_bounce_puts_the_address_on_the_bounce_list(
+    pg: asyncpg.Pool,
+    settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    sns: SnsHost,
+    signer: SnsSigner,
+) -> None:
+    hooks = webhook_settings(settings)
+    handler = smtp[0]
+    await add_client(pg, "acme")
+    await launch(pg, hooks, csv_of("ann@example.com", "bob@example.com"))
+    await run_workers(hooks)
+    ann = next(m for m in handler.messages if m.recipients == ("ann@example.com",))
+    event = ses_event("Bounce", message_id=str(parse(ann)["Message-ID"]).strip("<>"))
+    event["mail"]["source"] = ann.sender
+    notification = signer.sign(sns_notification(event, cert_url=sns.cert_url()))
+    async with serving(hooks) as base, httpx.AsyncClient(base_url=base) as client:
+        response = await client.post("/webhooks/ses", content=json_body(notification))
+    assert response.json()["accepted"] == 1
+    await run_workers(hooks)
+
+    handler.messages.clear()
+    second = await launch(pg, hooks, csv_of("ann@example.com", "bob@example.com"))
+    await run_workers(hooks)
+    assert [m.recipients for m in handler.messages] == [("bob@example.com",)]
+    suppressed = await pg.fetch(
+        "SELECT email, reason FROM invitations WHERE campaign_id = $1 AND state = 'suppressed'",
+        second.campaign_id,
+    )
+    assert [(r["email"], r["reason"]) for r in suppressed] == [("ann@example.com", "bounced")]

@@ -41,10 +41,11 @@ from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker import addresses, completion, db, optouts, pages, provider_webhooks, queue, tokens
+from worker import api as client_api
 from worker.db import DB_ERRORS
 from worker.errors import ConfigError, QueueUnavailable, UnusableUrl
 from worker.settings import Settings, postgres_url_problem, redis_url_problem
@@ -419,9 +420,16 @@ class PrivateResponses:
             )
 
 
-def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlette:
-    """The unsubscribe app (and the provider webhooks) for these settings, Postgres and
-    Redis; ConfigError when a webhook setting is unusable."""
+def create_app(
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    *,
+    api_settings: client_api.ApiSettings | None = None,
+) -> Starlette:
+    """The unsubscribe app (and the provider webhooks, and the client API at /v1) for these
+    settings, Postgres and Redis; ConfigError when a webhook setting is unusable."""
+    api_settings = api_settings or client_api.ApiSettings()
     renderer = pages.Renderer()
     keys = settings.signing_keys()
     hash_key, completion_key = settings.hash_key(), settings.completion_webhook_key()
@@ -432,8 +440,14 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlet
         backends = Backends(database_url, redis_url)
         await backends.open()
         try:
-            async with provider_webhooks.running(webhook_config, backends) as webhooks:
+            async with (
+                provider_webhooks.running(webhook_config, backends) as webhooks,
+                client_api.running(
+                    settings, api_settings, database_url=database_url, redis_url=redis_url
+                ) as v1,
+            ):
                 yield {
+                    "api": v1,
                     "web": WebContext(
                         keys=keys,
                         renderer=renderer,
@@ -453,6 +467,7 @@ def create_app(settings: Settings, database_url: str, redis_url: str) -> Starlet
             Route("/healthz", healthz, methods=["GET"]),
             Route("/webhooks/completion", completion_webhook, methods=["POST"]),
             *provider_webhooks.ROUTES,
+            Mount("/v1", app=client_api.create_app()),
         ],
         lifespan=lifespan,
     )

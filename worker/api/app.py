@@ -1,0 +1,531 @@
+"""The client API (FastAPI, mounted at /v1 on the web app).
+
+    POST /v1/campaigns                 launch: JSON recipients or a CSV upload
+    GET  /v1/campaigns/{id}            what `status --json` prints
+    POST /v1/campaigns/{id}/pause      | resume | cancel
+    GET  /v1/opt-outs?after=&limit=    the client's opt-out feed
+    GET  /v1/openapi.json              this API, generated from the code
+
+Every request is authenticated (`Authorization: Bearer KEY`) and rate-limited per key
+before its body is read; it sees only the key's client, and another client's campaign is a
+404. Errors are `{"error": "..."}`: 400 bad input, 401 no valid key, 404, 413 a body over
+API_MAX_UPLOAD_BYTES, 429 over API_RATE_LIMIT, 503 when Postgres is unavailable; bad input
+is never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, BinaryIO
+
+import asyncpg
+import orjson
+import structlog
+from fastapi import Depends, FastAPI, Header, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from worker import apikeys, campaigns, db, feed, queue
+from worker.api.config import ApiSettings
+from worker.api.models import (
+    IDEMPOTENCY_KEY,
+    CampaignFields,
+    CampaignJson,
+    ControlAnswer,
+    ErrorAnswer,
+    FeedPage,
+    LaunchAnswer,
+    StatusAnswer,
+)
+from worker.api.uploads import (
+    BadBody,
+    BodyTooLarge,
+    JsonRecipients,
+    limited_request,
+    read_upload,
+    recipients_csv,
+)
+from worker.apikeys import Caller
+from worker.errors import CsvProblem, LaunchProblem, NotFound, UnusableUrl
+from worker.render import TemplateStore
+from worker.settings import Settings, postgres_url_problem
+
+log = structlog.get_logger("worker.api")
+
+CONNECT_TIMEOUT = 3.0
+QUERY_TIMEOUT = 30.0
+QUEUE_TIMEOUT = 3.0
+POOL_SIZE = 5
+RATE_KEY = "survey-worker:api-rate:"
+_MAX_ID = 2**63 - 1
+
+
+class ApiError(Exception):
+    """An answer other than 2xx: `{"error": message}` with `status`."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def unauthorized() -> ApiError:
+    return ApiError(
+        401,
+        "a valid API key is required: Authorization: Bearer KEY",
+        {"WWW-Authenticate": 'Bearer realm="survey-worker"'},
+    )
+
+
+def no_campaign() -> ApiError:
+    # The same answer for a campaign that does not exist and another client's.
+    return ApiError(404, "no such campaign")
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """What the handlers need, opened and closed with the web app (its lifespan state)."""
+
+    settings: Settings
+    config: ApiSettings
+    database_url: str
+    pool: asyncpg.Pool | None
+    jobs: queue.LazyQueue
+    templates: TemplateStore
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
+        """A pooled connection; raises one of `db.DB_ERRORS` when Postgres is unavailable."""
+        if self.pool is None:
+            raise UnusableUrl("API_DATABASE_URL: " + str(postgres_url_problem(self.database_url)))
+        async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+            yield conn
+
+    async def within_rate(self, caller: Caller) -> float | None:
+        """None when the key may make this request; else seconds until it may again.
+        Counted per key and minute in Redis; when Redis is unavailable, requests pass."""
+        limit = self.config.api_rate_limit
+        if not limit:
+            return None
+        now = time.time()
+        minute = int(now // 60)
+        key = f"{RATE_KEY}{caller.key_id}:{minute}"
+        try:
+            async with asyncio.timeout(QUEUE_TIMEOUT):
+                redis = await self.jobs.get()
+                async with redis.pipeline(transaction=True) as pipe:
+                    pipe.incr(key)
+                    pipe.expire(key, 120)
+                    count, _ = await pipe.execute()
+        except queue.ERRORS as e:
+            log.warning("api.rate_unchecked", error=type(e).__name__)
+            return None
+        return None if int(count) <= limit else (minute + 1) * 60 - now
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings, config: ApiSettings, *, database_url: str, redis_url: str
+) -> AsyncIterator[ApiContext]:
+    """The API's connections for the web app's lifetime; nothing connects before use, so
+    the app starts while Postgres or Redis is down."""
+    url = config.api_database_url or database_url
+    pool = None
+    if postgres_url_problem(url) is None:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=0,
+            max_size=POOL_SIZE,
+            init=db.init_connection,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=QUERY_TIMEOUT,
+        )
+    jobs = queue.LazyQueue(redis_url)
+    try:
+        yield ApiContext(
+            settings=settings,
+            config=config,
+            database_url=url,
+            pool=pool,
+            jobs=jobs,
+            templates=TemplateStore(settings.templates_dir),
+        )
+    finally:
+        await jobs.close()
+        if pool is not None:
+            await pool.close()
+
+
+def _api(request: Request) -> ApiContext:
+    api: ApiContext = request.state.api
+    return api
+
+
+bearer = HTTPBearer(
+    auto_error=False, description="A key made with `survey-worker client key create`."
+)
+
+
+async def authenticated(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> Caller:
+    """The caller of a request with a valid key, within its rate; else 401 or 429."""
+    if credentials is None:
+        raise unauthorized()
+    api = _api(request)
+    async with api.connection() as conn:
+        caller = await apikeys.authenticate(conn, credentials.credentials)
+    if caller is None:
+        log.info("api.unauthorized")
+        raise unauthorized()
+    wait = await api.within_rate(caller)
+    if wait is not None:
+        log.info("api.rate_limited", client_id=caller.client_id, key_id=caller.key_id)
+        raise ApiError(
+            429,
+            f"over {api.config.api_rate_limit} requests a minute for this key",
+            {"Retry-After": str(max(1, int(wait + 0.999)))},
+        )
+    return caller
+
+
+Authenticated = Annotated[Caller, Depends(authenticated)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorAnswer, "description": "Bad input; `error` says what."},
+    401: {"model": ErrorAnswer, "description": "No valid API key."},
+    429: {"model": ErrorAnswer, "description": "Over the key's rate; see Retry-After."},
+    503: {"model": ErrorAnswer, "description": "The database is unavailable; try again."},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorAnswer, "description": "No such campaign of this client."}
+}
+
+
+def _first_error(error: ValidationError | RequestValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+def _fields(data: dict[str, Any], model: type[CampaignFields]) -> CampaignFields:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ApiError(400, _first_error(e)) from e
+
+
+def _launch_blocking(
+    api: ApiContext, request: campaigns.LaunchRequest, stream: BinaryIO
+) -> campaigns.LaunchReport:
+    """Run `campaigns.launch` on a connection and event loop of its own, in a thread: the
+    import parses and checks every line, which would stall the app's other requests."""
+
+    async def go() -> campaigns.LaunchReport:
+        conn = await asyncpg.connect(api.database_url, timeout=CONNECT_TIMEOUT)
+        try:
+            await db.init_connection(conn)
+            return await campaigns.launch(
+                conn,
+                request,
+                stream,
+                templates=api.templates,
+                hash_key=api.settings.hash_key(),
+                progress=lambda _n: None,
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+async def _enqueue(api: ApiContext, campaign_id: int) -> bool:
+    """Ask the workers to start the campaign; False (logged) when Redis cannot take it,
+    and the reconcile cron starts it instead."""
+    try:
+        async with asyncio.timeout(QUEUE_TIMEOUT):
+            await queue.enqueue_launch(await api.jobs.get(), campaign_id)
+    except queue.ERRORS as e:
+        log.warning("campaign.enqueue_failed", campaign_id=campaign_id, error=type(e).__name__)
+        return False
+    return True
+
+
+CAMPAIGN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": CampaignJson.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["recipients", "template"],
+                    "properties": {
+                        "recipients": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The recipients CSV, as for `launch`.",
+                        },
+                        **CampaignFields.model_json_schema()["properties"],
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+async def create_campaign(
+    request: Request,
+    caller: Authenticated,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=IDEMPOTENCY_KEY,
+            description="A retry with the same key returns the first campaign.",
+        ),
+    ] = None,
+) -> JSONResponse:
+    """Launch a campaign: `launch`'s options and recipients, as JSON or as a CSV upload
+    (`multipart/form-data`, field `recipients`); the answer is `launch --json`'s."""
+    api = _api(request)
+    body = limited_request(request, api.config.api_max_upload_bytes)
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    mapping: JsonRecipients | None = None
+    if media_type == "application/json":
+        try:
+            data = orjson.loads(await body.body())
+        except orjson.JSONDecodeError as e:
+            raise ApiError(400, f"malformed JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        fields = _fields(data, CampaignJson)
+        assert isinstance(fields, CampaignJson)
+        mapping = recipients_csv(fields.recipients)
+        stream: BinaryIO = mapping.file  # type: ignore[assignment]
+        name = fields.name or "api"
+    elif media_type == "multipart/form-data":
+        upload = await read_upload(body)
+        stream = upload.file
+        try:
+            fields = _fields(dict(upload.fields), CampaignFields)
+        except ApiError:
+            stream.close()
+            raise
+        name = fields.name or upload.filename or "api upload"
+    else:
+        raise ApiError(400, "Content-Type must be application/json or multipart/form-data")
+    launch = campaigns.LaunchRequest(
+        client_id=caller.client_id,
+        template=fields.template,
+        kind=fields.kind,
+        survey_url=fields.survey_url,
+        name=name,
+        locale=fields.locale.lower(),
+        idempotency_key=idempotency_key,
+    )
+    try:
+        report = await asyncio.to_thread(_launch_blocking, api, launch, stream)
+    except (LaunchProblem, CsvProblem) as e:
+        raise ApiError(400, str(e)) from e
+    finally:
+        stream.close()
+    queued = await _enqueue(api, report.campaign_id)
+    rejected = [
+        {"line": mapping.position(r.line) if mapping else r.line, "reason": r.reason}
+        for r in report.rejected
+    ]
+    log.info(
+        "api.campaign_launched",
+        client_id=caller.client_id,
+        key_id=caller.key_id,
+        campaign_id=report.campaign_id,
+        imported=report.imported,
+        rejected=len(rejected),
+        existing=report.existing,
+    )
+    return JSONResponse(
+        {
+            "campaign_id": report.campaign_id,
+            "imported": report.imported,
+            "rejected": rejected,
+            "existing": report.existing,
+            "queued": queued,
+        },
+        status_code=200 if report.existing else 201,
+    )
+
+
+def _campaign_id(text: str) -> int:
+    """A campaign id from the path; anything else is no campaign (404)."""
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= _MAX_ID:
+        raise no_campaign()
+    return int(text)
+
+
+async def campaign_status(campaign_id: str, request: Request, caller: Authenticated) -> Any:
+    """The campaign's status and counts: what `status --json` prints."""
+    number = _campaign_id(campaign_id)
+    async with _api(request).connection() as conn:
+        if not await apikeys.owns_campaign(conn, caller.client_id, number):
+            raise no_campaign()
+        try:
+            report = await campaigns.status_report(conn, number)
+        except NotFound as e:
+            raise no_campaign() from e
+    return JSONResponse(report.as_json())
+
+
+async def _control(
+    request: Request, caller: Caller, campaign_id: str, action: campaigns.Action
+) -> JSONResponse:
+    number = _campaign_id(campaign_id)
+    api = _api(request)
+    async with api.connection() as conn:
+        if not await apikeys.owns_campaign(conn, caller.client_id, number):
+            raise no_campaign()
+        try:
+            moved, status = await campaigns.control(conn, number, action)
+        except NotFound as e:
+            raise no_campaign() from e
+    if moved:
+        log.info(f"campaign.{status}", campaign_id=number, client_id=caller.client_id, via="api")
+        if status == "running":
+            await _enqueue(api, number)
+    return JSONResponse({"campaign_id": number, "status": status, "changed": moved})
+
+
+async def pause_campaign(campaign_id: str, request: Request, caller: Authenticated) -> Any:
+    """Stop sending after the chunk in flight (idempotent)."""
+    return await _control(request, caller, campaign_id, "pause")
+
+
+async def resume_campaign(campaign_id: str, request: Request, caller: Authenticated) -> Any:
+    """Continue a paused campaign (idempotent)."""
+    return await _control(request, caller, campaign_id, "resume")
+
+
+async def cancel_campaign(campaign_id: str, request: Request, caller: Authenticated) -> Any:
+    """Stop a campaign for good: what was not sent yet is cancelled (idempotent)."""
+    return await _control(request, caller, campaign_id, "cancel")
+
+
+async def opt_out_feed(
+    request: Request,
+    caller: Authenticated,
+    after: Annotated[
+        str | None,
+        Query(max_length=64, description="`next_cursor` of the previous page; none: start."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=feed.MAX_LIMIT)] = feed.DEFAULT_LIMIT,
+) -> Any:
+    """The client's opt-out feed, oldest first: every opt-out, resubscription and erasure
+    of its list, and the cursor of the next page. Never skips or repeats an event, even
+    when they commit out of order; no events means caught up."""
+    try:
+        cursor = feed.parse_cursor(after)
+    except feed.BadCursor as e:
+        raise ApiError(400, str(e)) from e
+    async with _api(request).connection() as conn:
+        page = await feed.page(conn, caller.client_id, cursor, limit)
+    return JSONResponse(page.as_json())
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"error": _first_error(exc)}, status_code=400)
+
+
+async def _http(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _too_large(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=413)
+
+
+async def _bad_body(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+        # A deployment mistake, not the caller's: the API's database user lacks a grant.
+        log.error("api.permission_denied", error=str(exc))
+        message = "the API's database user lacks a grant (see API_DATABASE_URL)"
+    else:
+        log.warning("api.database_unavailable", error=type(exc).__name__)
+        message = "the database is unavailable; try again shortly"
+    return JSONResponse({"error": message}, status_code=503, headers={"Retry-After": "5"})
+
+
+def create_app() -> FastAPI:
+    """The API as an ASGI app, to mount at /v1; its state (`ApiContext`) comes from the
+    web app's lifespan as `api`."""
+    app = FastAPI(
+        title="survey-worker client API",
+        version="1",
+        description="Launch, watch and control a client's campaigns, and follow its "
+        "opt-out feed, with the client's API key.",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
+    app.add_api_route(
+        "/campaigns",
+        create_campaign,
+        methods=["POST"],
+        status_code=201,
+        response_model=None,
+        responses={
+            201: {"model": LaunchAnswer, "description": "Created."},
+            200: {"model": LaunchAnswer, "description": "Launched before (Idempotency-Key)."},
+            413: {"model": ErrorAnswer, "description": "Over API_MAX_UPLOAD_BYTES."},
+            **ERRORS,
+        },
+        openapi_extra=CAMPAIGN_BODY,
+    )
+    for path, endpoint, model in (
+        ("/campaigns/{campaign_id}", campaign_status, StatusAnswer),
+        ("/campaigns/{campaign_id}/pause", pause_campaign, ControlAnswer),
+        ("/campaigns/{campaign_id}/resume", resume_campaign, ControlAnswer),
+        ("/campaigns/{campaign_id}/cancel", cancel_campaign, ControlAnswer),
+    ):
+        app.add_api_route(
+            path,
+            endpoint,
+            methods=["GET"] if endpoint is campaign_status else ["POST"],
+            response_model=None,
+            responses={200: {"model": model, "description": "OK."}, **NOT_FOUND, **ERRORS},
+        )
+    app.add_api_route(
+        "/opt-outs",
+        opt_out_feed,
+        methods=["GET"],
+        response_model=None,
+        responses={200: {"model": FeedPage, "description": "OK."}, **ERRORS},
+    )
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(BodyTooLarge, _too_large)
+    app.add_exception_handler(BadBody, _bad_body)
+    for error in db.DB_ERRORS:
+        app.add_exception_handler(error, _unavailable)
+    return app

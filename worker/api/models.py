@@ -1,0 +1,96 @@
+"""The API's request and answer shapes (pydantic): they validate the input and are what
+`/v1/openapi.json` is generated from."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# `launch --idempotency-key`'s rule: 1-200 printable ASCII characters, no spaces.
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
+
+
+class CampaignFields(BaseModel):
+    """`launch`'s options, as JSON fields or multipart/form-data text fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: str = Field(min_length=1, max_length=200, description="Template folder name.")
+    kind: Literal["survey", "marketing"] = "survey"
+    survey_url: str | None = Field(
+        default=None,
+        description="Base survey link; each recipient gets a distinct one (or give a "
+        "survey_url column).",
+    )
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Campaign name."
+    )
+    locale: str = Field(
+        default="en", pattern=r"^[a-zA-Z]{2}$", description="Locale for recipients without one."
+    )
+
+
+class CampaignJson(CampaignFields):
+    """`POST /v1/campaigns` as JSON: `launch`'s options and the recipients."""
+
+    recipients: list[dict[str, str]] = Field(
+        min_length=1,
+        description="One object per recipient: `email`, optional `locale`, any template "
+        "variables (the CSV's columns).",
+    )
+
+
+class RejectedLine(BaseModel):
+    line: int = Field(
+        description="CSV: the file's line; JSON: the recipient's 1-based position in `recipients`."
+    )
+    reason: str
+
+
+class LaunchAnswer(BaseModel):
+    """What `launch --json` prints, and whether the workers were told at once."""
+
+    campaign_id: int
+    imported: int
+    rejected: list[RejectedLine]
+    existing: bool = Field(description="True: an earlier request with the Idempotency-Key.")
+    queued: bool = Field(
+        description="False: Redis could not take the job; the reconcile cron starts it."
+    )
+
+
+class StatusAnswer(BaseModel):
+    """What `status --json` prints."""
+
+    campaign_id: int
+    status: str
+    total: int
+    counts: dict[str, int]
+    reasons: dict[str, int]
+    status_reason: str | None
+    feedback: dict[str, int]
+
+
+class ControlAnswer(BaseModel):
+    campaign_id: int
+    status: str
+    changed: bool = Field(description="False: the campaign already was so, or could not move.")
+
+
+class FeedEvent(BaseModel):
+    kind: Literal["opt_out", "resubscribe", "erase"]
+    email: str | None = Field(description="None for an erasure, or an address not held.")
+    at: str = Field(description="UTC, ISO 8601.")
+
+
+class FeedPage(BaseModel):
+    """A page of the client's opt-out feed; no events: caught up (ask again later with
+    the same cursor)."""
+
+    events: list[FeedEvent]
+    next_cursor: str
+
+
+class ErrorAnswer(BaseModel):
+    error: str

@@ -1,0 +1,134 @@
+"""Request bodies of `POST /v1/campaigns`, read within API_MAX_UPLOAD_BYTES.
+
+A CSV upload (`multipart/form-data`, field `recipients`) is streamed into a spooled
+temporary file (1 MB in memory, the rest on disk) as it arrives, never held in memory; the
+import then streams it into Postgres as `launch` does. A JSON body is parsed whole (it has
+to be, to be JSON), and its recipients are written out as the same CSV, so both go through
+one import with one set of rules.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import io
+import tempfile
+from dataclasses import dataclass
+from typing import IO, BinaryIO
+
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.types import Message, Receive
+
+from worker.errors import SurveyWorkerError
+
+# Bytes of a spooled upload kept in memory before it moves to a temporary file.
+SPOOL_BYTES = 1024 * 1024
+
+
+class BodyTooLarge(SurveyWorkerError):
+    """A request body over API_MAX_UPLOAD_BYTES: 413."""
+
+
+class BadBody(SurveyWorkerError):
+    """A request body that cannot be read as what it claims to be: 400."""
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """`receive`, raising BodyTooLarge once the body passes `limit` bytes."""
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(f"the request body is over {limit} bytes")
+        return message
+
+    return limited
+
+
+def limited_request(request: Request, limit: int) -> Request:
+    """The request, refusing (BodyTooLarge) a declared or actual body over `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the request body is over {limit} bytes")
+    return Request(request.scope, _limited(request.receive, limit))
+
+
+@dataclass
+class Upload:
+    """A multipart request: the CSV file and the other fields."""
+
+    file: BinaryIO
+    filename: str | None
+    fields: dict[str, str]
+
+
+async def read_upload(request: Request) -> Upload:
+    """Spool a multipart/form-data body: the `recipients` file and any text fields.
+    BadBody when it is malformed, lacks the file, or repeats a field."""
+    try:
+        form = await request.form(max_files=1, max_fields=20, max_part_size=10_000)
+    except (MultiPartException, HTTPException) as e:
+        detail = getattr(e, "detail", None) or getattr(e, "message", "")
+        raise BadBody(f"unreadable multipart/form-data body: {detail}") from e
+    recipients = form.get("recipients")
+    fields: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if name == "recipients":
+            continue
+        if not isinstance(value, str):
+            await form.close()
+            raise BadBody(f"field {name}: only `recipients` may be a file")
+        if name in fields:
+            await form.close()
+            raise BadBody(f"field {name} is given twice")
+        fields[name] = value
+    if not isinstance(recipients, UploadFile):
+        await form.close()
+        raise BadBody("multipart/form-data needs the CSV file as the field `recipients`")
+    stream: BinaryIO = recipients.file
+    stream.seek(0)
+    return Upload(file=stream, filename=recipients.filename, fields=fields)
+
+
+@dataclass
+class JsonRecipients:
+    """JSON recipients written out as a recipients CSV, and where each one starts."""
+
+    file: IO[bytes]
+    # The file's line on which recipient i starts (a value holding a line break spans
+    # several), to report rejected lines by the recipient's position in the array.
+    starts: list[int]
+
+    def position(self, line: int) -> int:
+        """The 1-based position in `recipients` of the recipient on CSV line `line`."""
+        return bisect.bisect_right(self.starts, line)
+
+
+def recipients_csv(recipients: list[dict[str, str]]) -> JsonRecipients:
+    """A recipients CSV of `recipients`: the header is `email` and every other key in
+    the order they first appear; a recipient without a key gets an empty cell."""
+    columns: dict[str, None] = {"email": None}
+    for recipient in recipients:
+        columns.update(dict.fromkeys(recipient))
+    header = list(columns)
+    out: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
+    writer = csv.writer(text)
+    writer.writerow(header)
+    line = 2
+    starts = []
+    for recipient in recipients:
+        row = [recipient.get(column, "") for column in header]
+        starts.append(line)
+        writer.writerow(row)
+        line += sum(cell.count("\n") for cell in row) + 1
+    text.detach()
+    out.seek(0)
+    return JsonRecipients(out, starts)

@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -137,6 +138,10 @@ async def test_a_completion_marks_its_invitation_once_and_the_first_wins(
     assert after_second["ann@example.com"] == after_first["ann@example.com"]
     assert after_second["bob@example.com"] is not None
     assert after_second["cat@example.com"] is None
+
+    status = await cli(hook_settings, "status", "1", "--json")
+    assert status.code == 0, status.stderr
+    assert orjson.loads(status.stdout)["completed"] == 2
 
     lines = [line for line in logs if line["event"] == "invitation.completed"]
     ids = dict(await pg.fetch("SELECT email, id FROM invitations"))
@@ -406,6 +411,86 @@ async def test_the_web_role_completes_with_its_grants_alone(
             await web.execute("UPDATE invitations SET state = 'pending'")
     finally:
         await web.close()
+
+
+# --- The command line ----------------------------------------------------------------------
+
+
+async def test_complete_takes_refs_as_arguments(
+    pg: asyncpg.Pool, settings: Settings, smtp: tuple[RecordingHandler, int]
+) -> None:
+    refs = await sent_campaign(pg, settings, smtp[0], *PEOPLE)
+    ann, bob = refs["ann@example.com"], refs["bob@example.com"]
+    result = await cli(settings, "complete", ann, bob, STRANGER, "--json")
+    assert result.code == 0, result.stderr
+    assert orjson.loads(result.stdout) == {
+        "completed": 2,
+        "already_completed": 0,
+        "unknown": [STRANGER],
+        "rejected": [],
+    }
+    again = await cli(settings, "complete", ann)
+    assert again.code == 0, again.stderr
+    assert again.stdout == "0 completed, 1 already completed, 0 unknown\n"
+    status = await cli(settings, "status", "1")
+    assert "  completed (answered): 2" in status.stdout.splitlines()
+    events = [line["event"] for line in result.log_lines()]
+    assert events.count("invitation.completed") == 2
+    assert_private(result.stderr)
+    assert ann not in result.stderr and bob not in result.stderr
+
+
+async def test_complete_reads_a_file_and_reports_bad_lines_by_number(
+    pg: asyncpg.Pool, settings: Settings, smtp: tuple[RecordingHandler, int], tmp_path: Path
+) -> None:
+    refs = await sent_campaign(pg, settings, smtp[0], *PEOPLE)
+    ann, bob = refs["ann@example.com"], refs["bob@example.com"]
+    listing = tmp_path / "answered.txt"
+    listing.write_bytes(
+        b"\n".join(
+            [
+                ann.encode(),
+                b"",
+                b"   ",
+                f"  {bob}\r".encode(),
+                b"not a reference",
+                b"\xff\xfe" + ann[2:].encode(),
+                STRANGER.encode(),
+                ann.encode(),
+                b"",
+            ]
+        )
+    )
+    result = await cli(settings, "complete", "--file", str(listing), "--json")
+    assert result.code == 0, result.stderr
+    assert orjson.loads(result.stdout) == {
+        "completed": 2,
+        "already_completed": 0,
+        "unknown": [STRANGER],
+        "rejected": [
+            {"line": 5, "reason": "not a survey reference"},
+            {"line": 6, "reason": "not UTF-8"},
+        ],
+    }
+    text = await cli(settings, "complete", "--file", str(listing))
+    assert text.code == 0, text.stderr
+    assert text.stdout.splitlines() == [
+        "0 completed, 2 already completed, 1 unknown",
+        f"  unknown: {STRANGER}",
+        "  line 5: not a survey reference",
+        "  line 6: not UTF-8",
+    ]
+
+
+async def test_complete_refuses_bad_usage_in_one_line(settings: Settings, tmp_path: Path) -> None:
+    missing = await cli(settings, "complete", "--file", str(tmp_path / "nope.txt"))
+    nothing = await cli(settings, "complete")
+    for result in (missing, nothing):
+        assert result.code == 1
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+    assert "nope.txt" in missing.stderr
+    assert "REF" in nothing.stderr
 
 
 # --- The installed command, configured from the environment --------------------------------

@@ -11,7 +11,7 @@ from typing import BinaryIO, Literal
 
 import orjson
 
-from worker import addresses, feedback, imports, ledger, links
+from worker import addresses, completion, feedback, imports, ledger, links
 from worker.db import Conn
 from worker.errors import (
     InvalidAddress,
@@ -291,6 +291,8 @@ class StatusReport:
     feedback: dict[str, int]
     # Each reminder round: when it is due and its invitations by state.
     reminders: list[ledger.Round]
+    # Invitations the survey platform reported answered.
+    completed: int = 0
 
     @property
     def total(self) -> int:
@@ -307,6 +309,7 @@ class StatusReport:
             "status_reason": self.status_reason,
             "feedback": self.feedback,
             "reminders": [r.as_json() for r in self.reminders],
+            "completed": self.completed,
         }
 
 
@@ -323,6 +326,7 @@ async def status_report(conn: Conn, campaign_id: int) -> StatusReport:
         await ledger.status_reason(conn, campaign_id),
         await feedback.counts(conn, campaign_id),
         await ledger.rounds(conn, campaign_id),
+        await completion.completed_count(conn, campaign_id),
     )
 
 

@@ -25,7 +25,17 @@ import structlog
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from worker import addresses, campaigns, db, durations, logs, optouts, privacy, queue
+from worker import (
+    addresses,
+    campaigns,
+    completion,
+    db,
+    durations,
+    logs,
+    optouts,
+    privacy,
+    queue,
+)
 from worker.errors import ConfigError, SurveyWorkerError
 from worker.render import TemplateStore
 from worker.settings import ServiceUrls, Settings, location
@@ -495,6 +505,8 @@ def status(campaign_id: int, as_json: bool) -> None:
     lines += [f"  {key}: {n}" for key, n in report.reasons.items()]
     if any(report.feedback.values()):
         lines.append("  feedback: " + ", ".join(f"{k} {n}" for k, n in report.feedback.items()))
+    if report.completed:
+        lines.append(f"  completed (answered): {report.completed}")
     _emit(as_json, report.as_json(), "\n".join(lines))
 
 
@@ -528,6 +540,52 @@ def resume(campaign_id: int) -> None:
 def cancel(campaign_id: int) -> None:
     """Stop a campaign for good: what was not sent yet is marked cancelled."""
     click.echo(_control(campaign_id, "cancel"))
+
+
+@main.command()
+@click.argument("refs", nargs=-1, metavar="[REF]...")
+@click.option(
+    "--file",
+    "ref_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A file of references, one a line (blank lines are ignored).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def complete(refs: tuple[str, ...], ref_file: Path | None, as_json: bool) -> None:
+    """Record that invitations were answered: REF is the r= value of the survey link.
+
+    Reminders skip completed invitations. The first completion of an invitation counts;
+    later ones are reported as already completed, unknown references as unknown.
+    """
+    if not refs and ref_file is None:
+        raise click.UsageError("give one or more REF, or --file FILE")
+    lines = completion.RefLines([], [])
+    if ref_file is not None:
+        try:
+            with ref_file.open("rb") as stream:
+                lines = completion.read_ref_lines(stream)
+        except OSError as e:
+            raise click.ClickException(f"cannot read {ref_file}: {e.strerror}") from None
+    wanted = list(dict.fromkeys([*refs, *lines.refs]))
+
+    async def work(conn: asyncpg.Connection) -> completion.CompletionReport:
+        report = completion.CompletionReport()
+        for start in range(0, len(wanted), completion.MAX_REFS):
+            batch = wanted[start : start + completion.MAX_REFS]
+            report.add(await completion.complete(conn, batch, hash_key=env.settings.hash_key()))
+        return report
+
+    with environment(secrets=True) as env:
+        report = run(env, work)
+    completion.log_completed(report, source="cli")
+    rejected = [{"line": n, "reason": reason} for n, reason in lines.rejected]
+    text = [
+        f"{len(report.completed)} completed, {report.already_completed} already completed, "
+        f"{len(report.unknown)} unknown"
+    ]
+    text += [f"  unknown: {ref}" for ref in report.unknown]
+    text += [f"  line {r['line']}: {r['reason']}" for r in rejected]
+    _emit(as_json, {**report.as_json(), "rejected": rejected}, "\n".join(text))
 
 
 @main.command("resend-unknown")

@@ -364,10 +364,11 @@ async def index_refs(conn: Conn, *, hash_key: bytes) -> int:
 
 
 async def _index_campaign(conn: Conn, campaign_id: int, hash_key: bytes) -> int:
-    # Invitations with a survey_url of their own show no reference: none is stored.
+    # Reminders carry their first message's reference, and invitations with a survey_url
+    # of their own show none: only first messages with the campaign's link are stored.
     cursor = await conn.cursor(
         """SELECT id FROM invitations
-           WHERE campaign_id = $1 AND coalesce(vars->>'survey_url', '') = ''""",
+           WHERE campaign_id = $1 AND round = 0 AND coalesce(vars->>'survey_url', '') = ''""",
         campaign_id,
     )
     count = 0
@@ -378,6 +379,15 @@ async def _index_campaign(conn: Conn, campaign_id: int, hash_key: bytes) -> int:
             columns=["invitation_id", "ref_prefix"],
         )
         count += len(rows)
+    return count
+
+
+async def completed_count(conn: Conn, campaign_id: int) -> int:
+    """How many of the campaign's invitations were reported answered."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM invitations WHERE campaign_id = $1 AND completed_at IS NOT NULL",
+        campaign_id,
+    )
     return count
 
 

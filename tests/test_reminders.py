@@ -1,0 +1,257 @@
+"""Reminders and the contact cap through real workers, Postgres, Redis and SMTP: rounds
+reach only those who have not answered and are still allowed at the moment of the send;
+the cap holds across clients and concurrent workers."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.faults.harness import wait_until
+from tests.support.pipeline import add_client, csv_of, launch, opt_out, parse, run_workers
+from tests.support.smtp import RecordedMessage, RecordingHandler
+from tests.support.web import cli, email_hash, launch_args, private_logs
+from worker import completion, ledger, queue
+from worker.settings import Settings
+from worker.suppression import Scope
+
+SMTP = tuple[RecordingHandler, int]
+INTERVAL = timedelta(seconds=1)
+
+
+def survey_ref(message: RecordedMessage) -> str:
+    text = parse(message).get_body(("plain",))
+    assert text is not None
+    match = re.search(r"https://survey\.test/s\?r=([A-Za-z0-9_-]+)", text.get_content())
+    assert match is not None
+    return match.group(1)
+
+
+def to(handler: RecordingHandler, address: str) -> list[RecordedMessage]:
+    return [m for m in handler.messages if m.recipients == (address,)]
+
+
+async def status(settings: Settings, campaign_id: int) -> dict[str, object]:
+    done = await cli(settings, "status", str(campaign_id), "--json")
+    assert done.code == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+async def complete(pg: asyncpg.Pool, settings: Settings, message: RecordedMessage) -> None:
+    """The survey platform reports the answer behind the message's survey link."""
+    async with pg.acquire() as conn:
+        report = await completion.complete(
+            conn, [survey_ref(message)], hash_key=settings.hash_key()
+        )
+    assert report.as_json()["completed"] == 1
+
+
+async def round_sent(pg: asyncpg.Pool, settings: Settings, round_: int, expected: int) -> None:
+    """Run burst workers (each starts with a reconcile, which creates due rounds) until
+    `expected` reminders of `round_` are final."""
+
+    async def done() -> bool:
+        await run_workers(settings)
+        final = await pg.fetchval(
+            """SELECT count(*) FROM invitations
+               WHERE round = $1 AND state IN ('sent', 'suppressed', 'failed')""",
+            round_,
+        )
+        return bool(final >= expected)
+
+    await wait_until(done, timeout=30, what=f"round {round_}")
+
+
+async def test_two_rounds_reach_only_those_who_have_not_answered_or_left(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP
+) -> None:
+    handler = smtp[0]
+    await add_client(pg, "acme")
+    people = ["ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com"]
+    campaign = await launch(pg, settings, csv_of(*people), reminders=2, reminder_interval=INTERVAL)
+    await run_workers(settings)
+    assert len(handler.messages) == 4
+    assert (await status(settings, campaign.campaign_id))["status"] == "running"
+    # Ann answers, Bob unsubscribes, both before round 1.
+    await complete(pg, settings, to(handler, "ann@example.com")[0])
+    await opt_out(pg, settings, "bob@example.com", Scope("survey", "acme"))
+    with private_logs() as logs:
+        await round_sent(pg, settings, 1, expected=3)
+        # Dan answers between round 1 and round 2.
+        await complete(pg, settings, to(handler, "dan@example.com")[0])
+        await round_sent(pg, settings, 2, expected=2)
+    assert [len(to(handler, p)) for p in people] == [1, 1, 3, 2]
+    first, *reminders = to(handler, "cat@example.com")
+    for reminder in reminders:
+        assert parse(reminder)["Subject"].startswith("Reminder: ")
+        assert parse(reminder)["Message-ID"] != parse(first)["Message-ID"]
+        # The reminder links to the same survey answer as the first message.
+        assert survey_ref(reminder) == survey_ref(first)
+    assert len({parse(m)["Message-ID"] for m in handler.messages}) == len(handler.messages)
+    sent = [(e["event"], e.get("round")) for e in logs if e["event"].startswith("reminder.")]
+    assert sent.count(("reminder.sent", 1)) == 2 and sent.count(("reminder.sent", 2)) == 1
+    assert ("reminder.suppressed", 1) in sent and ("reminder.suppressed", 2) in sent
+    report = await status(settings, campaign.campaign_id)
+    assert report["status"] == "completed"
+    assert report["counts"] == {"sent": 4}
+    rounds = report["reminders"]
+    assert isinstance(rounds, list)
+    assert [(r["round"], r["sent"], r["suppressed"]) for r in rounds] == [(1, 2, 1), (2, 1, 1)]
+    assert all(r["due_at"] for r in rounds)
+
+
+async def test_a_completion_after_the_round_was_created_stops_its_send(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP
+) -> None:
+    handler = smtp[0]
+    await add_client(pg, "acme")
+    campaign = await launch(
+        pg, settings, csv_of("ann@example.com"), reminders=1, reminder_interval=INTERVAL
+    )
+    await run_workers(settings)
+
+    async def round_created() -> bool:
+        # What reconcile does, without a worker to send the round at once.
+        async with pg.acquire() as conn:
+            return bool(await ledger.create_due_reminders(conn))
+
+    await wait_until(round_created, timeout=10, what="round 1 to be created")
+    # The platform's word arrives after the row exists and before any worker sends it.
+    await complete(pg, settings, handler.messages[0])
+    assert settings.redis_url is not None
+    redis = await queue.connect(settings.redis_url)
+    try:
+        await queue.enqueue_launch(redis, campaign.campaign_id)
+    finally:
+        await redis.aclose()
+    await round_sent(pg, settings, 1, expected=1)
+    row = await pg.fetchrow("SELECT state, reason FROM invitations WHERE round = 1")
+    assert dict(row) == {"state": "suppressed", "reason": "completed"}
+    assert len(handler.messages) == 1
+
+
+async def test_a_paused_campaign_sends_no_reminder_until_it_resumes(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP
+) -> None:
+    handler = smtp[0]
+    await add_client(pg, "acme")
+    campaign = await launch(
+        pg, settings, csv_of("ann@example.com"), reminders=1, reminder_interval=INTERVAL
+    )
+    await run_workers(settings)
+    assert (await cli(settings, "pause", str(campaign.campaign_id))).code == 0
+    sent_at = await pg.fetchval("SELECT sent_at FROM invitations WHERE round = 0")
+    await wait_until(
+        lambda: _past(pg, sent_at + 2 * INTERVAL), timeout=10, what="the round to be due"
+    )
+    await run_workers(settings)
+    assert await pg.fetchval("SELECT count(*) FROM invitations WHERE round = 1") == 0
+    assert len(handler.messages) == 1
+    assert (await cli(settings, "resume", str(campaign.campaign_id))).code == 0
+    await round_sent(pg, settings, 1, expected=1)
+    assert len(handler.messages) == 2
+
+
+async def _past(pg: asyncpg.Pool, moment: object) -> bool:
+    return bool(await pg.fetchval("SELECT now() > $1", moment))
+
+
+@pytest.fixture
+def capped(settings: Settings) -> Settings:
+    return settings.model_copy(update={"contact_cap": "1/1d"})
+
+
+async def test_the_contact_cap_holds_across_clients_and_concurrent_workers(
+    pg: asyncpg.Pool, capped: Settings, smtp: SMTP
+) -> None:
+    handler = smtp[0]
+    people = [f"p{n}@example.com" for n in range(30)]
+    for client in ("acme", "globex", "initech"):
+        await add_client(pg, client)
+        await launch(pg, capped, csv_of(*people), client_id=client)
+    with private_logs() as logs:
+        await run_workers(capped, count=3)
+    # Each person got exactly one first invitation, from whichever client came first.
+    assert sorted(m.recipients[0] for m in handler.messages) == sorted(people)
+    reasons = await pg.fetch(
+        "SELECT reason, count(*) AS n FROM invitations WHERE state = 'suppressed' GROUP BY 1"
+    )
+    assert [dict(r) for r in reasons] == [{"reason": "contact_cap", "n": 60}]
+    assert sum(e["event"] == "invitation.suppressed" for e in logs) == 60
+
+
+async def test_the_cap_counts_neither_reminders_nor_marketing_and_survives_erasure(
+    pg: asyncpg.Pool, capped: Settings, smtp: SMTP
+) -> None:
+    handler = smtp[0]
+    await add_client(pg, "acme")
+    await add_client(pg, "globex")
+    await launch(pg, capped, csv_of("ann@example.com"), reminders=1, reminder_interval=INTERVAL)
+    await run_workers(capped)
+    # The reminder of the survey Ann already received is not a new contact.
+    await round_sent(pg, capped, 1, expected=1)
+    await launch(pg, capped, csv_of("ann@example.com"), kind="marketing", template="marketing")
+    await run_workers(capped)
+    assert len(handler.messages) == 3
+    erased = await cli(capped, "erase", "ann@example.com", "--actor", "privacy@firm.example")
+    assert erased.code == 0, erased.stderr
+    await launch(pg, capped, csv_of("ann@example.com"), client_id="globex")
+    await run_workers(capped)
+    assert len(handler.messages) == 3
+    hashed = email_hash(capped, "ann@example.com")
+    assert await pg.fetchval("SELECT count(*) FROM contacts WHERE email_hash = $1", hashed) == 1
+    assert (
+        await pg.fetchval(
+            "SELECT i.reason FROM invitations i JOIN campaigns c ON c.id = i.campaign_id "
+            "WHERE c.client_id = 'globex'"
+        )
+        == "contact_cap"
+    )
+
+
+async def test_launch_takes_reminders_from_the_command_line(
+    pg: asyncpg.Pool, settings: Settings, tmp_path: Path
+) -> None:
+    await add_client(pg, "acme")
+    recipients = tmp_path / "people.csv"
+    recipients.write_text(csv_of("ann@example.com"))
+    args = ["--reminders", "2", "--reminder-interval", "3d", "--json"]
+    done = await cli(settings, *launch_args(recipients), *args)
+    assert done.code == 0, done.stderr
+    campaign_id = json.loads(done.stdout)["campaign_id"]
+    row = await pg.fetchrow("SELECT reminders, reminder_interval FROM campaigns")
+    assert (row["reminders"], row["reminder_interval"]) == (2, timedelta(days=3))
+    report = await status(settings, campaign_id)
+    assert report["reminders"] == [
+        {"round": 1, "due_at": None, "sent": 0, "suppressed": 0},
+        {"round": 2, "due_at": None, "sent": 0, "suppressed": 0},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--reminders", "2"], "--reminders needs --reminder-interval"),
+        (["--reminder-interval", "3d"], "--reminder-interval needs --reminders"),
+        (["--reminders", "11", "--reminder-interval", "3d"], "--reminders"),
+        (["--reminders", "1", "--reminder-interval", "3 days"], "duration such as"),
+        (["--reminders", "1", "--reminder-interval", "0s"], "more than nothing"),
+    ],
+)
+async def test_launch_refuses_reminder_options_that_cannot_work(
+    pg: asyncpg.Pool, settings: Settings, tmp_path: Path, args: list[str], expected: str
+) -> None:
+    await add_client(pg, "acme")
+    recipients = tmp_path / "people.csv"
+    recipients.write_text(csv_of("ann@example.com"))
+    done = await cli(settings, *launch_args(recipients), *args)
+    assert done.code != 0
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    assert await pg.fetchval("SELECT count(*) FROM campaigns") == 0

@@ -506,3 +506,45 @@ async def test_a_hundred_thousand_recipients_upload_streams_into_one_campaign(
         await pg.fetchval("SELECT count(*) FROM invitations WHERE campaign_id = $1", campaign_id)
         == total
     )
+
+
+async def test_reminders_are_launch_options_too(
+    pg: asyncpg.Pool, settings: Settings, keys: dict[str, str]
+) -> None:
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        json_launch = await http.post(
+            "/v1/campaigns",
+            json=campaign_json("a@example.com", reminders=2, reminder_interval="3d"),
+            headers=bearer(keys["acme"]),
+        )
+        form_launch = await http.post(
+            "/v1/campaigns",
+            data={
+                "template": "invitation",
+                "survey_url": SURVEY,
+                "reminders": "1",
+                "reminder_interval": "12h",
+            },
+            files={"recipients": ("people.csv", b"email\nb@example.com\n", "text/csv")},
+            headers=bearer(keys["acme"]),
+        )
+        bad = [
+            await http.post(
+                "/v1/campaigns",
+                json=campaign_json("a@example.com", **fields),
+                headers=bearer(keys["acme"]),
+            )
+            for fields in (
+                {"reminders": 2, "reminder_interval": "soon"},
+                {"reminders": 11, "reminder_interval": "1d"},
+                {"reminders": 2},
+            )
+        ]
+    assert json_launch.status_code == form_launch.status_code == 201
+    rows = await pg.fetch(
+        "SELECT reminders, extract(epoch FROM reminder_interval) AS s FROM campaigns ORDER BY id"
+    )
+    assert [(r["reminders"], r["s"]) for r in rows] == [(2, 3 * 86400), (1, 12 * 3600)]
+    assert [b.status_code for b in bad] == [400, 400, 400]
+    assert "reminder_interval" in bad[0].json()["error"]
+    assert "reminders" in bad[1].json()["error"]

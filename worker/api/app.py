@@ -32,7 +32,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from worker import apikeys, campaigns, db, feed, queue
+from worker import apikeys, campaigns, db, durations, feed, queue
 from worker.api.config import ApiSettings
 from worker.api.models import (
     IDEMPOTENCY_KEY,
@@ -324,6 +324,13 @@ async def create_campaign(
         name = fields.name or upload.filename or "api upload"
     else:
         raise ApiError(400, "Content-Type must be application/json or multipart/form-data")
+    try:
+        interval = (
+            None if fields.reminder_interval is None else durations.parse(fields.reminder_interval)
+        )
+    except ValueError as e:
+        stream.close()
+        raise ApiError(400, f"reminder_interval: {e}") from e
     launch = campaigns.LaunchRequest(
         client_id=caller.client_id,
         template=fields.template,
@@ -332,6 +339,8 @@ async def create_campaign(
         name=name,
         locale=fields.locale.lower(),
         idempotency_key=idempotency_key,
+        reminders=fields.reminders,
+        reminder_interval=interval,
     )
     try:
         report = await asyncio.to_thread(_launch_blocking, api, launch, stream)

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.campaigns import MAX_REMINDERS
+
 # `launch --idempotency-key`'s rule: 1-200 printable ASCII characters, no spaces.
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
 
@@ -28,6 +30,17 @@ class CampaignFields(BaseModel):
     )
     locale: str = Field(
         default="en", pattern=r"^[a-zA-Z]{2}$", description="Locale for recipients without one."
+    )
+    reminders: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_REMINDERS,
+        description="Reminder rounds to those who have not answered (survey campaigns).",
+    )
+    reminder_interval: str | None = Field(
+        default=None,
+        max_length=20,
+        description="Time from the first message to round 1, and between rounds: 90s, 12h, 3d, 1w.",
     )
 
 

@@ -29,6 +29,7 @@ class Composer:
     hash_key: bytes  # keys the survey reference of each invitation
     public_base_url: str  # where the unsubscribe pages are
     bounce_domain: str | None = None  # BOUNCE_DOMAIN: the envelope sender is a VERP address
+    postmark_metadata: bool = False  # POSTMARK_WEBHOOK_USER set: sent through Postmark
 
     @classmethod
     def from_settings(cls, settings: Settings, templates: TemplateStore) -> Composer:
@@ -39,6 +40,7 @@ class Composer:
             hash_key=settings.hash_key(),
             public_base_url=settings.public_base_url,
             bounce_domain=settings.bounce_domain,
+            postmark_metadata=settings.postmark_webhook_user is not None,
         )
 
 
@@ -112,6 +114,7 @@ def prepare(
                 date=now,
                 list_id=_list_id(campaign),
                 unsubscribe_url=unsubscribe_url,
+                postmark_metadata=composer.postmark_metadata,
             )
         )
     except UnsafeHeaderValue:

@@ -75,6 +75,8 @@ class OutgoingMessage:
     date: datetime
     list_id: str  # e.g. "Acme Research surveys <client-7.surveys.example.com>"
     unsubscribe_url: str
+    # Sent through Postmark: repeat the Message-ID as metadata, which its webhooks return.
+    postmark_metadata: bool = False
 
 
 def message_id_for(invitation_id: int, domain: str) -> str:
@@ -137,6 +139,8 @@ def build(msg: OutgoingMessage) -> bytes:
         "MIME-Version: 1.0",
         _fold("Content-Type", [" multipart/alternative;", f' boundary="{boundary}"']),
     ]
+    if msg.postmark_metadata:
+        headers.append(_fold("X-PM-Metadata-message-id", [f" {msg.message_id}"]))
     part_headers = "charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
     return b"".join(
         (

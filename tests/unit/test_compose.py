@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker import links, tokens
+from worker import links, tokens, verp
 from worker.addresses import address_hash
 from worker.compose import MAX_MESSAGE_BYTES, Composer, Prepared, prepare
 from worker.ledger import Campaign, Invitation, Outcome
@@ -256,3 +256,30 @@ def test_a_message_over_the_size_limit_fails_as_too_large(size: int, too_large: 
     else:
         assert isinstance(result, Prepared)
         assert MAX_MESSAGE_BYTES // 2 < len(result.data) <= MAX_MESSAGE_BYTES
+
+
+def test_the_envelope_sender_is_the_client_s_address_or_a_verp_address() -> None:
+    assert _prepared().envelope_sender == "surveys@acme.example.com"
+    composer = dataclasses.replace(COMPOSER, bounce_domain="bounces.example.net")
+    prepared = prepare(composer, SURVEY, ANN, NOW)
+    assert isinstance(prepared, Prepared)
+    assert verp.invitation_of([SIGNING_KEY], prepared.envelope_sender, "bounces.example.net") == 42
+    # The From header still names the client.
+    assert _parse(prepared.data)["From"].addresses[0].addr_spec == "surveys@acme.example.com"
+
+
+def test_a_reminder_says_so_and_links_to_the_first_message_s_survey_answer() -> None:
+    first = _prepared()
+    reminder = _prepared(id=99, round=1, parent_id=ANN.id)
+    assert _parse(reminder.data)["Subject"] == "Reminder: Acme Research would value your opinion"
+    assert reminder.message_id == message_id_for(99, "acme.example.com") != first.message_id
+    ref = links.survey_ref(HASH_KEY, ANN.id)
+    assert all(ref in body for body in _bodies(reminder.data) + _bodies(first.data))
+
+
+def test_through_postmark_the_message_id_is_repeated_as_metadata() -> None:
+    assert "X-PM-Metadata-message-id" not in _parse(_prepared().data)
+    composer = dataclasses.replace(COMPOSER, postmark_metadata=True)
+    prepared = prepare(composer, SURVEY, ANN, NOW)
+    assert isinstance(prepared, Prepared)
+    assert _parse(prepared.data)["X-PM-Metadata-message-id"] == prepared.message_id

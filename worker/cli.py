@@ -876,3 +876,8 @@ def purge(as_json: bool) -> None:
         f"purged {report.invitations} invitations of {report.campaigns} campaigns that ended "
         f"more than {days} days ago",
     )
+
+
+# `client key`, `feed` and `access-request` live in their own module, which adds them to
+# the groups above when imported.
+from worker import cli_clients  # noqa: E402, F401

@@ -10,7 +10,7 @@ import structlog
 from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
 
-from worker import jobs, queue
+from worker import feed, jobs, queue
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.main")
@@ -48,6 +48,8 @@ class WorkerSettings:
     cron_jobs: ClassVar[list[CronJob]] = [
         # Retention, daily at a quiet hour (UTC); `unique` lets one worker run it.
         cron(jobs.purge, name=queue.Job.PURGE, hour={3}, minute={17}),  # type: ignore[arg-type]
+        # The opt-out feed's drops into the directories registered with `feed --daily`.
+        cron(feed.drop_feeds, name="drop_feeds", hour={4}, minute={7}),
     ]
 
 

@@ -10,6 +10,7 @@ one's chunk from the send journal and finishes the campaign, under UNKNOWN_POLIC
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -170,3 +171,41 @@ async def test_killed_mid_campaign_on_a_slow_server_unknown_is_at_most_the_conne
     # UNKNOWN_POLICY=hold: no address got two; every one accepted is `sent`.
     assert all(n == 1 for n in got.values())
     assert all(got.get(a) == 1 for a, s in states.items() if s == "sent")
+
+
+async def test_killed_in_a_reminder_round_each_person_gets_that_round_at_most_once(
+    pg: asyncpg.Pool, crash: Settings, smtp: SMTP, spawn: Spawn
+) -> None:
+    handler = smtp[0]
+    await add_client(pg, "acme")
+    campaign = await launch(
+        pg, crash, csv_of(*EMAILS), reminders=1, reminder_interval=timedelta(seconds=1)
+    )
+    first = spawn(crash)
+
+    async def first_round_sent() -> bool:
+        return len(handler.messages) >= len(EMAILS)
+
+    await wait_until(first_round_sent, what="the first messages")
+    # The reminders of these five are on the wire, their DATA reply held, at the kill.
+    on_the_wire = EMAILS[100 : 100 + CONNECTIONS]
+    for address in on_the_wire:
+        handler.on(address, stage="DATA", delay=HOLD, times=1)
+
+    async def reminders_on_the_wire() -> bool:
+        return len(handler.messages) >= len(EMAILS) + 100 and len(handler.held) >= CONNECTIONS
+
+    await wait_until(reminders_on_the_wire, what="100 reminders accepted and 5 held")
+    first.kill()
+    spawn(crash)
+    await completed(crash, campaign.campaign_id)
+    rows = await pg.fetch(
+        "SELECT round, state, count(*) AS n FROM invitations GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    assert [tuple(r) for r in rows] == [
+        (0, "sent", 400),
+        (1, "sent", 400 - CONNECTIONS),
+        (1, "unknown", CONNECTIONS),
+    ]
+    # UNKNOWN_POLICY=hold: nobody got a round twice.
+    assert received_by(handler.messages) == {a: 1 if a in on_the_wire else 2 for a in EMAILS}

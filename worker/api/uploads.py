@@ -126,6 +126,10 @@ def recipients_csv(recipients: list[dict[str, str]]) -> JsonRecipients:
     starts = []
     for recipient in recipients:
         row = [recipient.get(column, "") for column in header]
+        if not any(row):
+            # A blank line would be skipped by the import: this one must be reported
+            # (an email of one space is an invalid address, like a missing one).
+            row[0] = " "
         starts.append(line)
         writer.writerow(row)
         line += sum(cell.count("\n") for cell in row) + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -78,8 +79,11 @@ async def prepare_client(
     )
 
 
-async def launch(conn: asyncpg.Connection, settings: Settings, csv_path: Path) -> Imported:
-    """Create the campaign and import the file through `worker.campaigns.launch`, timed.
+async def launch(
+    conn: asyncpg.Connection, settings: Settings, csv_path: Path, *, reminders: int = 0
+) -> Imported:
+    """Create the campaign and import the file through `worker.campaigns.launch`, timed;
+    with `reminders`, that many rounds a week apart (none due during the bench).
 
     The launch_campaign job is not enqueued here: the bench does that at t0.
     """
@@ -91,6 +95,8 @@ async def launch(conn: asyncpg.Connection, settings: Settings, csv_path: Path) -
         survey_url="https://survey.bench.example.com/s/2026",
         name="bench",
         locale="en",
+        reminders=reminders,
+        reminder_interval=timedelta(days=7) if reminders else None,
     )
     templates = TemplateStore(settings.templates_dir)
     with csv_path.open("rb") as stream:

@@ -37,7 +37,7 @@ from bench.settings import bench_settings
 from worker import ledger, queue
 from worker.dev import embedded
 from worker.errors import ConfigError
-from worker.settings import Settings
+from worker.settings import ServiceUrls, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / ".data" / "bench"
@@ -87,6 +87,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="use the built-in sink even if smtp-sink is installed",
     )
+    parser.add_argument(
+        "--features",
+        action="store_true",
+        help="with BOUNCE_DOMAIN, CONTACT_CAP and two reminder rounds (not yet due) configured",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     return parser.parse_args(argv)
 
@@ -128,8 +133,19 @@ async def wait_completed(
     last_check = last_progress = time.monotonic()
     last_open = total
     while True:
-        status = await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id)
+        row = await conn.fetchrow(
+            "SELECT status, reminders FROM campaigns WHERE id = $1", campaign_id
+        )
+        assert row is not None
+        status, pending_rounds = row["status"], row["reminders"]
         if status == "completed":
+            return
+        if pending_rounds and not await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM invitations WHERE campaign_id = $1
+                              AND state IN ('pending', 'sending', 'deferred'))""",
+            campaign_id,
+        ):
+            # Every first message is done; the reminder rounds are days away.
             return
         if status != "running":
             raise BenchError(f"the campaign ended {status}; see the worker logs in {RUN_DIR}")
@@ -159,7 +175,7 @@ def _port(url: str | None) -> int:
 
 
 async def import_campaign(
-    conn: asyncpg.Connection, settings: Settings, total: int
+    conn: asyncpg.Connection, settings: Settings, total: int, *, reminders: int
 ) -> tuple[campaign.Recipients, campaign.Imported]:
     """Generate the recipients and the opt-out list, and import the campaign (timed)."""
     csv_path = RUN_DIR / "recipients.csv"
@@ -167,7 +183,7 @@ async def import_campaign(
     recipients = await asyncio.to_thread(campaign.write_csv, csv_path, total)
     await campaign.prepare_client(conn, settings, recipients.opted_out)
     say("importing them with worker.campaigns.launch")
-    imported = await campaign.launch(conn, settings, csv_path)
+    imported = await campaign.launch(conn, settings, csv_path, reminders=reminders)
     csv_path.unlink()
     say(f"imported {imported.rows:,} rows in {imported.seconds:.2f} s")
     return recipients, imported
@@ -223,7 +239,7 @@ async def send(
     )
 
 
-async def measure(args: argparse.Namespace, urls: embedded.ServiceUrls) -> Figures:
+async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
     """Run the whole measurement; every process and the database are gone when it returns."""
     async with fresh_database(urls.database_url) as database_url:
         with (
@@ -240,12 +256,15 @@ async def measure(args: argparse.Namespace, urls: embedded.ServiceUrls) -> Figur
                 data_dir=DATA_DIR,
                 slice_size=args.slice_size,
                 smtp_connections=args.smtp_connections,
+                features=args.features,
             )
             redis = await queue.connect(urls.redis_url)
             conn = await asyncpg.connect(database_url)
             try:
                 await redis.flushdb()
-                recipients, imported = await import_campaign(conn, settings, args.recipients)
+                recipients, imported = await import_campaign(
+                    conn, settings, args.recipients, reminders=2 if args.features else 0
+                )
                 sent = await send(
                     conn,
                     redis,

@@ -37,10 +37,12 @@ def bench_settings(
     data_dir: Path,
     slice_size: int | None,
     smtp_connections: int | None,
+    features: bool = False,
 ) -> Settings:
     """Settings for the workers of one run: local sink without TLS, JSON decision logs.
 
-    The throughput knobs keep their defaults unless given.
+    The throughput knobs keep their defaults unless given. `features` sets BOUNCE_DOMAIN
+    (VERP envelope senders) and CONTACT_CAP (counted at send time).
     """
     values: dict[str, Any] = {
         "app_env": "test",
@@ -53,6 +55,9 @@ def bench_settings(
         "log_format": "json",
         "log_level": "INFO",
     }
+    if features:
+        values["bounce_domain"] = "bounces.bench.example.com"
+        values["contact_cap"] = "3/30d"
     if slice_size is not None:
         values["slice_size"] = slice_size
     if smtp_connections is not None:

@@ -34,7 +34,7 @@ from bench.errors import BenchError
 from bench.monitor import Monitor
 from bench.report import Figures, as_json, as_table
 from bench.settings import bench_settings
-from worker import ledger, queue
+from worker import access, addresses, ledger, queue
 from worker.dev import embedded
 from worker.errors import ConfigError
 from worker.settings import ServiceUrls, Settings
@@ -189,6 +189,20 @@ async def import_campaign(
     return recipients, imported
 
 
+async def time_access_request(conn: asyncpg.Connection, settings: Settings, total: int) -> None:
+    """Answer one recipient's access request on the full ledger, and say how long it took."""
+    address = campaign.email(1)
+    started = time.perf_counter()
+    await access.request(
+        conn,
+        email=address,
+        email_hash=addresses.address_hash(settings.hash_key(), address),
+        actor="bench",
+    )
+    seconds = time.perf_counter() - started
+    say(f"access request: {seconds:.3f} s for one address among {total:,} invitations")
+
+
 @dataclass(frozen=True)
 class Sent:
     """What the send phase measured; times are wall-clock (epoch) seconds."""
@@ -276,6 +290,7 @@ async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
                 )
                 counts = await ledger.counts(conn, imported.campaign_id)
                 p50, p99 = await latency.percentiles(conn, imported.campaign_id, sent.t0)
+                await time_access_request(conn, settings, recipients.total)
             finally:
                 await conn.close()
                 await redis.aclose()

@@ -318,6 +318,7 @@ async def test_purge_deletes_old_invitations_and_links_keep_working(
     assert orjson.loads(purged.stdout.splitlines()[-1]) == {
         "campaigns": 1,
         "invitations": 2,
+        "counts": 0,
         "retention_days": 365,
     }
     assert await states(pg, old.campaign_id) == {}
@@ -358,3 +359,33 @@ async def test_the_purge_cron_job_runs_in_the_worker(
     assert await states(pg, old.campaign_id) == {}
     summary = next(e for e in logs if e["event"] == "retention.purged")
     assert (summary["campaigns"], summary["invitations"]) == (1, 1)
+
+
+async def test_purge_keeps_feedback_and_contact_counts_while_a_window_reads_them(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    hashed = email_hash(settings, "ann@example.com")
+    for days in (10, 40, 400):
+        at = f"now() - interval '{days} days'"
+        await pg.execute(
+            f"""INSERT INTO feedback (invitation_id, campaign_id, email_hash, kind, source,
+                                      created_at) VALUES ($1, 1, $2, 'soft', 'verp', {at})""",
+            days,
+            hashed,
+        )
+        await pg.execute(
+            f"INSERT INTO contacts (invitation_id, email_hash, counted_at) VALUES ($1, $2, {at})",
+            days,
+            hashed,
+        )
+    # RETENTION_DAYS=7, but the soft-bounce window reads 30 days back and the cap 60.
+    capped = settings.model_copy(update={"retention_days": 7, "contact_cap": "2/60d"})
+    purged = await cli(capped, "purge", "--json")
+    assert purged.code == 0, purged.stderr
+    assert orjson.loads(purged.stdout)["counts"] == 2
+    assert [
+        r["invitation_id"] for r in await pg.fetch("SELECT invitation_id FROM feedback ORDER BY 1")
+    ] == [10, 40]
+    assert [
+        r["invitation_id"] for r in await pg.fetch("SELECT invitation_id FROM contacts ORDER BY 1")
+    ] == [10, 40]

@@ -868,11 +868,18 @@ def erase(email: str, actor: str) -> None:
 def purge(as_json: bool) -> None:
     """Delete the invitations of campaigns that ended more than RETENTION_DAYS ago."""
     with environment() as env:
-        days = env.settings.retention_days
-        report = run(env, lambda conn: privacy.purge(conn, retention_days=days))
+        days, counts_days = env.settings.retention_days, env.settings.counts_days()
+        report = run(
+            env, lambda conn: privacy.purge(conn, retention_days=days, counts_days=counts_days)
+        )
     _emit(
         as_json,
-        {"campaigns": report.campaigns, "invitations": report.invitations, "retention_days": days},
+        {
+            "campaigns": report.campaigns,
+            "invitations": report.invitations,
+            "counts": report.counts,
+            "retention_days": days,
+        },
         f"purged {report.invitations} invitations of {report.campaigns} campaigns that ended "
         f"more than {days} days ago",
     )

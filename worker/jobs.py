@@ -442,5 +442,13 @@ async def purge(ctx: Context) -> dict[str, Any]:
     RETENTION_DAYS ago. Running it again deletes nothing more; opt-outs are never touched.
     A run that fails (database down) is not retried: the next day's run does its work."""
     async with ctx["pool"].acquire() as conn:
-        report = await privacy.purge(conn, retention_days=ctx["settings"].retention_days)
-    return {"campaigns": report.campaigns, "invitations": report.invitations}
+        report = await privacy.purge(
+            conn,
+            retention_days=ctx["settings"].retention_days,
+            counts_days=ctx["settings"].counts_days(),
+        )
+    return {
+        "campaigns": report.campaigns,
+        "invitations": report.invitations,
+        "counts": report.counts,
+    }

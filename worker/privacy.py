@@ -56,6 +56,8 @@ class PurgeReport:
 
     campaigns: int
     invitations: int
+    # Feedback and contact-cap rows (keyed hashes) past every window that reads them.
+    counts: int = 0
 
 
 def _required(value: str, what: str) -> str:
@@ -212,8 +214,12 @@ async def erase(conn: Conn, *, email_hash: bytes, actor: str) -> ErasureReport:
     return report
 
 
-async def purge(conn: Conn, *, retention_days: int) -> PurgeReport:
-    """Delete the invitations of campaigns that ended more than `retention_days` ago.
+async def purge(
+    conn: Conn, *, retention_days: int, counts_days: int | None = None
+) -> PurgeReport:
+    """Delete the invitations of campaigns that ended more than `retention_days` ago, and
+    feedback and contact-cap rows older than `counts_days` (`Settings.counts_days`;
+    default `retention_days`).
 
     A campaign has ended when it is completed, cancelled or failed. Its row stays (it holds
     no personal data); opt-outs and bounces are never touched, so suppression is not
@@ -244,11 +250,19 @@ async def purge(conn: Conn, *, retention_days: int) -> PurgeReport:
             deleted += count
             if count < PURGE_BATCH:
                 break
-    report = PurgeReport(campaigns=len(campaign_ids), invitations=deleted)
+    counts = 0
+    for table, column in (("feedback", "created_at"), ("contacts", "counted_at")):
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE {column} < now() - make_interval(days => $1)",
+            retention_days if counts_days is None else counts_days,
+        )
+        counts += db.row_count(status)
+    report = PurgeReport(campaigns=len(campaign_ids), invitations=deleted, counts=counts)
     log.info(
         "retention.purged",
         retention_days=retention_days,
         campaigns=report.campaigns,
         invitations=report.invitations,
+        counts=report.counts,
     )
     return report

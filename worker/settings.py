@@ -270,6 +270,13 @@ class Settings(BaseSettings):
         secret = self.completion_webhook_secret
         return None if secret is None else webhook_secret_key(secret.get_secret_value())
 
+    def counts_days(self) -> int:
+        """How long feedback and contact-cap rows are kept: RETENTION_DAYS, or longer when
+        the soft-bounce window or CONTACT_CAP's window reads further back."""
+        limit = self.contact_limit()
+        cap_days = 0 if limit is None else -(-limit[1] // timedelta(days=1))
+        return max(self.retention_days, self.soft_bounce_window_days, cap_days)
+
     def topic_arns(self) -> frozenset[str]:
         """The SNS topics whose SES notifications are accepted (SES_TOPIC_ARNS)."""
         return frozenset(a.strip() for a in (self.ses_topic_arns or "").split(",") if a.strip())

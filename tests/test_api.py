@@ -172,6 +172,8 @@ async def test_no_valid_key_is_401(
     async with serving(settings) as base, httpx.AsyncClient(base_url=base) as http:
         answers = [
             await http.get("/v1/opt-outs", headers=headers),
+            # Authenticated before the query is checked.
+            await http.get("/v1/opt-outs?limit=0&after=nonsense", headers=headers),
             await http.get("/v1/campaigns/1", headers=headers),
             # Authenticated before the body is read: even malformed JSON is a 401.
             await http.post(

@@ -12,7 +12,8 @@ import hmac
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from pydantic import SecretStr
 
 from tests.faults.harness import wait_until
 from tests.support.pipeline import add_client, csv_of, launch, parse, run_workers
-from tests.support.smtp import RecordingHandler
+from tests.support.smtp import RecordedMessage, RecordingHandler
 from tests.support.web import assert_private, cli, private_logs, serving, start_cli
 from worker import addresses, completion, db, privacy
 from worker.dev.embedded import free_port
@@ -82,6 +83,14 @@ async def post(
     return await client.post("/webhooks/completion", content=body, headers=headers)
 
 
+def ref_in(message: RecordedMessage) -> str:
+    """The survey reference of a received message's survey link."""
+    text = parse(message).get_body(("plain",))
+    assert text is not None
+    (ref,) = SURVEY_LINK.findall(text.get_content())
+    return str(ref)
+
+
 async def sent_campaign(
     pg: asyncpg.Pool, settings: Settings, handler: RecordingHandler, *people: str
 ) -> dict[str, str]:
@@ -91,12 +100,7 @@ async def sent_campaign(
     already = len(handler.messages)
     await launch(pg, settings, csv_of(*people))
     await run_workers(settings)
-    refs = {}
-    for message in handler.messages[already:]:
-        text = parse(message).get_body(("plain",))
-        assert text is not None
-        (ref,) = SURVEY_LINK.findall(text.get_content())
-        refs[message.recipients[0]] = ref
+    refs = {message.recipients[0]: ref_in(message) for message in handler.messages[already:]}
     assert sorted(refs) == sorted(people)
     return refs
 
@@ -371,30 +375,86 @@ async def test_purged_invitations_are_unknown(
     assert answer.json()["unknown"] == [refs["ann@example.com"], refs["bob@example.com"]]
 
 
+async def test_a_completion_by_webhook_stops_that_persons_reminders(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    app: httpx.AsyncClient,
+) -> None:
+    handler = smtp[0]
+    await add_client(pg, "acme")
+    await launch(
+        pg, hook_settings, csv_of(*PEOPLE), reminders=1, reminder_interval=timedelta(seconds=1)
+    )
+    await run_workers(hook_settings)
+    first = {m.recipients[0]: ref_in(m) for m in handler.messages}
+    answer = await post(app, {"ref": first["ann@example.com"]})
+    assert answer.json()["completed"] == 1
+
+    async def round_done() -> bool:
+        # Each burst worker starts with a reconcile, which creates the rounds due.
+        await run_workers(hook_settings)
+        return bool(
+            await pg.fetchval(
+                "SELECT count(*) = 2 FROM invitations WHERE round = 1 AND state = 'sent'"
+            )
+        )
+
+    await wait_until(round_done, timeout=30, what="round 1")
+    reminders = {m.recipients[0]: ref_in(m) for m in handler.messages[len(PEOPLE) :]}
+    assert sorted(reminders) == ["bob@example.com", "cat@example.com"]
+    # A reminder's link names the first invitation: answering from it completes that one.
+    assert reminders["bob@example.com"] == first["bob@example.com"]
+    answer = await post(app, {"refs": [reminders["bob@example.com"], first["ann@example.com"]]})
+    assert answer.json() == {"completed": 1, "already_completed": 1, "unknown": []}
+    rows = await pg.fetch(
+        "SELECT email FROM invitations WHERE completed_at IS NOT NULL AND round = 0 ORDER BY 1"
+    )
+    assert [r["email"] for r in rows] == ["ann@example.com", "bob@example.com"]
+    assert (
+        await pg.fetchval(
+            "SELECT count(*) FROM invitations WHERE round = 1 AND completed_at IS NOT NULL"
+        )
+        == 0
+    )
+
+
 # --- Roles ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
-async def web_login(database_url: str) -> AsyncIterator[str]:
-    """The URL of a login user in the survey_web role, as the README tells operators."""
+async def login(database_url: str) -> AsyncIterator[Callable[[str], Awaitable[str]]]:
+    """Make login users in a group role, as the README tells operators; yields
+    `create(role) -> the database URL of a new user in that role`."""
     admin = await asyncpg.connect(database_url)
-    user = f"t_web_{uuid.uuid4().hex[:8]}"
-    await admin.execute(f"CREATE ROLE {user} LOGIN IN ROLE survey_web")
-    scheme, _, rest = database_url.partition("://")
+    made: list[str] = []
+
+    async def create(role: str) -> str:
+        user = f"t_{role}_{uuid.uuid4().hex[:8]}"
+        await admin.execute(f"CREATE ROLE {user} LOGIN IN ROLE {role}")
+        made.append(user)
+        scheme, _, rest = database_url.partition("://")
+        return f"{scheme}://{user}@{rest.partition('@')[2]}"
+
     try:
-        yield f"{scheme}://{user}@{rest.partition('@')[2]}"
+        yield create
     finally:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", user
-        )
-        await admin.execute(f"DROP ROLE IF EXISTS {user}")
+        for user in made:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", user
+            )
+            await admin.execute(f"DROP ROLE IF EXISTS {user}")
         await admin.close()
 
 
 async def test_the_web_role_completes_with_its_grants_alone(
-    pg: asyncpg.Pool, hook_settings: Settings, smtp: tuple[RecordingHandler, int], web_login: str
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    login: Callable[[str], Awaitable[str]],
 ) -> None:
     refs = await sent_campaign(pg, hook_settings, smtp[0], *PEOPLE)
+    web_login = await login("survey_web")
     async with (
         serving(hook_settings, database_url=web_login) as base,
         httpx.AsyncClient(base_url=base) as client,
@@ -411,6 +471,29 @@ async def test_the_web_role_completes_with_its_grants_alone(
             await web.execute("UPDATE invitations SET state = 'pending'")
     finally:
         await web.close()
+
+
+async def test_the_worker_role_completes_and_purges_with_its_grants_alone(
+    pg: asyncpg.Pool,
+    settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    login: Callable[[str], Awaitable[str]],
+) -> None:
+    refs = await sent_campaign(pg, settings, smtp[0], *PEOPLE)
+    worker_login = await login("survey_worker")
+    done = await cli(
+        settings, "complete", refs["ann@example.com"], env={"DATABASE_URL": worker_login}
+    )
+    assert done.code == 0, done.stderr
+    assert done.stdout.startswith("1 completed")
+    # Retention's purge deletes invitations as the worker (worker/privacy.py).
+    purge = await asyncpg.connect(worker_login)
+    try:
+        assert await purge.execute("DELETE FROM invitations WHERE campaign_id = 1") == "DELETE 3"
+    finally:
+        await purge.close()
+    # Their references went with them.
+    assert await pg.fetchval("SELECT count(*) FROM survey_refs") == 0
 
 
 # --- The command line ----------------------------------------------------------------------

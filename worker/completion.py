@@ -42,6 +42,9 @@ TOLERANCE_SECONDS = 300
 MAX_BODY = 64 * 1024
 MAX_REFS = 1000
 MAX_WEBHOOK_ID = 256
+# What a webhook id may hold: printable ASCII without spaces (it is stored, and Postgres
+# text cannot hold NUL).
+_WEBHOOK_ID = re.compile(r"[\x21-\x7e]+")
 # A webhook id is kept this long, longer than Standard Webhooks senders retry a message.
 WEBHOOK_ID_DAYS = 7
 # `links.survey_ref`: 12 bytes of HMAC-SHA256 in base64url, 16 characters, no padding.
@@ -108,7 +111,7 @@ def verify(
     """
     if not webhook_id or not timestamp or not signatures:
         raise Unauthenticated("webhook-id, webhook-timestamp or webhook-signature missing")
-    if len(webhook_id) > MAX_WEBHOOK_ID or not webhook_id.isascii():
+    if len(webhook_id) > MAX_WEBHOOK_ID or not _WEBHOOK_ID.fullmatch(webhook_id):
         raise Unauthenticated("bad webhook-id")
     if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
         raise Unauthenticated("bad webhook-timestamp")

@@ -136,8 +136,10 @@ def test_a_missing_header_is_refused(missing: str) -> None:
         completion.verify(KEY, body=BODY, now=NOW, **headers)  # type: ignore[arg-type]
 
 
-def test_a_webhook_id_too_long_to_keep_is_refused() -> None:
-    webhook_id = "m" * (completion.MAX_WEBHOOK_ID + 1)
+@pytest.mark.parametrize(
+    "webhook_id", ["m" * (completion.MAX_WEBHOOK_ID + 1), "msg 1", "msg\x00", "msg\t", "m\u00e9"]
+)
+def test_a_webhook_id_that_cannot_be_kept_is_refused(webhook_id: str) -> None:
     with pytest.raises(Unauthenticated, match="webhook-id"):
         check(webhook_id=webhook_id)
 

@@ -33,3 +33,5 @@ CREATE INDEX contacts_address ON contacts (email_hash, counted_at);
 
 GRANT SELECT, INSERT, DELETE ON contacts TO survey_worker;
 GRANT SELECT ON contacts TO privacy_officer;
+-- Retention deletes feedback rows past every window that reads them.
+GRANT DELETE ON feedback TO survey_worker;

@@ -11,10 +11,12 @@ from collections import Counter
 from pathlib import Path
 
 import asyncpg
+import httpx
 
 from tests.support.admin import admin, with_database
-from tests.support.pipeline import add_client
-from tests.support.web import email_hash
+from tests.support.pipeline import add_client, csv_of, launch
+from tests.support.web import email_hash, token_for, token_id
+from tests.test_api import bearer, make_key, serving
 from worker import db, feed, optouts, privacy
 from worker.settings import Settings
 from worker.suppression import Scope
@@ -200,3 +202,65 @@ async def test_the_feed_starts_from_the_entries_made_before_the_migration(
         ("opt_out", "first@example.com"),
         ("opt_out", "second@example.com"),
     ]
+
+
+async def test_the_api_feed_while_people_unsubscribe_through_the_web_app(
+    pg: asyncpg.Pool, settings: Settings, database_url: str
+) -> None:
+    """End to end: one-click unsubscribes through the real web app and slow transactions
+    of another writer, while a client's platform pages GET /v1/opt-outs."""
+    await add_client(pg, "acme")
+    clicked = [f"click{i}@example.com" for i in range(120)]
+    slow = [f"slow{i}@example.com" for i in range(30)]
+    await launch(pg, settings, csv_of(*clicked), enqueue=False)
+    key = await make_key(pg, "acme")
+    acme_token_id = await token_id(pg, "acme")
+    done = asyncio.Event()
+
+    async def clicker(http: httpx.AsyncClient, addresses: list[str]) -> None:
+        for address in addresses:
+            answer = await http.post(
+                f"/unsubscribe/{token_for(settings, address, acme_token_id)}",
+                content=b"List-Unsubscribe=One-Click",
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+            assert answer.status_code == 200
+
+    async def slow_writer() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            for address in slow:
+                async with conn.transaction():
+                    await add(conn, settings, ACME, address)
+                    await asyncio.sleep(0.03)
+        finally:
+            await conn.close()
+
+    async def reader(http: httpx.AsyncClient) -> list[tuple[str, str | None]]:
+        seen: list[tuple[str, str | None]] = []
+        cursor = ""
+        while True:
+            finished = done.is_set()
+            page = await http.get(
+                "/v1/opt-outs", params={"after": cursor, "limit": 5}, headers=bearer(key)
+            )
+            assert page.status_code == 200, page.text
+            body = page.json()
+            seen.extend((e["kind"], e["email"]) for e in body["events"])
+            cursor = body["next_cursor"]
+            if not body["events"]:
+                if finished:
+                    return seen
+                await asyncio.sleep(0.01)
+
+    async with (
+        serving(settings, api_rate_limit=0) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as http,
+    ):
+        reading = asyncio.create_task(reader(http))
+        await asyncio.gather(slow_writer(), *(clicker(http, clicked[i::8]) for i in range(8)))
+        done.set()
+        seen = await reading
+    expected = [("opt_out", a) for a in clicked + slow]
+    assert Counter(seen) == Counter(expected)
+    assert len(seen) == len(set(seen))

@@ -77,13 +77,14 @@ def key_revoke(key_id: int) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def feed_drop(client_id: str, output: Path, daily: bool | None, as_json: bool) -> None:
-    """Write CLIENT_ID's opt-out events since the last drop into DIR: a CSV
-    (kind,email,at) and a JSON manifest (count, cursor, sha256 of the CSV)."""
+    """Write CLIENT_ID's opt-out events since the last drop into the --output directory:
+    a CSV (kind,email,at) and a JSON manifest (count, cursor, sha256 of the CSV)."""
     with environment() as env:
         done = run(env, lambda conn: feed.drop(conn, client_id, output, daily=daily))
-    schedule = {True: "; dropped here daily from now on", False: "; no daily drop here"}
     text = f"{done.count} events written to {done.csv_path} (manifest {done.manifest_path.name})"
-    _emit(as_json, done.as_json(), text + schedule.get(daily, "") if daily is not None else text)
+    if daily is not None:
+        text += "; dropped here daily from now on" if daily else "; no daily drop here any more"
+    _emit(as_json, done.as_json(), text)
 
 
 @main.command("access-request")

@@ -283,6 +283,44 @@ CAMPAIGN_BODY = {
 }
 
 
+@dataclass
+class CampaignInput:
+    """A launch request's fields, its recipients as a CSV stream, and (JSON) where each
+    recipient is in that CSV."""
+
+    fields: CampaignFields
+    stream: BinaryIO
+    mapping: JsonRecipients | None
+    name: str
+
+
+async def _campaign_input(body: Request) -> CampaignInput:
+    """Read and check `POST /v1/campaigns`'s body, JSON or multipart/form-data."""
+    media_type = body.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "application/json":
+        try:
+            data = orjson.loads(await body.body())
+        except orjson.JSONDecodeError as e:
+            raise ApiError(400, f"malformed JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        fields = _fields(data, CampaignJson)
+        assert isinstance(fields, CampaignJson)
+        mapping = recipients_csv(fields.recipients)
+        stream: BinaryIO = mapping.file  # type: ignore[assignment]
+        return CampaignInput(fields, stream, mapping, fields.name or "api")
+    if media_type == "multipart/form-data":
+        upload = await read_upload(body)
+        try:
+            fields = _fields(dict(upload.fields), CampaignFields)
+        except ApiError:
+            upload.file.close()
+            raise
+        name = fields.name or upload.filename or "api upload"
+        return CampaignInput(fields, upload.file, None, name)
+    raise ApiError(400, "Content-Type must be application/json or multipart/form-data")
+
+
 async def create_campaign(
     request: Request,
     caller: Authenticated,
@@ -298,32 +336,8 @@ async def create_campaign(
     """Launch a campaign: `launch`'s options and recipients, as JSON or as a CSV upload
     (`multipart/form-data`, field `recipients`); the answer is `launch --json`'s."""
     api = _api(request)
-    body = limited_request(request, api.config.api_max_upload_bytes)
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    mapping: JsonRecipients | None = None
-    if media_type == "application/json":
-        try:
-            data = orjson.loads(await body.body())
-        except orjson.JSONDecodeError as e:
-            raise ApiError(400, f"malformed JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise ApiError(400, "the body must be a JSON object")
-        fields = _fields(data, CampaignJson)
-        assert isinstance(fields, CampaignJson)
-        mapping = recipients_csv(fields.recipients)
-        stream: BinaryIO = mapping.file  # type: ignore[assignment]
-        name = fields.name or "api"
-    elif media_type == "multipart/form-data":
-        upload = await read_upload(body)
-        stream = upload.file
-        try:
-            fields = _fields(dict(upload.fields), CampaignFields)
-        except ApiError:
-            stream.close()
-            raise
-        name = fields.name or upload.filename or "api upload"
-    else:
-        raise ApiError(400, "Content-Type must be application/json or multipart/form-data")
+    given = await _campaign_input(limited_request(request, api.config.api_max_upload_bytes))
+    fields, stream, mapping = given.fields, given.stream, given.mapping
     try:
         interval = (
             None if fields.reminder_interval is None else durations.parse(fields.reminder_interval)
@@ -336,7 +350,7 @@ async def create_campaign(
         template=fields.template,
         kind=fields.kind,
         survey_url=fields.survey_url,
-        name=name,
+        name=given.name,
         locale=fields.locale.lower(),
         idempotency_key=idempotency_key,
         reminders=fields.reminders,

@@ -278,6 +278,14 @@ def worker(burst: bool) -> None:
     from worker.main import create_worker
 
     with environment(secrets=True, redis=True, service=True) as env:
+        if env.settings.metrics_port is not None:
+            from worker.web import check_listen
+
+            try:
+                # Prometheus scrapes from elsewhere: every interface, as exporters listen.
+                check_listen("0.0.0.0", env.settings.metrics_port)  # noqa: S104
+            except ConfigError as e:
+                raise click.ClickException(f"METRICS_PORT: {e}") from None
         prepare_database(env)
         _warn_if_smtp_unreachable(env.settings)
         with _clear_errors():

@@ -12,6 +12,7 @@ import secrets
 import socket
 from datetime import UTC, datetime
 from typing import Any, TypedDict
+from wsgiref.simple_server import WSGIServer
 
 import asyncpg
 import structlog
@@ -26,6 +27,7 @@ from worker import (
     journal,
     ledger,
     message,
+    metrics,
     optouts,
     privacy,
     queue,
@@ -54,6 +56,7 @@ class Context(TypedDict):
     redis: ArqRedis
     job_id: str
     job_try: int
+    score: int  # when the job was due, ms since the epoch
     settings: Settings
     database_url: str
     redis_url: str
@@ -61,6 +64,8 @@ class Context(TypedDict):
     mailer: SmtpPool
     sender: sender.Sender
     run_state: sender.RunState
+    metrics: metrics.WorkerMetrics
+    metrics_server: WSGIServer | None
 
 
 async def startup(ctx: Context) -> None:
@@ -80,8 +85,13 @@ async def startup(ctx: Context) -> None:
         journal=journal.Journal(ctx["redis_url"], worker_id),
         policy=feedback.Policy.from_settings(settings),
         limiter=RateLimiter(ctx["redis"], settings.send_rate) if settings.send_rate else None,
+        metrics=ctx["metrics"],
     )
     ctx["run_state"] = sender.RunState()
+    ctx["metrics_server"] = None
+    if settings.metrics_port is not None:
+        registry = metrics.worker_registry(ctx["metrics"], settings)
+        ctx["metrics_server"] = metrics.serve(registry, settings.metrics_port)
     # Sending allocates many short-lived objects (tasks, replies, rows) and few cycles:
     # leave what start-up built out of every collection, and collect the young less often.
     gc.collect()
@@ -94,6 +104,9 @@ async def shutdown(ctx: Context) -> None:
     await ctx["mailer"].close()
     ctx["sender"].journal.close()
     await ctx["pool"].close()
+    server = ctx.get("metrics_server")
+    if server is not None:
+        metrics.stop(server)
 
 
 def _malformed(ctx: Context, *ids: object) -> bool:
@@ -169,6 +182,7 @@ async def send_batch(ctx: Context, campaign_id: int, first_id: int, last_id: int
     """
     if _malformed(ctx, campaign_id, first_id, last_id):
         return {"counts": {}}
+    ctx["metrics"].waited(ctx["score"])
     counts = await _send_range(ctx, campaign_id, first_id, last_id)
     try:
         async with ctx["pool"].acquire() as conn:
@@ -291,6 +305,7 @@ async def record_feedback(ctx: Context, report: dict[str, Any]) -> dict[str, Any
                         source=event.source,
                         job_id=ctx["job_id"],
                     )
+                    ctx["metrics"].feedback_event(event.kind, event.source, "unmatched")
                     continue
                 effect = await feedback.apply(conn, target, event, policy)
                 _log_feedback(ctx, target, event, effect)
@@ -343,6 +358,9 @@ def _log_feedback(
         "source": event.source,
         "job_id": ctx["job_id"],
     }
+    ctx["metrics"].feedback_event(
+        event.kind, event.source, "recorded" if effect.recorded else "duplicate"
+    )
     if not effect.recorded:
         log.info("feedback.ignored", reason="duplicate", kind=event.kind, **fields)
         return
@@ -424,6 +442,7 @@ async def _settle(
         for e in expired
     ]
     await ledger.record(conn, outcomes, worker_id)
+    ctx["metrics"].decisions(outcomes, smtp=False)
     for e, outcome in zip(expired, outcomes, strict=True):
         log.warning(
             decision_event(outcome.state),

@@ -10,7 +10,7 @@ import structlog
 from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
 
-from worker import feed, jobs, queue
+from worker import feed, jobs, metrics, queue
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.main")
@@ -96,6 +96,12 @@ class SurveyWorker(Worker):
             self.sem.release()
             raise
 
+    async def heart_beat(self) -> None:
+        await super().heart_beat()
+        counts = self.ctx.get("metrics")
+        if counts is not None:
+            counts.beat()
+
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         state = self.ctx.get("run_state")
         if state is not None:
@@ -115,7 +121,8 @@ def create_worker(
         **every(settings.reconcile_interval_seconds),  # type: ignore[arg-type]
     )
     options.setdefault("handle_signals", True)
-    return SurveyWorker(
+    counts = metrics.WorkerMetrics()
+    worker = SurveyWorker(
         functions=WorkerSettings.functions,
         cron_jobs=[*WorkerSettings.cron_jobs, reconcile],
         health_check_key=health_key(),
@@ -130,6 +137,13 @@ def create_worker(
         max_jobs=WorkerSettings.max_jobs,
         keep_result=WorkerSettings.keep_result,
         burst=burst,
-        ctx={"settings": settings, "database_url": database_url, "redis_url": redis_url},
+        ctx={
+            "settings": settings,
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "metrics": counts,
+        },
         **options,
     )
+    counts.jobs = lambda: (worker.jobs_complete, worker.jobs_retried, worker.jobs_failed)
+    return worker

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -32,6 +33,7 @@ from worker.errors import (
 )
 from worker.journal import Journal
 from worker.mailer import Mailer
+from worker.metrics import WorkerMetrics
 from worker.ratelimit import RateLimiter
 from worker.settings import Settings
 from worker.states import decision_event
@@ -53,6 +55,7 @@ class Sender:
     journal: Journal
     policy: feedback.Policy = field(default_factory=feedback.Policy)
     limiter: RateLimiter | None = None
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
 
 @dataclass
@@ -153,6 +156,7 @@ async def _claim_and_send(
         if not claimed:
             await tx.rollback()
             return None
+        claimed_at = time.monotonic()
         now = datetime.now(UTC).replace(microsecond=0)
         # Rendering needs no window: it overlaps with other slices' database and SMTP waits.
         # Messages of people the check then suppresses are simply dropped.
@@ -186,8 +190,15 @@ async def _claim_and_send(
         inv_by_id = {inv.id: inv for inv in claimed}
         for o in early:
             _log_decision(bound, inv_by_id, o)
-        done = list(await asyncio.gather(*(_deliver(sender, p) for p in ready)))
+        metrics = sender.metrics
+        metrics.in_flight += len(ready)
+        try:
+            done = list(await asyncio.gather(*(_deliver(sender, p, claimed_at) for p in ready)))
+        finally:
+            metrics.in_flight -= len(ready)
         await ledger.record(conn, done, sender.worker_id)
+    metrics.decisions(early, smtp=False)
+    metrics.decisions(done, smtp=True)
     for o in done:
         _log_decision(bound, inv_by_id, o)
     if any(o.reason == "hard_bounce" for o in done):
@@ -263,7 +274,7 @@ async def _check_and_start(
     return early, [ready[i] for i in started]
 
 
-async def _deliver(sender: Sender, p: compose.Prepared) -> ledger.Outcome:
+async def _deliver(sender: Sender, p: compose.Prepared, claimed_at: float) -> ledger.Outcome:
     inv = p.invitation
     try:
         code = await sender.mailer.send(
@@ -294,6 +305,7 @@ async def _deliver(sender: Sender, p: compose.Prepared) -> ledger.Outcome:
     except AmbiguousSmtpError as e:
         return ledger.Outcome(inv.id, "unknown", reason="no_reply_after_data", smtp_code=e.code)
     sender.journal.accepted(inv.id)
+    sender.metrics.send_latency.observe(time.monotonic() - claimed_at)
     return ledger.Outcome(inv.id, "sent", smtp_code=code, message_id=p.message_id)
 
 

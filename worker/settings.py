@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker import durations
 from worker.errors import ConfigError
+from worker.ops import passwords
 from worker.resources import bundled
 
 PLACEHOLDER_PREFIX = "change-me"
@@ -177,6 +178,12 @@ class Settings(BaseSettings):
     # At most K first survey invitations to one address in any rolling window (`2/30d`).
     contact_cap: str | None = None
 
+    # Operating (README, "Operating"): a worker's Prometheus port (unset: none served), the
+    # bearer token /metrics of the web app asks for (unset: open), /ops's `user:hash,...`.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_token: SecretStr | None = None
+    ops_users: SecretStr | None = None
+
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod
     def _unset_when_blank(cls, value: object) -> object:
@@ -221,6 +228,13 @@ class Settings(BaseSettings):
     def _completion_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             webhook_secret_key(value.get_secret_value())
+        return value
+
+    @field_validator("ops_users")
+    @classmethod
+    def _ops_users(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            passwords.parse_users(value.get_secret_value())
         return value
 
     @field_validator("sns_cert_host_pattern")

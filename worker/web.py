@@ -44,10 +44,21 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worker import addresses, completion, db, optouts, pages, provider_webhooks, queue, tokens
+from worker import (
+    addresses,
+    completion,
+    db,
+    metrics,
+    optouts,
+    pages,
+    provider_webhooks,
+    queue,
+    tokens,
+)
 from worker import api as client_api
 from worker.db import DB_ERRORS
 from worker.errors import ConfigError, QueueUnavailable, UnusableUrl
+from worker.ops.app import Ops
 from worker.settings import Settings, postgres_url_problem, redis_url_problem
 
 log = structlog.get_logger("worker.web")
@@ -404,7 +415,12 @@ class PrivateResponses:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message).update(self.headers)
+                headers = MutableHeaders(scope=message)
+                # A page with a style sheet of its own (/ops) brings the policy for it.
+                own_policy = headers.get("Content-Security-Policy")
+                headers.update(self.headers)
+                if own_policy:
+                    headers["Content-Security-Policy"] = own_policy
             await send(message)
 
         try:
@@ -434,6 +450,8 @@ def create_app(
     keys = settings.signing_keys()
     hash_key, completion_key = settings.hash_key(), settings.completion_webhook_key()
     webhook_config = provider_webhooks.WebhookConfig.from_settings(settings)
+    counts = metrics.WebMetrics()
+    ops = Ops(settings, counts)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
@@ -468,12 +486,14 @@ def create_app(
             Route("/webhooks/completion", completion_webhook, methods=["POST"]),
             *provider_webhooks.ROUTES,
             Mount("/v1", app=client_api.create_app()),
+            *ops.routes(),
         ],
         lifespan=lifespan,
     )
     # Starlette would answer a trailing slash with a redirect to a URL built from the Host
     # header: an open redirect on a link in every message. Unknown paths are 404s.
     app.router.redirect_slashes = False
+    app.add_middleware(metrics.CountRequests, counts=counts)
     app.add_middleware(PrivateResponses, content_security_policy=renderer.content_security_policy)
     return app
 

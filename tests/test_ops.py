@@ -1,0 +1,190 @@
+"""`/ops` over HTTP: its own credentials (OPS_USERS, HTTP Basic), CSRF protection of its
+buttons, and pause/resume/cancel acting on the ledger as the command line does."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from tests.support.pipeline import add_client, csv_of, launch
+from tests.support.web import private_logs, serving
+from worker.ops import passwords
+from worker.ops.app import CSRF_LIFETIME, Users
+from worker.settings import Settings
+
+ANNA = ("anna", "correct horse battery staple")
+BOB = ("bob", "another long passphrase")
+# Small scrypt parameters keep the tests fast; the format carries them.
+HASHES = {user: passwords.hash_password(pw, n=2**10) for user, pw in (ANNA, BOB)}
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture(autouse=True)
+def logs() -> Iterator[list[dict[str, Any]]]:
+    with private_logs() as captured:
+        yield captured
+
+
+@pytest.fixture
+def ops_settings(settings: Settings) -> Settings:
+    users = ",".join(f"{u}:{h}" for u, h in HASHES.items())
+    return settings.model_copy(update={"ops_users": SecretStr(users)})
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+async def status_of(pg: asyncpg.Pool, campaign_id: int) -> str:
+    value: str = await pg.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id)
+    return value
+
+
+async def test_ops_is_not_there_without_ops_users(settings: Settings) -> None:
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        assert (await client.get("/ops", headers=basic(*ANNA))).status_code == 404
+        assert (await client.post("/ops/campaigns/1/pause")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        basic("anna", "wrong password"),
+        basic("carol", ANNA[1]),
+        basic("anna", ""),
+        {"Authorization": "Basic not-base64!"},
+        {"Authorization": "Bearer " + ANNA[1]},
+        {"Authorization": "Basic " + base64.b64encode(b"anna").decode()},
+    ],
+    ids=["none", "wrong-password", "unknown-user", "empty", "garbage", "bearer", "no-colon"],
+)
+async def test_ops_refuses_whoever_is_not_an_ops_user(
+    ops_settings: Settings, headers: dict[str, str]
+) -> None:
+    async with serving(ops_settings) as base, httpx.AsyncClient(base_url=base) as client:
+        page = await client.get("/ops", headers=headers)
+        action = await client.post("/ops/campaigns/1/pause", headers=headers)
+    for answer in (page, action):
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"].startswith('Basic realm="survey-worker ops"')
+        assert "campaign" not in answer.text.lower()
+
+
+async def test_the_page_lists_campaigns_under_its_own_policy_and_sets_no_cookie(
+    pg: asyncpg.Pool, ops_settings: Settings
+) -> None:
+    await add_client(pg, "acme", "Acme <Research>")
+    report = await launch(pg, ops_settings, csv_of("ann@example.com", "bob@example.com"))
+    async with serving(ops_settings) as base, httpx.AsyncClient(base_url=base) as client:
+        page = await client.get("/ops", headers=basic(*ANNA))
+        unsubscribe = await client.get("/unsubscribe/x")
+    assert page.status_code == 200
+    assert f"#{report.campaign_id} test" in page.text
+    assert "pending 2" in page.text
+    assert 'id="rate-chart"' in page.text
+    assert "set-cookie" not in page.headers
+    policy = page.headers["content-security-policy"]
+    assert policy.startswith("default-src 'none'; style-src 'sha256-")
+    assert "script-src" not in policy
+    assert policy != unsubscribe.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["x-frame-options"] == "DENY"
+    # Each button posts the form's token.
+    assert page.text.count('name="csrf"') == 2  # pause and cancel of the running campaign
+    assert "ann@example.com" not in page.text
+
+
+async def test_buttons_need_the_forms_token_from_the_same_site(
+    pg: asyncpg.Pool, ops_settings: Settings
+) -> None:
+    await add_client(pg, "acme")
+    report = await launch(pg, ops_settings, csv_of("ann@example.com"), enqueue=False)
+    number = report.campaign_id
+    users = Users(passwords.parse_users(",".join(f"{u}:{h}" for u, h in HASHES.items())))
+    stale = users.csrf_token("anna", now=time.time() - CSRF_LIFETIME - 60)
+    bobs = users.csrf_token("bob", now=time.time())
+    async with serving(ops_settings) as base, httpx.AsyncClient(base_url=base) as client:
+        page = await client.get("/ops", headers=basic(*ANNA))
+        match = CSRF.search(page.text)
+        assert match is not None
+        token = match.group(1)
+        url = f"/ops/campaigns/{number}/pause"
+        refusals = [
+            await client.post(url, headers=basic(*ANNA)),
+            await client.post(url, headers=basic(*ANNA), data={"csrf": ""}),
+            await client.post(url, headers=basic(*ANNA), data={"csrf": token[:-1] + "0"}),
+            await client.post(url, headers=basic(*ANNA), data={"csrf": stale}),
+            await client.post(url, headers=basic(*ANNA), data={"csrf": bobs}),
+            await client.post(url, headers=basic(*BOB), data={"csrf": token}),
+            await client.post(
+                url,
+                headers={**basic(*ANNA), "Sec-Fetch-Site": "cross-site"},
+                data={"csrf": token},
+            ),
+            await client.post(
+                url,
+                headers={**basic(*ANNA), "Sec-Fetch-Site": "same-site"},
+                data={"csrf": token},
+            ),
+            await client.post(url, headers=basic(*ANNA), content=b"csrf=" + b"x" * 5000),
+        ]
+        assert [r.status_code for r in refusals] == [403] * len(refusals)
+        assert await status_of(pg, number) == "running"
+
+        paused = await client.post(
+            url, headers={**basic(*ANNA), "Sec-Fetch-Site": "same-origin"}, data={"csrf": token}
+        )
+        assert paused.status_code == 200
+        assert f"campaign {number}: paused" in paused.text
+        assert await status_of(pg, number) == "paused"
+        again = await client.post(url, headers=basic(*ANNA), data={"csrf": token})
+        assert f"campaign {number}: paused (unchanged)" in again.text
+
+        resumed = await client.post(
+            f"/ops/campaigns/{number}/resume", headers=basic(*ANNA), data={"csrf": token}
+        )
+        assert f"campaign {number}: running" in resumed.text
+        assert await status_of(pg, number) == "running"
+        cancelled = await client.post(
+            f"/ops/campaigns/{number}/cancel", headers=basic(*BOB), data={"csrf": bobs}
+        )
+        assert f"campaign {number}: cancelled" in cancelled.text
+        assert await status_of(pg, number) == "cancelled"
+        state = await pg.fetchval("SELECT state FROM invitations WHERE campaign_id = $1", number)
+        assert state == "cancelled"
+
+        missing = await client.post(
+            "/ops/campaigns/999999/pause", headers=basic(*ANNA), data={"csrf": token}
+        )
+        unknown = await client.post(
+            f"/ops/campaigns/{number}/delete", headers=basic(*ANNA), data={"csrf": token}
+        )
+        assert (missing.status_code, unknown.status_code) == (404, 404)
+
+
+def test_ops_users_must_be_user_colon_hash() -> None:
+    good = passwords.hash_password("pw", n=2**10)
+    assert set(passwords.parse_users(f"anna:{good}, bob:{good},")) == {"anna", "bob"}
+    for bad in (
+        "anna",
+        f"an na:{good}",
+        f"anna:{good},anna:{good}",
+        "anna:plaintext-password",
+        "anna:" + good.replace("scrypt.1024", "scrypt.1000"),
+        "anna:" + good.replace("scrypt.1024", "scrypt.67108864"),
+    ):
+        with pytest.raises(passwords.BadUsers) as caught:
+            passwords.parse_users(bad)
+        assert good.split(".")[-1] not in str(caught.value)
+    with pytest.raises(ValueError, match="ops_users"):
+        Settings(_env_file=None, ops_users="anna:secret")  # type: ignore[call-arg]

@@ -1,0 +1,328 @@
+"""`/ops`, the operators' view of the campaigns, and `/metrics`, on the web app.
+
+    GET  /metrics                              Prometheus metrics of this web process and
+                                               the ledger's campaigns by status; with
+                                               METRICS_TOKEN set, `Authorization: Bearer`
+    GET  /ops                                  campaigns: progress by state, send rate,
+                                               feedback rates, pause reason
+    POST /ops/campaigns/{id}/{pause|resume|cancel}
+
+`/ops` is 404 while OPS_USERS is unset. Its users sign in with HTTP Basic authentication
+(RFC 7617) against OPS_USERS's scrypt hashes; the app sets no cookie. A POST must carry the
+form's CSRF token, an HMAC of the user and the time under a key derived from that user's
+password hash (never from the unsubscribe secrets), valid for CSRF_LIFETIME, and must not
+come from another site (`Sec-Fetch-Site`). It reads and acts through the client API's
+database connection (API_DATABASE_URL, else DATABASE_URL): pausing takes a login that
+may update campaigns, as `pause` on the command line does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import jinja2
+import structlog
+from markupsafe import Markup
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from worker import campaigns, db, metrics, queue
+from worker.api.app import ApiContext
+from worker.errors import NotFound
+from worker.ops import charts, passwords, store
+from worker.settings import Settings
+
+log = structlog.get_logger("worker.ops")
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+CSRF_LIFETIME = 12 * 3600
+# A password that checked out is remembered this long (scrypt costs 128 MiB and a few
+# tenths of a second: not for every request of a page).
+VERIFIED_FOR = 300.0
+MAX_FORM = 1024
+LEDGER_TIMEOUT = 3.0
+CHALLENGE = 'Basic realm="survey-worker ops", charset="UTF-8"'
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "running": ("pause", "cancel"),
+    "paused": ("resume", "cancel"),
+}
+CONTROLS: dict[str, campaigns.Action] = {"pause": "pause", "resume": "resume", "cancel": "cancel"}
+FINAL = ("sent", "suppressed", "failed", "unknown", "cancelled")
+# A rate this close to its pause threshold is shown in red.
+WARN_SHARE = 0.8
+
+
+class Users:
+    """OPS_USERS: who may sign in, checked with scrypt one at a time."""
+
+    def __init__(self, users: dict[str, passwords.Hash]) -> None:
+        self._users = users
+        self._memo_key = secrets.token_bytes(32)
+        self._verified: dict[bytes, float] = {}
+        # One scrypt at a time: a flood of wrong passwords waits, it does not eat memory.
+        self._checking = asyncio.Semaphore(1)
+
+    def __bool__(self) -> bool:
+        return bool(self._users)
+
+    async def authenticate(self, header: str | None) -> str | None:
+        """The user an `Authorization: Basic` header proves, or None."""
+        scheme, _, encoded = (header or "").partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, colon, password = decoded.partition(":")
+        hashed = self._users.get(user)
+        if not colon or hashed is None:
+            return None
+        memo = hmac.new(self._memo_key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        now = time.monotonic()
+        if self._verified.get(memo, 0.0) > now:
+            return user
+        async with self._checking:
+            ok = await asyncio.to_thread(hashed.verify, password)
+        if not ok:
+            return None
+        self._verified = {k: t for k, t in self._verified.items() if t > now}
+        self._verified[memo] = now + VERIFIED_FOR
+        return user
+
+    def csrf_token(self, user: str, *, now: float) -> str:
+        """The token a form of `user`'s page carries."""
+        issued = str(int(now))
+        return f"{issued}.{self._mac(user, issued)}"
+
+    def csrf_ok(self, user: str, token: str, *, now: float) -> bool:
+        """Whether `token` is one of `user`'s, and not older than CSRF_LIFETIME."""
+        issued, _, mac = token.partition(".")
+        if not issued.isdigit() or not 0 <= now - int(issued) <= CSRF_LIFETIME:
+            return False
+        return hmac.compare_digest(mac, self._mac(user, issued))
+
+    def _mac(self, user: str, issued: str) -> str:
+        key = self._users[user].secret("survey-worker ops csrf")
+        return hmac.new(key, f"{user}:{issued}".encode(), hashlib.sha256).hexdigest()
+
+
+class Pages:
+    """The `/ops` page (autoescaped Jinja) and the policy that allows its one style sheet."""
+
+    def __init__(self) -> None:
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATES),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self._template = env.get_template("ops.html")
+        # Our own fixed style sheet, marked safe so that escaping cannot change its hash.
+        self._style = Markup((TEMPLATES / "ops.css").read_text(encoding="utf-8").strip())  # noqa: S704
+        digest = base64.b64encode(hashlib.sha256(str(self._style).encode()).digest()).decode()
+        self.content_security_policy = (
+            f"default-src 'none'; style-src 'sha256-{digest}'; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'"
+        )
+
+    def render(self, **context: Any) -> str:
+        """The page's HTML."""
+        return self._template.render(style=self._style, **context)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The reputation guard's thresholds, shown next to each campaign's rates."""
+
+    bounce: float
+    complaint: float
+
+
+def _view(row: store.CampaignRow, limits: Thresholds) -> dict[str, Any]:
+    """What the template shows of one campaign (pure)."""
+    sent = row.counts.get("sent", 0)
+    fb = row.feedback
+    hard, complaints, refused = fb.get("hard", 0), fb.get("complaint", 0), fb.get("refused", 0)
+    bounce_rate = charts.rate(hard, sent + refused)
+    complaint_rate = charts.rate(complaints, sent)
+    return {
+        "row": row,
+        "segments": charts.progress(row.counts),
+        "chart": charts.rate_chart(
+            row.sends, bucket_seconds=store.BUCKET_SECONDS, width=400, height=40
+        ),
+        "done": sum(row.counts.get(s, 0) for s in FINAL),
+        "hard": hard,
+        "soft": fb.get("soft", 0),
+        "policy": fb.get("policy", 0),
+        "complaints": complaints,
+        "bounce_rate": bounce_rate,
+        "complaint_rate": complaint_rate,
+        "bounce_warn": bounce_rate is not None and bounce_rate >= WARN_SHARE * limits.bounce,
+        "complaint_warn": complaint_rate is not None
+        and complaint_rate >= WARN_SHARE * limits.complaint,
+        "actions": ACTIONS.get(row.status, ()),
+    }
+
+
+class Ops:
+    """The handlers of `/ops` and `/metrics`, with what they share."""
+
+    def __init__(self, settings: Settings, counts: metrics.WebMetrics) -> None:
+        hashes = settings.ops_users.get_secret_value() if settings.ops_users else ""
+        self.users = Users(passwords.parse_users(hashes))
+        token = settings.metrics_token
+        self.metrics_token = token.get_secret_value().encode() if token else None
+        self.counts = counts
+        self.registry = metrics.web_registry(counts)
+        self.pages = Pages()
+        self.limits = Thresholds(settings.pause_bounce_rate, settings.pause_complaint_rate)
+
+    def routes(self) -> list[Route]:
+        """The routes to add to the web app."""
+        return [
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/ops", self.ops_page, methods=["GET"]),
+            Route("/ops/campaigns/{campaign_id}/{action}", self.ops_action, methods=["POST"]),
+        ]
+
+    async def metrics(self, request: Request) -> Response:
+        """GET /metrics: this process's metrics and the ledger's campaigns by status."""
+        if self.metrics_token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), self.metrics_token
+            ):
+                return PlainTextResponse(
+                    "unauthorized\n", status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                )
+        api: ApiContext = request.state.api
+        try:
+            async with asyncio.timeout(LEDGER_TIMEOUT), api.connection() as conn:
+                self.counts.campaigns = await store.campaign_statuses(conn)
+        except (*db.DB_ERRORS, TimeoutError) as e:
+            log.warning("metrics.ledger_unavailable", error=type(e).__name__)
+            self.counts.campaigns = None
+        body, content_type = metrics.exposition(self.registry, request.headers.get("accept", ""))
+        return Response(body, headers={"Content-Type": content_type})
+
+    async def _user(self, request: Request) -> str | Response:
+        if not self.users:
+            return PlainTextResponse("not found\n", status_code=404)
+        user = await self.users.authenticate(request.headers.get("authorization"))
+        if user is None:
+            return PlainTextResponse(
+                "sign in with an OPS_USERS user\n",
+                status_code=401,
+                headers={"WWW-Authenticate": CHALLENGE},
+            )
+        return user
+
+    async def ops_page(self, request: Request) -> Response:
+        """GET /ops: the campaigns."""
+        user = await self._user(request)
+        if isinstance(user, Response):
+            return user
+        return await self._page(request, user, notice=None)
+
+    async def ops_action(self, request: Request) -> Response:
+        """POST /ops/campaigns/{id}/{action}: pause, resume or cancel (idempotent)."""
+        user = await self._user(request)
+        if isinstance(user, Response):
+            return user
+        if request.headers.get("sec-fetch-site", "same-origin") != "same-origin":
+            return PlainTextResponse("cross-site request refused\n", status_code=403)
+        token = parse_qs((await _small_body(request)).decode("latin-1")).get("csrf", [""])[0]
+        if not self.users.csrf_ok(user, token, now=time.time()):
+            log.warning("ops.csrf_refused", user=user)
+            return PlainTextResponse(
+                "the form is stale or forged: reload /ops and try again\n", status_code=403
+            )
+        action = CONTROLS.get(request.path_params["action"])
+        number = request.path_params["campaign_id"]
+        if action is None or not number.isdigit() or len(number) > 18:
+            return PlainTextResponse("not found\n", status_code=404)
+        campaign_id = int(number)
+        api: ApiContext = request.state.api
+        try:
+            async with api.connection() as conn:
+                moved, status = await campaigns.control(conn, campaign_id, action)
+        except NotFound:
+            return PlainTextResponse("no such campaign\n", status_code=404)
+        except db.DB_ERRORS as e:
+            return _unavailable(e)
+        if moved:
+            log.info(f"campaign.{status}", campaign_id=campaign_id, via="ops", user=user)
+            if status == "running":
+                await _enqueue_launch(api, campaign_id)
+        notice = f"campaign {campaign_id}: {status}" + ("" if moved else " (unchanged)")
+        return await self._page(request, user, notice=notice)
+
+    async def _page(self, request: Request, user: str, *, notice: str | None) -> Response:
+        api: ApiContext = request.state.api
+        try:
+            async with api.connection() as conn:
+                rows = await store.overview(conn)
+        except db.DB_ERRORS as e:
+            return _unavailable(e)
+        views = [_view(row, self.limits) for row in rows]
+        total = charts.summed([row.sends for row in rows], store.BUCKETS)
+        html = self.pages.render(
+            user=user,
+            now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            notice=notice,
+            chart=charts.rate_chart(total, bucket_seconds=store.BUCKET_SECONDS),
+            window_minutes=store.BUCKETS * store.BUCKET_SECONDS // 60,
+            bucket_seconds=store.BUCKET_SECONDS,
+            states=charts.STATES,
+            campaigns=views,
+            csrf=self.users.csrf_token(user, now=time.time()),
+            pause_bounce_rate=self.limits.bounce,
+            pause_complaint_rate=self.limits.complaint,
+        )
+        return HTMLResponse(
+            html, headers={"Content-Security-Policy": self.pages.content_security_policy}
+        )
+
+
+async def _small_body(request: Request) -> bytes:
+    """The request body if it is at most MAX_FORM bytes, else nothing."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM:
+            return b""
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _unavailable(error: BaseException) -> Response:
+    log.warning("ops.database_unavailable", error=type(error).__name__)
+    return PlainTextResponse(
+        "the database is unavailable; try again shortly\n",
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _enqueue_launch(api: ApiContext, campaign_id: int) -> None:
+    """Ask the workers to go on with a resumed campaign; when Redis cannot take it, the
+    reconcile cron does (logged)."""
+    try:
+        async with asyncio.timeout(LEDGER_TIMEOUT):
+            await queue.enqueue_launch(await api.jobs.get(), campaign_id)
+    except queue.ERRORS as e:
+        log.warning("campaign.enqueue_failed", campaign_id=campaign_id, error=type(e).__name__)

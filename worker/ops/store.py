@@ -1,0 +1,104 @@
+"""What `/ops` reads from the ledger: the campaigns worth watching, their invitations by
+state, their feedback and their recent sends. All of `/ops`'s SQL is here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from worker.db import Conn
+
+# Campaigns that ended are shown too, the latest this many.
+RECENT_ENDED = 10
+# The send-rate chart: this many buckets of this many seconds, the newest last.
+BUCKETS = 40
+BUCKET_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class CampaignRow:
+    """One campaign as `/ops` lists it."""
+
+    id: int
+    client_id: str
+    name: str
+    kind: str
+    status: str
+    status_reason: str | None
+    created_at: datetime
+    counts: dict[str, int] = field(default_factory=dict)
+    feedback: dict[str, int] = field(default_factory=dict)
+    # Accepted sends per bucket of BUCKET_SECONDS, oldest first, the last one now.
+    sends: tuple[int, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+async def overview(conn: Conn) -> list[CampaignRow]:
+    """Running and paused campaigns, and the latest that ended; newest first."""
+    rows = await conn.fetch(
+        """SELECT id, client_id, name, kind, status, reason, created_at FROM campaigns
+           WHERE status IN ('running', 'paused')
+              OR id IN (SELECT id FROM campaigns WHERE status NOT IN ('running', 'paused')
+                        ORDER BY id DESC LIMIT $1)
+           ORDER BY id DESC""",
+        RECENT_ENDED,
+    )
+    ids = [r["id"] for r in rows]
+    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+    for r in await conn.fetch(
+        """SELECT campaign_id, state, count(*) AS n FROM invitations
+           WHERE campaign_id = ANY($1) AND round = 0 GROUP BY 1, 2""",
+        ids,
+    ):
+        counts[r["campaign_id"]][r["state"]] = r["n"]
+    feedback: dict[int, dict[str, int]] = {i: {} for i in ids}
+    for r in await conn.fetch(
+        """SELECT campaign_id, kind, count(*) FILTER (WHERE source = 'smtp') AS refused,
+                  count(*) AS n
+           FROM feedback WHERE campaign_id = ANY($1) GROUP BY 1, 2""",
+        ids,
+    ):
+        feedback[r["campaign_id"]][r["kind"]] = r["n"]
+        if r["kind"] == "hard":
+            feedback[r["campaign_id"]]["refused"] = r["refused"]
+    sends: dict[int, list[int]] = {i: [0] * BUCKETS for i in ids}
+    # Bucket 0 is the newest; the index on (campaign_id, sent_at) of first messages finds
+    # the rows of the last minutes without reading the campaign.
+    for r in await conn.fetch(
+        """SELECT campaign_id,
+                  floor(extract(epoch FROM now() - sent_at)::float8 / $2::float8)::int AS ago,
+                  count(*) AS n
+           FROM invitations
+           WHERE campaign_id = ANY($1) AND round = 0 AND state = 'sent'
+             AND sent_at > now() - make_interval(secs => $2::float8 * $3::int)
+           GROUP BY 1, 2""",
+        ids,
+        float(BUCKET_SECONDS),
+        BUCKETS,
+    ):
+        if 0 <= r["ago"] < BUCKETS:
+            sends[r["campaign_id"]][BUCKETS - 1 - r["ago"]] = r["n"]
+    return [
+        CampaignRow(
+            id=r["id"],
+            client_id=r["client_id"],
+            name=r["name"],
+            kind=r["kind"],
+            status=r["status"],
+            status_reason=r["reason"],
+            created_at=r["created_at"],
+            counts=counts[r["id"]],
+            feedback=feedback[r["id"]],
+            sends=tuple(sends[r["id"]]),
+        )
+        for r in rows
+    ]
+
+
+async def campaign_statuses(conn: Conn) -> dict[str, int]:
+    """How many campaigns the ledger holds in each status."""
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM campaigns GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}

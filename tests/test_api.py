@@ -467,6 +467,17 @@ async def test_the_openapi_document_validates_and_describes_the_api(settings: Se
     body = document["paths"]["/campaigns"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
     assert "HTTPBearer" in document["components"]["securitySchemes"]
+    # Validation errors are 400s here, never FastAPI's default 422.
+    operations = [o for p in document["paths"].values() for o in p.values()]
+    assert all("422" not in o["responses"] and "400" in o["responses"] for o in operations)
+    assert {o["operationId"] for o in operations} == {
+        "create_campaign",
+        "campaign_status",
+        "pause_campaign",
+        "resume_campaign",
+        "cancel_campaign",
+        "opt_out_feed",
+    }
 
 
 async def test_postgres_unavailable_is_503_not_500(

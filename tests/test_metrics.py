@@ -109,6 +109,7 @@ async def test_web_metrics_need_the_token_and_show_campaigns_and_unsubscribes(
     assert found['survey_worker_campaigns{status="running"}'] == 1
     assert found['survey_worker_campaigns{status="completed"}'] == 0
     assert found["survey_worker_ledger_up"] == 1
+    assert found["survey_worker_invitations_due"] == 1
     assert found['survey_worker_unsubscribe_requests_total{method="GET",outcome="invalid"}'] == 1
     assert found['survey_worker_http_requests_total{route="metrics",status="401"}'] == 2
     assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")

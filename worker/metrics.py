@@ -244,7 +244,8 @@ class WebMetrics:
 
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     unsubscribe: dict[tuple[str, str], int] = field(default_factory=dict)
-    campaigns: dict[str, int] | None = None
+    campaigns: dict[str, int] | None = None  # None: the ledger could not be read
+    due: int = 0
 
     def request(self, route: str, status: int) -> None:
         """Count one answered request by its handler's name and status."""
@@ -277,9 +278,16 @@ class WebMetrics:
         campaigns = GaugeMetricFamily(
             f"{PREFIX}_campaigns", "Campaigns in the ledger, by status.", labels=["status"]
         )
-        for status in CAMPAIGN_STATUSES if self.campaigns is not None else ():
-            campaigns.add_metric([status], (self.campaigns or {}).get(status, 0))
+        due = GaugeMetricFamily(
+            f"{PREFIX}_invitations_due",
+            "Invitations of running campaigns due for sending now (pending, deferred and due).",
+        )
+        if self.campaigns is not None:
+            for status in CAMPAIGN_STATUSES:
+                campaigns.add_metric([status], self.campaigns.get(status, 0))
+            due.add_metric([], self.due)
         yield campaigns
+        yield due
 
 
 def web_registry(counts: WebMetrics) -> CollectorRegistry:

@@ -212,6 +212,7 @@ class Ops:
         try:
             async with asyncio.timeout(LEDGER_TIMEOUT), api.connection() as conn:
                 self.counts.campaigns = await store.campaign_statuses(conn)
+                self.counts.due = await store.due_invitations(conn)
         except (*db.DB_ERRORS, TimeoutError) as e:
             log.warning("metrics.ledger_unavailable", error=type(e).__name__)
             self.counts.campaigns = None

@@ -102,3 +102,14 @@ async def campaign_statuses(conn: Conn) -> dict[str, int]:
     """How many campaigns the ledger holds in each status."""
     rows = await conn.fetch("SELECT status, count(*) AS n FROM campaigns GROUP BY status")
     return {r["status"]: r["n"] for r in rows}
+
+
+async def due_invitations(conn: Conn) -> int:
+    """Invitations of running campaigns that a worker should be sending now: pending, or
+    deferred and due (read through the index of open invitations)."""
+    due: int = await conn.fetchval(
+        """SELECT count(*) FROM invitations i JOIN campaigns c ON c.id = i.campaign_id
+           WHERE c.status = 'running' AND i.state IN ('pending', 'deferred')
+             AND (i.next_attempt_at IS NULL OR i.next_attempt_at <= now())"""
+    )
+    return due

@@ -3,8 +3,10 @@ buttons, and pause/resume/cancel acting on the ledger as the command line does."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.support.pipeline import add_client, csv_of, launch
-from tests.support.web import private_logs, serving
+from tests.support.web import ROOT, cli_environment, private_logs, serving
 from worker.ops import passwords
 from worker.ops.app import CSRF_LIFETIME, Users
 from worker.settings import Settings
@@ -188,3 +190,35 @@ def test_ops_users_must_be_user_colon_hash() -> None:
         assert good.split(".")[-1] not in str(caught.value)
     with pytest.raises(ValueError, match="ops_users"):
         Settings(_env_file=None, ops_users="anna:secret")  # type: ignore[call-arg]
+
+
+async def test_ops_password_prints_an_entry_that_verifies(settings: Settings) -> None:
+    async def run(*args: str, stdin: bytes) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            *args,
+            env=cli_environment(settings),
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(stdin), 60)
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    code, out, err = await run("ops-password", "anna", stdin=ANNA[1].encode() + b"\n")
+    assert code == 0, err
+    user, _, hashed = out.strip().partition(":")
+    assert user == "anna" and ANNA[1] not in out
+    parsed = passwords.Hash.parse(hashed)
+    assert (parsed.n, parsed.r, parsed.p) == (2**17, 8, 1)
+    assert parsed.verify(ANNA[1]) and not parsed.verify(BOB[1])
+    assert passwords.parse_users(out.strip())["anna"] == parsed
+    code, out, err = await run("ops-password", "anna", stdin=b"short\n")
+    assert (code, out) == (1, "")
+    assert err.strip() == "Error: the password must be at least 12 characters"
+    code, _, err = await run("ops-password", "ann@example", stdin=ANNA[1].encode())
+    assert code == 1 and "USER" in err

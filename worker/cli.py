@@ -503,8 +503,24 @@ def _enqueue_launch(env: Env, campaign_id: int, what: str) -> None:
 @main.command()
 @click.argument("campaign_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def status(campaign_id: int, as_json: bool) -> None:
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Follow the campaign until it ends: a progress bar on a terminal, else a line "
+    "(or with --json an object) per change. Ctrl-C stops watching.",
+)
+def status(campaign_id: int, as_json: bool, watch: bool) -> None:
     """Show a campaign's status and how many invitations are in each state."""
+    if watch:
+        from worker import watch as watching
+
+        with environment() as env:
+            display = watching.display_for(sys.stdout, as_json=as_json)
+            try:
+                run(env, lambda conn: watching.follow(conn, campaign_id, display))
+            except KeyboardInterrupt:
+                click.echo("", err=True)
+        return
     with environment() as env:
         report = run(env, lambda conn: campaigns.status_report(conn, campaign_id))
     because = f" ({report.status_reason})" if report.status_reason else ""
@@ -896,3 +912,6 @@ def purge(as_json: bool) -> None:
 # `client key`, `feed` and `access-request` live in their own module, which adds them to
 # the groups above when imported.
 from worker import cli_clients  # noqa: E402, F401
+
+# `ops-password` lives with /ops (worker/ops/).
+from worker.ops import commands as ops_commands  # noqa: E402, F401

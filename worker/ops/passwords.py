@@ -85,6 +85,11 @@ class Hash:
         return hmac.new(self.key + self.salt, purpose.encode(), hashlib.sha256).digest()
 
 
+def valid_user(user: str) -> bool:
+    """Whether `user` can be an OPS_USERS user name (it is logged, so never an address)."""
+    return _USER.fullmatch(user) is not None
+
+
 def parse_users(text: str) -> dict[str, Hash]:
     """OPS_USERS (`user:hash,user:hash`) as a user → hash mapping; BadUsers if malformed."""
     users: dict[str, Hash] = {}
@@ -92,7 +97,7 @@ def parse_users(text: str) -> dict[str, Hash]:
         if not entry:
             continue
         user, colon, hashed = entry.partition(":")
-        if not colon or not _USER.fullmatch(user):
+        if not colon or not valid_user(user):
             raise BadUsers(f"entry {number} is not user:hash (a user is 1-64 of A-Z a-z 0-9 . _ -)")
         if user in users:
             raise BadUsers(f"entry {number}: user {user} is listed twice")

@@ -1,0 +1,155 @@
+"""`/ops` in a real browser: Debian's Chromium, driven by Playwright, signs in with an
+OPS_USERS user, sees the campaigns a real worker sent with the send-rate chart drawn (its
+pixels counted in a screenshot), and pauses and resumes a campaign with the buttons."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from playwright.async_api import async_playwright
+from pydantic import SecretStr
+
+from tests.support.pipeline import add_client, csv_of, launch, run_workers
+from tests.support.smtp import RecordingHandler
+from tests.support.web import private_logs, serving
+from tests.test_browser import CHROMIUM_ARGS, chromium  # noqa: F401 (the fixture)
+from worker.ops import passwords
+from worker.settings import Settings
+
+USER, PASSWORD = "anna", "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def logs() -> Iterator[list[dict[str, Any]]]:
+    with private_logs() as captured:
+        yield captured
+
+
+def pixels(png: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """Width, height and RGB pixels of an 8-bit, non-interlaced RGB or RGBA PNG (what
+    Chromium's screenshots are), per the PNG specification's filters."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    position, data, header = 8, b"", b""
+    while position < len(png):
+        (length,) = struct.unpack(">I", png[position : position + 4])
+        kind = png[position + 4 : position + 8]
+        body = png[position + 8 : position + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            data += body
+        position += 12 + length
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert depth == 8 and colour in (2, 6) and interlace == 0
+    size = 3 if colour == 2 else 4
+    raw = zlib.decompress(data)
+    stride = width * size
+    previous = bytearray(stride)
+    result: list[tuple[int, int, int]] = []
+    for row in range(height):
+        start = row * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        for i in range(stride):
+            left = line[i - size] if i >= size else 0
+            up = previous[i]
+            corner = previous[i - size] if i >= size else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                guess = left + up - corner
+                pa, pb, pc = abs(guess - left), abs(guess - up), abs(guess - corner)
+                nearest = left if pa <= pb and pa <= pc else up if pb <= pc else corner
+                line[i] = (line[i] + nearest) & 0xFF
+        result += [tuple(line[i : i + 3]) for i in range(0, stride, size)]  # type: ignore[misc]
+        previous = line
+    return width, height, result
+
+
+def bar_pixels(png: bytes) -> tuple[int, int]:
+    """How many pixels of a screenshot are the chart's blue (#1f6fb2, anti-aliased), and
+    how many there are."""
+    _, _, found = pixels(png)
+    blue = sum(1 for r, g, b in found if b > 140 and b - r > 60 and b - g > 20)
+    return blue, len(found)
+
+
+async def test_an_operator_watches_and_pauses_campaigns_in_a_real_browser(
+    pg: asyncpg.Pool,
+    settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    chromium: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    hashed = passwords.hash_password(PASSWORD, n=2**10)
+    local = settings.model_copy(update={"ops_users": SecretStr(f"{USER}:{hashed}")})
+    await add_client(pg, "acme", "Acme Research")
+    sent = await launch(pg, local, csv_of(*(f"p{i}@example.com" for i in range(60))))
+    await run_workers(local)
+    waiting = await launch(pg, local, csv_of("ann@example.com", "bob@example.com"), enqueue=False)
+    async with serving(local) as base, async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS
+        )
+        try:
+            # Without credentials: the challenge (headless Chromium cannot show its dialog).
+            stranger = await browser.new_context()
+            refused = await stranger.request.get(f"{base}/ops")
+            assert refused.status == 401
+            assert refused.headers["www-authenticate"].startswith("Basic ")
+
+            context = await browser.new_context(
+                http_credentials={"username": USER, "password": PASSWORD},
+                viewport={"width": 1200, "height": 900},
+            )
+            page = await context.new_page()
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
+            response = await page.goto(f"{base}/ops")
+            assert response is not None and response.status == 200
+            assert await page.text_content("h1") == "Campaigns"
+            # The style sheet applied: the policy allows exactly it.
+            background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+            assert background == "rgb(244, 244, 242)"
+            assert not [m for m in console if "Content Security Policy" in m]
+
+            done = page.locator(f"#campaign-{sent.campaign_id}")
+            assert "completed" in (await done.locator(".meta").text_content() or "")
+            assert "sent 60" in (await done.locator(".counts").text_content() or "")
+            assert await page.locator("#rate-chart rect").count() >= 1
+
+            chart = await page.locator("#rate-chart").screenshot(path=tmp_path / "chart.png")
+            blue, total = bar_pixels(chart)
+            assert blue > 0.01 * total, (blue, total)  # bars drawn, not an empty box
+            idle = page.locator(f"#campaign-{waiting.campaign_id} .spark")
+            assert bar_pixels(await idle.screenshot())[0] == 0  # nothing sent: no bar
+            await page.screenshot(path=tmp_path / "ops.png", full_page=True)
+
+            row = page.locator(f"#campaign-{waiting.campaign_id}")
+            async with page.expect_navigation() as navigation:
+                await row.get_by_role("button", name="Pause").click()
+            result = await navigation.value
+            assert result is not None and result.status == 200
+            assert result.request.method == "POST"
+            assert f"campaign {waiting.campaign_id}: paused" in (
+                await page.text_content("[role=status]") or ""
+            )
+            status = "SELECT status FROM campaigns WHERE id = $1"
+            assert await pg.fetchval(status, waiting.campaign_id) == "paused"
+
+            row = page.locator(f"#campaign-{waiting.campaign_id}")
+            async with page.expect_navigation():
+                await row.get_by_role("button", name="Resume").click()
+            assert await pg.fetchval(status, waiting.campaign_id) == "running"
+            assert await context.cookies() == []
+        finally:
+            await browser.close()

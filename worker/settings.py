@@ -230,6 +230,13 @@ class Settings(BaseSettings):
             webhook_secret_key(value.get_secret_value())
         return value
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError("must be at least 16 characters (or unset: /metrics is open)")
+        return value
+
     @field_validator("ops_users")
     @classmethod
     def _ops_users(cls, value: SecretStr | None) -> SecretStr | None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 from worker import metrics
 from worker.ledger import Outcome
@@ -168,3 +170,11 @@ def test_family_names_list_series_before_any_sample() -> None:
     } <= names
     web = metrics.family_names(metrics.web_registry(metrics.WebMetrics()))
     assert {"survey_worker_campaigns", "survey_worker_unsubscribe_requests_total"} <= web
+
+
+def test_metrics_token_and_port_are_checked() -> None:
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(_env_file=None, metrics_token="short")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, metrics_port=70000)  # type: ignore[call-arg]
+    assert Settings(_env_file=None, metrics_port="9101").metrics_port == 9101  # type: ignore[call-arg]

@@ -3,6 +3,8 @@ METRICS_PORT, the web app at /metrics (behind METRICS_TOKEN when it is set)."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +17,7 @@ from pydantic import SecretStr
 
 from tests.support.pipeline import add_client, csv_of, launch, make_worker, opt_out
 from tests.support.smtp import RecordingHandler
-from tests.support.web import private_logs, serving
+from tests.support.web import cli, private_logs, serving, start_cli
 from worker.settings import Settings
 from worker.suppression import Scope
 
@@ -126,3 +128,45 @@ async def test_web_metrics_are_open_without_a_token_and_say_when_postgres_is_dow
     found = samples(answer.text)
     assert found["survey_worker_ledger_up"] == 0
     assert not any(k.startswith("survey_worker_campaigns{") for k in found)
+
+
+async def test_the_worker_command_serves_metrics_while_it_sends(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    port = free_port()
+    await add_client(pg, "acme")
+    worker = await start_cli(settings, "worker", env={"METRICS_PORT": str(port)})
+    try:
+        await launch(pg, settings, csv_of(*(f"p{i}@example.com" for i in range(30))))
+        found: dict[str, float] = {}
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                try:
+                    found = samples((await client.get(f"http://127.0.0.1:{port}/")).text)
+                except httpx.TransportError:
+                    found = {}
+                if found.get('survey_worker_invitations_total{reason="none",state="sent"}') == 30:
+                    break
+                await asyncio.sleep(0.1)
+        assert found['survey_worker_invitations_total{reason="none",state="sent"}'] == 30
+        assert found["survey_worker_heartbeat_timestamp_seconds"] > 0
+        assert found["survey_worker_pause_complaint_rate"] == settings.pause_complaint_rate
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(worker.communicate(), 60)
+        assert worker.returncode == 0, stderr.decode()
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+
+
+async def test_a_worker_whose_metrics_port_is_taken_does_not_start(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await cli(settings, "worker", env={"METRICS_PORT": str(port)}, timeout=60)
+    assert result.code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: METRICS_PORT: cannot listen on 0.0.0.0:{port}: address already in use"
+    )

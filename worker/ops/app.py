@@ -110,9 +110,13 @@ class Users:
     def csrf_ok(self, user: str, token: str, *, now: float) -> bool:
         """Whether `token` is one of `user`'s, and not older than CSRF_LIFETIME."""
         issued, _, mac = token.partition(".")
-        if not issued.isdigit() or not 0 <= now - int(issued) <= CSRF_LIFETIME:
+        if (
+            not (issued.isascii() and issued.isdigit() and len(issued) <= 12)
+            or not 0 <= now - int(issued) <= CSRF_LIFETIME
+        ):
             return False
-        return hmac.compare_digest(mac, self._mac(user, issued))
+        # As bytes: compare_digest refuses str with characters beyond ASCII.
+        return hmac.compare_digest(mac.encode(), self._mac(user, issued).encode())
 
     def _mac(self, user: str, issued: str) -> str:
         key = self._users[user].secret("survey-worker ops csrf")

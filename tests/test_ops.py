@@ -222,3 +222,15 @@ async def test_ops_password_prints_an_entry_that_verifies(settings: Settings) ->
     assert err.strip() == "Error: the password must be at least 12 characters"
     code, _, err = await run("ops-password", "ann@example", stdin=ANNA[1].encode())
     assert code == 1 and "USER" in err
+
+
+async def test_ops_says_when_postgres_is_down(ops_settings: Settings) -> None:
+    down = "postgresql://nobody@127.0.0.1:1/none"
+    async with (
+        serving(ops_settings, database_url=down) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        page = await client.get("/ops", headers=basic(*ANNA))
+    assert page.status_code == 503
+    assert page.headers["retry-after"] == "5"
+    assert page.text == "the database is unavailable; try again shortly\n"

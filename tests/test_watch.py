@@ -14,11 +14,14 @@ import signal
 import struct
 import sys
 import termios
+from datetime import UTC, datetime
 
 import asyncpg
 
 from tests.support.pipeline import add_client, csv_of, launch, run_workers
 from tests.support.web import ROOT, cli, cli_environment, start_cli
+from worker import watch as watching
+from worker.campaigns import StatusReport
 from worker.settings import Settings
 
 LINE = re.compile(r"campaign (\d+) (\w+)(?: \(\w+\))?: (\d+)/(\d+) done")
@@ -140,3 +143,26 @@ async def test_on_a_terminal_a_progress_bar_is_drawn(pg: asyncpg.Pool, settings:
     assert f"campaign {report.campaign_id} completed: 100%|" in text
     assert "█" in text and "| 2/2, sent 2" in text
     assert text.rstrip().endswith("completed: 2/2 done (100 %); sent 2")
+
+
+def test_a_line_names_the_campaign_its_progress_rate_and_counts() -> None:
+    report = StatusReport(
+        7, "paused", {"pending": 380, "sent": 110, "suppressed": 10}, {}, "complaint_rate", {}, []
+    )
+    at = datetime(2026, 11, 30, 4, 33, 8, tzinfo=UTC)
+    assert watching.line(report, 35.24, at) == (
+        "2026-11-30T04:33:08Z campaign 7 paused (complaint_rate): 120/500 done (24 %), "
+        "35.2/s; sent 110, suppressed 10, pending 380"
+    )
+    empty = StatusReport(8, "completed", {}, {}, None, {}, [])
+    assert watching.line(empty, None, at).endswith("completed: 0/0 done; no invitations")
+
+
+def test_the_rate_is_over_the_last_window_of_observations() -> None:
+    meter = watching.RateMeter(window=10)
+    assert meter.add(0, 0) is None
+    assert meter.add(1, 50) == 50
+    assert meter.add(2, 150) == 75
+    for t in range(3, 30):
+        rate = meter.add(t, 150 + 10 * (t - 2))
+    assert rate is not None and abs(rate - 10) < 1e-9  # the burst left the window

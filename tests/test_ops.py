@@ -18,6 +18,8 @@ from pydantic import SecretStr
 
 from tests.support.pipeline import add_client, csv_of, launch
 from tests.support.web import ROOT, cli_environment, private_logs, serving
+from tests.test_api import serving as api_serving
+from tests.test_api_roles import LoginUser, login_user  # noqa: F401 (the fixture)
 from worker.ops import passwords
 from worker.ops.app import CSRF_LIFETIME, Users
 from worker.settings import Settings
@@ -234,3 +236,37 @@ async def test_ops_says_when_postgres_is_down(ops_settings: Settings) -> None:
     assert page.status_code == 503
     assert page.headers["retry-after"] == "5"
     assert page.text == "the database is unavailable; try again shortly\n"
+
+
+async def test_ops_acts_through_the_apis_worker_login_and_says_when_the_web_role_cannot(
+    pg: asyncpg.Pool,
+    ops_settings: Settings,
+    login_user: LoginUser,  # noqa: F811
+) -> None:
+    worker_url, web_url = await login_user("survey_worker"), await login_user("survey_web")
+    await add_client(pg, "acme")
+    report = await launch(pg, ops_settings, csv_of("ann@example.com"), enqueue=False)
+    web_settings = ops_settings.model_copy(update={"database_url": web_url})
+    async with (
+        api_serving(web_settings, api_database_url=worker_url) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        page = await client.get("/ops", headers=basic(*ANNA))
+        match = CSRF.search(page.text)
+        assert page.status_code == 200 and match is not None
+        paused = await client.post(
+            f"/ops/campaigns/{report.campaign_id}/pause",
+            headers=basic(*ANNA),
+            data={"csrf": match.group(1)},
+        )
+        assert f"campaign {report.campaign_id}: paused" in paused.text
+    async with (
+        api_serving(web_settings) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        refused = await client.get("/ops", headers=basic(*ANNA))
+        scraped = await client.get("/metrics")
+    assert refused.status_code == 503
+    assert "API_DATABASE_URL" in refused.text
+    # The web role reads campaigns and invitations: its metrics need nothing more.
+    assert 'survey_worker_campaigns{status="paused"} 1.0' in scraped.text

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import asyncpg
 import jinja2
 import structlog
 from markupsafe import Markup
@@ -315,12 +316,15 @@ async def _small_body(request: Request) -> bytes:
 
 
 def _unavailable(error: BaseException) -> Response:
-    log.warning("ops.database_unavailable", error=type(error).__name__)
-    return PlainTextResponse(
-        "the database is unavailable; try again shortly\n",
-        status_code=503,
-        headers={"Retry-After": "5"},
-    )
+    if isinstance(error, asyncpg.InsufficientPrivilegeError):
+        # A deployment mistake: /ops reads feedback and controls campaigns, which the web
+        # role may not do.
+        log.error("ops.permission_denied", error=str(error))
+        text = "the database user lacks a grant: set API_DATABASE_URL (a survey_worker login)"
+    else:
+        log.warning("ops.database_unavailable", error=type(error).__name__)
+        text = "the database is unavailable; try again shortly"
+    return PlainTextResponse(text + "\n", status_code=503, headers={"Retry-After": "5"})
 
 
 async def _enqueue_launch(api: ApiContext, campaign_id: int) -> None:

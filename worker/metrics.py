@@ -2,10 +2,9 @@
 
 The send path counts in plain dicts and ints, once per chunk where it can (per message, a
 dict increment and a histogram bucket: about 0.35 us); `prometheus_client` turns them into
-metric families only
-when Prometheus scrapes (`collect`), in its server's thread. Labels are bounded: states,
-reasons, reply classes, feedback kinds and sources, routes and outcomes; never a campaign,
-a client or a recipient.
+metric families only when Prometheus scrapes (`collect`), in its server's thread. Labels
+are bounded: states, reasons, reply classes, feedback kinds and sources, routes and
+outcomes; never a campaign, a client or a recipient.
 
 A worker serves its registry on METRICS_PORT (`serve`, prometheus_client's threaded
 server); each worker process needs a port of its own, and Prometheus scrapes each as a

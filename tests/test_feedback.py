@@ -182,7 +182,7 @@ async def test_reports_that_name_no_message_of_ours_change_nothing(
     await run_workers(fb_settings)
     ann = message_to(handler, "ann@example.com")
     invitation_id = await pg.fetchval("SELECT id FROM invitations")
-    forged_verp = "b-" + "a" * 29 + "@" + BOUNCE_DOMAIN
+    forged_verp = "b-" + "a" * 36 + "@" + BOUNCE_DOMAIN
     with private_logs() as logs:
         await send_reports(
             fb_settings,

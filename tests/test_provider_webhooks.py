@@ -52,7 +52,7 @@ from worker.provider_webhooks import MAX_BODY
 from worker.settings import Settings
 
 SENDGRID_PRIVATE, SENDGRID_PUBLIC = sendgrid_key()
-VERP = f"b-{'a' * 29}@{BOUNCE_DOMAIN}"
+VERP = f"b-{'a' * 36}@{BOUNCE_DOMAIN}"
 PROVIDERS = ["ses", "sendgrid", "mailgun", "postmark"]
 
 

@@ -20,9 +20,10 @@ from worker.states import Kind
 
 # The order reasons are reported in when several apply.
 REASONS = ("client_opt_out", "marketing_opt_out", "bounced", "completed", "contact_cap")
-# The advisory-lock namespace of CONTACT_CAP's per-address locks (two-key form: it never
-# meets the one-key locks of worker/feedback.py).
-_CONTACT_LOCKS = 0x5357_4343
+# The advisory lock CONTACT_CAP's counts are taken under (two-key form: it never meets the
+# one-key locks of worker/feedback.py). One lock, not one per address: a chunk would take
+# hundreds, and Postgres's lock table is sized for max_locks_per_transaction (64) each.
+_CONTACT_LOCK = 0x5357_4343
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,8 @@ async def count_contacts(
 
     `invitations` maps each invitation about to be started to its address's hash. Each
     one within the cap is counted now (once: a retry of a deferred one is not counted
-    again), in the caller's transaction, under a lock per address held until it commits,
-    so concurrent workers and campaigns never count past the cap. Raises
+    again), in the caller's transaction, under a lock held until it commits, so concurrent
+    workers and campaigns never count past the cap. Raises
     SuppressionUnavailable when the count cannot run: the caller sends nothing.
     """
     if not invitations:
@@ -103,14 +104,7 @@ async def count_contacts(
     hashes = [invitations[i] for i in ids]
     try:
         async with asyncio.timeout(timeout):
-            await conn.execute(
-                """SELECT pg_advisory_xact_lock($1, k)
-                   FROM (SELECT DISTINCT ('x' || substr(encode(h, 'hex'), 1, 8))::bit(32)::int
-                         FROM unnest($2::bytea[]) AS h) AS keys(k)
-                   ORDER BY k""",
-                _CONTACT_LOCKS,
-                hashes,
-            )
+            await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _CONTACT_LOCK)
             rows = await conn.fetch(
                 """SELECT email_hash, count(*) AS n FROM contacts
                    WHERE email_hash = ANY($1) AND counted_at > now() - $2::interval

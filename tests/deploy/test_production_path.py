@@ -18,12 +18,14 @@ from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import httpx
 import orjson
 import pytest
 import yaml
 
 from tests.deploy.servers import ROOT, Installation, Postgres, Result, Shell, free_port
+from tests.faults.harness import wait_until
 from tests.support.smtp import RecordedMessage, RecordingHandler
 
 README = (ROOT / "README.md").read_text()
@@ -88,6 +90,29 @@ async def wait_healthy(port: int) -> None:
                 pass
             await asyncio.sleep(0.1)
     pytest.fail("the web app never became healthy")
+
+
+async def wait_listening(port: int) -> None:
+    async def listening() -> bool:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        await writer.wait_closed()
+        return True
+
+    await wait_until(listening, timeout=60, what=f"a server on port {port}")
+
+
+async def rcpt_reply(port: int, recipient: str) -> int:
+    """The code an SMTP server on `port` answers `RCPT TO:<recipient>` with."""
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10)
+    await client.connect()
+    try:
+        await client.ehlo()
+        await client.mail("")
+        code, _ = await client.execute_command(b"RCPT", f"TO:<{recipient}>".encode())
+        return code
+    finally:
+        client.close()
 
 
 async def one_click(port: int, message: RecordedMessage) -> int:
@@ -247,7 +272,7 @@ async def test_compose_services_run_as_written(
         f"CREATE DATABASE {database} OWNER {user}",
     )
     ours = {name: s for name, s in services.items() if s.get("build") == "."}
-    assert sorted(ours) == ["migrate", "web", "worker"]
+    assert sorted(ours) == ["inbound", "migrate", "web", "worker"]
     # Compose's host names, as the test's servers.
     hosts: dict[str, Callable[[str], str]] = {
         "DATABASE_URL": lambda v: v.replace("@postgres:5432/", f"@127.0.0.1:{postgres.port}/"),
@@ -293,4 +318,15 @@ async def test_compose_services_run_as_written(
     )
     assert await checked.wait() == 0
     assert await one_click(port, handler.messages[0]) == 200
+    assert await stop(process) == 0
+
+    # The bounce receiver takes mail for its BOUNCE_DOMAIN only, and is never a relay.
+    inbound_command = command_of(ours["inbound"])
+    port = free_port()
+    inbound_command[inbound_command.index("--port") + 1] = str(port)
+    process = await shell.start(inbound_command, env_of(ours["inbound"]))
+    await wait_listening(port)
+    domain = ours["inbound"]["environment"]["BOUNCE_DOMAIN"]
+    assert await rcpt_reply(port, f"b-{'a' * 36}@{domain}") == 550
+    assert await rcpt_reply(port, "someone@example.com") == 550
     assert await stop(process) == 0

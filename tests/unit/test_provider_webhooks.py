@@ -51,7 +51,7 @@ CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pe
 SNS_KEY = SIGNER.key.public_key()
 SENDGRID_PRIVATE, SENDGRID_PUBLIC = sendgrid_key()
 SENDGRID_KEY = sendgrid.load_public_key(SENDGRID_PUBLIC)
-VERP = f"b-{'a' * 29}@{BOUNCE_DOMAIN}"
+VERP = f"b-{'a' * 36}@{BOUNCE_DOMAIN}"
 NOW = time.time()
 
 json_scalars = (
@@ -103,7 +103,7 @@ def test_verp_addresses_are_ours_only_at_the_bounce_domain() -> None:
     assert our_verp(VERP, BOUNCE_DOMAIN) == VERP
     assert our_verp(f"<{VERP.upper().replace('B-', 'b-')}>", BOUNCE_DOMAIN) is not None
     assert our_verp(VERP, None) is None
-    assert our_verp(f"b-{'a' * 29}@elsewhere.example", BOUNCE_DOMAIN) is None
+    assert our_verp(f"b-{'a' * 36}@elsewhere.example", BOUNCE_DOMAIN) is None
     assert our_verp(f"surveys@{BOUNCE_DOMAIN}", BOUNCE_DOMAIN) is None
 
 

@@ -36,8 +36,8 @@ def test_rotation_verifies_with_any_listed_key_and_no_other(
 @given(
     key=KEYS,
     invitation_id=IDS,
-    position=st.integers(min_value=2, max_value=30),
-    replacement=st.sampled_from("abcdefghijklmnopqrstuvwxyz234567"),
+    position=st.integers(min_value=2, max_value=37),
+    replacement=st.sampled_from("0123456789abcdef"),
 )
 def test_changing_any_character_of_the_token_breaks_it(
     key: bytes, invitation_id: int, position: int, replacement: str
@@ -45,8 +45,7 @@ def test_changing_any_character_of_the_token_breaks_it(
     address = verp.address(key, invitation_id, DOMAIN)
     forged = address[:position] + replacement + address[position + 1 :]
     named = verp.invitation_of([key], forged, DOMAIN)
-    # 29 base32 characters carry 145 bits for 144: the last character's low bit is slack.
-    assert named is None or forged == address or position == 30
+    assert named is None or forged == address
 
 
 @given(key=KEYS, text=st.text(max_size=120))

@@ -214,9 +214,7 @@ async def erase(conn: Conn, *, email_hash: bytes, actor: str) -> ErasureReport:
     return report
 
 
-async def purge(
-    conn: Conn, *, retention_days: int, counts_days: int | None = None
-) -> PurgeReport:
+async def purge(conn: Conn, *, retention_days: int, counts_days: int | None = None) -> PurgeReport:
     """Delete the invitations of campaigns that ended more than `retention_days` ago, and
     feedback and contact-cap rows older than `counts_days` (`Settings.counts_days`;
     default `retention_days`).

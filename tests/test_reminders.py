@@ -255,3 +255,21 @@ async def test_launch_refuses_reminder_options_that_cannot_work(
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
     assert await pg.fetchval("SELECT count(*) FROM campaigns") == 0
+
+
+async def test_a_deferred_first_invitation_is_counted_once_however_often_it_is_retried(
+    pg: asyncpg.Pool, capped: Settings, smtp: SMTP
+) -> None:
+    handler = smtp[0]
+    handler.on("ann@example.com", reply="451 4.3.0 Try later", times=2)
+    await add_client(pg, "acme")
+    await launch(pg, capped, csv_of("ann@example.com"))
+
+    async def delivered() -> bool:
+        await run_workers(capped)
+        return len(handler.messages) == 1
+
+    await wait_until(delivered, timeout=30, what="the third attempt")
+    row = await pg.fetchrow("SELECT state, attempts FROM invitations")
+    assert (row["state"], row["attempts"]) == ("sent", 3)
+    assert await pg.fetchval("SELECT count(*) FROM contacts") == 1

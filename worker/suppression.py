@@ -100,36 +100,28 @@ async def count_contacts(
     """
     if not invitations:
         return set()
-    ids = list(invitations)
-    hashes = [invitations[i] for i in ids]
     try:
         async with asyncio.timeout(timeout):
             await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _CONTACT_LOCK)
+            # A chunk is one campaign's first messages: each address appears once in it.
             rows = await conn.fetch(
-                """SELECT email_hash, count(*) AS n FROM contacts
-                   WHERE email_hash = ANY($1) AND counted_at > now() - $2::interval
-                     AND invitation_id <> ALL($3)
-                   GROUP BY email_hash""",
-                hashes,
+                """WITH counted AS (
+                       SELECT g.invitation_id, g.email_hash,
+                              (SELECT count(*) FROM contacts c
+                               WHERE c.email_hash = g.email_hash
+                                 AND c.counted_at > now() - $3::interval
+                                 AND c.invitation_id <> g.invitation_id) AS n
+                       FROM unnest($1::bigint[], $2::bytea[]) AS g(invitation_id, email_hash)),
+                   added AS (
+                       INSERT INTO contacts (invitation_id, email_hash)
+                       SELECT invitation_id, email_hash FROM counted WHERE n < $4
+                       ON CONFLICT (invitation_id) DO NOTHING)
+                   SELECT invitation_id FROM counted WHERE n >= $4""",
+                list(invitations),
+                list(invitations.values()),
                 window,
-                ids,
-            )
-            counted = {r["email_hash"]: r["n"] for r in rows}
-            over: set[int] = set()
-            allowed: list[int] = []
-            for invitation_id, email_hash in zip(ids, hashes, strict=True):
-                if counted.get(email_hash, 0) >= cap:
-                    over.add(invitation_id)
-                else:
-                    counted[email_hash] = counted.get(email_hash, 0) + 1
-                    allowed.append(invitation_id)
-            await conn.execute(
-                """INSERT INTO contacts (invitation_id, email_hash)
-                   SELECT * FROM unnest($1::bigint[], $2::bytea[])
-                   ON CONFLICT (invitation_id) DO NOTHING""",
-                allowed,
-                [invitations[i] for i in allowed],
+                cap,
             )
     except (TimeoutError, *DB_ERRORS) as e:
         raise SuppressionUnavailable(f"contact count failed: {type(e).__name__}") from e
-    return over
+    return {r["invitation_id"] for r in rows}

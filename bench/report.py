@@ -45,6 +45,7 @@ class Figures:
     cpu_window: float  # those seconds of wall-clock time
     machine: Machine
     problems: list[str]
+    metrics_decisions: int  # what the workers' Prometheus metrics counted
 
     def targets_met(self) -> dict[str, bool | None]:
         """Each target: met, missed, or None when this run cannot tell."""
@@ -153,6 +154,7 @@ def as_table(figures: Figures) -> str:
     lines += [
         "",
         f"send phase: {f.seconds:.2f} s from enqueue to the last message accepted",
+        f"the workers' Prometheus metrics counted {f.metrics_decisions:,} decisions",
         f"CPU seconds until completed, of {m.cores} cores x {f.cpu_window:.1f} s: {cpu}",
         "",
     ]

@@ -219,6 +219,8 @@ class Sent:
     redis_idle: int
     redis_peak: int
     worker_exits: list[int]
+    # The decisions the workers' /metrics counted, scraped before they stopped.
+    metrics_decisions: int
 
 
 async def send(
@@ -246,6 +248,8 @@ async def send(
             await wait_completed(conn, campaign_id, total, crew)
             completed = time.time()
             cpu_used = cpu.used(before, cpu.snapshot(parts))
+            counted = await crew.counted_decisions()
+            say(f"the workers' Prometheus metrics counted {counted:,} decisions")
         finally:
             sampling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,7 +258,14 @@ async def send(
         say("completed; stopping the workers")
         exits = await crew.stop()
     return Sent(
-        t0, completed, cpu_used, monitor.worker_peak_rss, redis_idle, monitor.redis_peak, exits
+        t0,
+        completed,
+        cpu_used,
+        monitor.worker_peak_rss,
+        redis_idle,
+        monitor.redis_peak,
+        exits,
+        counted,
     )
 
 
@@ -330,9 +341,11 @@ async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
         cpu_seconds=sent.cpu_used,
         cpu_window=sent.completed - sent.t0,
         machine=procfs.machine(),
-        problems=verify.problems(
-            recipients, imported, received.recipients, counts, sent.worker_exits
-        ),
+        problems=[
+            *verify.problems(recipients, imported, received.recipients, counts, sent.worker_exits),
+            *verify.metrics_problems(sent.metrics_decisions, counts),
+        ],
+        metrics_decisions=sent.metrics_decisions,
     )
 
 

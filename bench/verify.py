@@ -50,3 +50,11 @@ def problems(
     if failed:
         found.append(f"workers: exit statuses {worker_exits} after SIGTERM, expected all 0")
     return found
+
+
+def metrics_problems(counted: int, ledger: dict[str, int]) -> list[str]:
+    """Whether the workers' Prometheus metrics saw every decision the ledger holds."""
+    decided = sum(n for state, n in ledger.items() if state != "pending")
+    if counted != decided:
+        return [f"metrics: the workers counted {counted:,} decisions, the ledger holds {decided:,}"]
+    return []

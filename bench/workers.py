@@ -11,9 +11,13 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench import processes, procfs
 from bench.errors import BenchError
 from bench.settings import worker_env
+from worker.dev import embedded
 from worker.settings import Settings
 
 READY_TIMEOUT = 60.0
@@ -30,6 +34,8 @@ class Crew:
         self.env = worker_env(settings, os.environ.get("PATH", os.defpath))
         self.log_dir = log_dir
         self.logs: list[Path] = []
+        # Each worker serves its Prometheus metrics on a port of its own (METRICS_PORT).
+        self.metrics_ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.stop_timeout = settings.smtp_timeout + 10
 
@@ -42,8 +48,11 @@ class Crew:
         for n in range(1, count + 1):
             log = self.log_dir / f"worker-{n}.log"
             command = [sys.executable, "-m", "worker", "worker"]
-            self.processes.append(processes.start(command, log=log, env=self.env))
+            port = embedded.free_port()
+            env = {**self.env, "METRICS_PORT": str(port)}
+            self.processes.append(processes.start(command, log=log, env=env))
             self.logs.append(log)
+            self.metrics_ports.append(port)
 
     @property
     def pids(self) -> list[int]:
@@ -76,6 +85,24 @@ class Crew:
             if time.monotonic() > deadline:
                 raise WorkerStartFailed(f"workers not ready after {READY_TIMEOUT:.0f} s")
             await asyncio.sleep(0.05)
+
+    async def counted_decisions(self) -> int:
+        """The invitation decisions the workers' Prometheus metrics count, all together:
+        what a monitoring system scraping them sees."""
+        total = 0
+        async with httpx.AsyncClient(timeout=10) as client:
+            for port in self.metrics_ports:
+                response = await client.get(f"http://127.0.0.1:{port}/metrics")
+                response.raise_for_status()
+                for family in text_string_to_metric_families(response.text):
+                    total += int(
+                        sum(
+                            s.value
+                            for s in family.samples
+                            if s.name == "survey_worker_invitations_total"
+                        )
+                    )
+        return total
 
     async def stop(self) -> list[int]:
         """Graceful shutdown (SIGTERM) of every worker; their exit statuses."""

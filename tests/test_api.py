@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -14,8 +12,8 @@ import pytest
 from openapi_spec_validator import validate
 
 from tests.support.pipeline import add_client
-from tests.support.web import email_hash, private_logs
-from worker import api, apikeys, campaigns, optouts, privacy, web
+from tests.support.web import email_hash, private_logs, serving
+from worker import apikeys, campaigns, optouts, privacy
 from worker.settings import Settings
 from worker.suppression import Scope
 
@@ -26,26 +24,6 @@ SURVEY = "https://survey.test/s"
 def logs() -> Iterator[list[dict[str, Any]]]:
     with private_logs() as captured:
         yield captured
-
-
-@asynccontextmanager
-async def serving(settings: Settings, **api_settings: Any) -> AsyncIterator[str]:
-    """The web app (with /v1) on a free port; `api_settings` are ApiSettings fields."""
-    assert settings.database_url is not None and settings.redis_url is not None
-    config = api.ApiSettings(_env_file=None, **api_settings)  # type: ignore[call-arg]
-    app = web.create_app(settings, settings.database_url, settings.redis_url, api_settings=config)
-    server = web.server(app, host="127.0.0.1", port=0)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def make_key(pool: asyncpg.Pool, client_id: str) -> str:
@@ -333,7 +311,7 @@ async def test_an_upload_over_the_limit_is_413_declared_or_streamed(
             yield big[start : start + 1000]
 
     async with (
-        serving(settings, api_max_upload_bytes=5000) as base,
+        serving(settings.model_copy(update={"api_max_upload_bytes": 5000})) as base,
         httpx.AsyncClient(base_url=base) as http,
     ):
         declared = await http.post(
@@ -359,7 +337,7 @@ async def test_an_upload_over_the_limit_is_413_declared_or_streamed(
 
 async def test_over_the_rate_is_429_per_key(settings: Settings, keys: dict[str, str]) -> None:
     async with (
-        serving(settings, api_rate_limit=3) as base,
+        serving(settings.model_copy(update={"api_rate_limit": 3})) as base,
         httpx.AsyncClient(base_url=base) as http,
     ):
         acme = [await http.get("/v1/opt-outs", headers=bearer(keys["acme"])) for _ in range(4)]
@@ -484,7 +462,9 @@ async def test_postgres_unavailable_is_503_not_500(
     settings: Settings, keys: dict[str, str]
 ) -> None:
     async with (
-        serving(settings, api_database_url="postgresql://nobody@127.0.0.1:1/none") as base,
+        serving(
+            settings.model_copy(update={"api_database_url": "postgresql://nobody@127.0.0.1:1/none"})
+        ) as base,
         httpx.AsyncClient(base_url=base) as http,
     ):
         answer = await http.get("/v1/opt-outs", headers=bearer(keys["acme"]))

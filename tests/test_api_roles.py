@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.support.pipeline import add_client
-from tests.support.web import cli
-from tests.test_api import bearer, campaign_json, serving
+from tests.support.web import cli, serving
+from tests.test_api import bearer, campaign_json
 from worker.settings import Settings
 
 LoginUser = Callable[[str], Awaitable[str]]
@@ -55,7 +55,7 @@ async def test_the_api_acts_as_the_worker_role_and_the_web_role_serves_the_rest(
     key = json.loads(made.stdout)["key"]
     web_settings = settings.model_copy(update={"database_url": web_url})
     async with (
-        serving(web_settings, api_database_url=worker_url) as base,
+        serving(web_settings.model_copy(update={"api_database_url": worker_url})) as base,
         httpx.AsyncClient(base_url=base) as http,
     ):
         created = await http.post(

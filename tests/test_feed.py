@@ -15,8 +15,8 @@ import httpx
 
 from tests.support.admin import admin, with_database
 from tests.support.pipeline import add_client, csv_of, launch
-from tests.support.web import email_hash, token_for, token_id
-from tests.test_api import bearer, make_key, serving
+from tests.support.web import email_hash, serving, token_for, token_id
+from tests.test_api import bearer, make_key
 from worker import db, feed, optouts, privacy
 from worker.settings import Settings
 from worker.suppression import Scope
@@ -254,7 +254,7 @@ async def test_the_api_feed_while_people_unsubscribe_through_the_web_app(
                 await asyncio.sleep(0.01)
 
     async with (
-        serving(settings, api_rate_limit=0) as base,
+        serving(settings.model_copy(update={"api_rate_limit": 0})) as base,
         httpx.AsyncClient(base_url=base, timeout=60) as http,
     ):
         reading = asyncio.create_task(reader(http))

@@ -18,7 +18,6 @@ from pydantic import SecretStr
 
 from tests.support.pipeline import add_client, csv_of, launch
 from tests.support.web import ROOT, cli_environment, private_logs, serving
-from tests.test_api import serving as api_serving
 from tests.test_api_roles import LoginUser, login_user  # noqa: F401 (the fixture)
 from worker.ops import passwords
 from worker.ops.app import CSRF_LIFETIME, Users
@@ -253,7 +252,7 @@ async def test_ops_acts_through_the_apis_worker_login_and_says_when_the_web_role
     report = await launch(pg, ops_settings, csv_of("ann@example.com"), enqueue=False)
     web_settings = ops_settings.model_copy(update={"database_url": web_url})
     async with (
-        api_serving(web_settings, api_database_url=worker_url) as base,
+        serving(web_settings.model_copy(update={"api_database_url": worker_url})) as base,
         httpx.AsyncClient(base_url=base) as client,
     ):
         page = await client.get("/ops", headers=basic(*ANNA))
@@ -266,7 +265,7 @@ async def test_ops_acts_through_the_apis_worker_login_and_says_when_the_web_role
         )
         assert f"campaign {report.campaign_id}: paused" in paused.text
     async with (
-        api_serving(web_settings) as base,
+        serving(web_settings) as base,
         httpx.AsyncClient(base_url=base) as client,
     ):
         refused = await client.get("/ops", headers=basic(*ANNA))

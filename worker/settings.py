@@ -178,19 +178,27 @@ class Settings(BaseSettings):
     # At most K first survey invitations to one address in any rolling window (`2/30d`).
     contact_cap: str | None = None
 
+    # The client API at /v1. Its database user launches and controls campaigns as
+    # `launch` does (a login in the survey_worker role); unset: the web app's DATABASE_URL.
+    api_database_url: str | None = None
+    # A request body (JSON or a CSV upload) larger than this is refused with 413.
+    api_max_upload_bytes: int = Field(default=100_000_000, ge=1_000)
+    # Requests per minute per key; more get 429. 0: no limit.
+    api_rate_limit: int = Field(default=600, ge=0)
+
     # Operating (README, "Operating"): a worker's Prometheus port (unset: none served), the
     # bearer token /metrics of the web app asks for (unset: open), /ops's `user:hash,...`.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_token: SecretStr | None = None
     ops_users: SecretStr | None = None
 
-    @field_validator("database_url", "redis_url", mode="before")
+    @field_validator("database_url", "redis_url", "api_database_url", mode="before")
     @classmethod
     def _unset_when_blank(cls, value: object) -> object:
         # A blank URL means unset (embedded servers), as it did before URLs were checked.
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("database_url")
+    @field_validator("database_url", "api_database_url")
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
         problem = None if value is None else postgres_url_problem(value)

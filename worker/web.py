@@ -440,12 +440,9 @@ def create_app(
     settings: Settings,
     database_url: str,
     redis_url: str,
-    *,
-    api_settings: client_api.ApiSettings | None = None,
 ) -> Starlette:
     """The unsubscribe app (and the provider webhooks, and the client API at /v1) for these
     settings, Postgres and Redis; ConfigError when a webhook setting is unusable."""
-    api_settings = api_settings or client_api.ApiSettings()
     renderer = pages.Renderer()
     keys = settings.signing_keys()
     hash_key, completion_key = settings.hash_key(), settings.completion_webhook_key()
@@ -460,9 +457,7 @@ def create_app(
         try:
             async with (
                 provider_webhooks.running(webhook_config, backends) as webhooks,
-                client_api.running(
-                    settings, api_settings, database_url=database_url, redis_url=redis_url
-                ) as v1,
+                client_api.running(settings, database_url=database_url, redis_url=redis_url) as v1,
             ):
                 yield {
                     "api": v1,

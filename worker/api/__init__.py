@@ -3,6 +3,5 @@
 from __future__ import annotations
 
 from worker.api.app import ApiContext, create_app, running
-from worker.api.config import ApiSettings
 
-__all__ = ["ApiContext", "ApiSettings", "create_app", "running"]
+__all__ = ["ApiContext", "create_app", "running"]

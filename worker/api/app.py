@@ -34,7 +34,6 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from worker import apikeys, campaigns, db, durations, feed, queue
-from worker.api.config import ApiSettings
 from worker.api.models import (
     IDEMPOTENCY_KEY,
     CampaignFields,
@@ -96,7 +95,6 @@ class ApiContext:
     """What the handlers need, opened and closed with the web app (its lifespan state)."""
 
     settings: Settings
-    config: ApiSettings
     database_url: str
     pool: asyncpg.Pool | None
     jobs: queue.LazyQueue
@@ -113,7 +111,7 @@ class ApiContext:
     async def within_rate(self, caller: Caller) -> float | None:
         """None when the key may make this request; else seconds until it may again.
         Counted per key and minute in Redis; when Redis is unavailable, requests pass."""
-        limit = self.config.api_rate_limit
+        limit = self.settings.api_rate_limit
         if not limit:
             return None
         now = time.time()
@@ -134,11 +132,11 @@ class ApiContext:
 
 @asynccontextmanager
 async def running(
-    settings: Settings, config: ApiSettings, *, database_url: str, redis_url: str
+    settings: Settings, *, database_url: str, redis_url: str
 ) -> AsyncIterator[ApiContext]:
     """The API's connections for the web app's lifetime; nothing connects before use, so
     the app starts while Postgres or Redis is down."""
-    url = config.api_database_url or database_url
+    url = settings.api_database_url or database_url
     pool = None
     if postgres_url_problem(url) is None:
         pool = await asyncpg.create_pool(
@@ -153,7 +151,6 @@ async def running(
     try:
         yield ApiContext(
             settings=settings,
-            config=config,
             database_url=url,
             pool=pool,
             jobs=jobs,
@@ -193,7 +190,7 @@ async def authenticated(
         log.info("api.rate_limited", client_id=caller.client_id, key_id=caller.key_id)
         raise ApiError(
             429,
-            f"over {api.config.api_rate_limit} requests a minute for this key",
+            f"over {api.settings.api_rate_limit} requests a minute for this key",
             {"Retry-After": str(max(1, int(wait + 0.999)))},
         )
     return caller
@@ -337,7 +334,7 @@ async def create_campaign(
     """Launch a campaign: `launch`'s options and recipients, as JSON or as a CSV upload
     (`multipart/form-data`, field `recipients`); the answer is `launch --json`'s."""
     api = _api(request)
-    given = await _campaign_input(limited_request(request, api.config.api_max_upload_bytes))
+    given = await _campaign_input(limited_request(request, api.settings.api_max_upload_bytes))
     fields, stream, mapping = given.fields, given.stream, given.mapping
     try:
         interval = (

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from tests.deploy.servers import ROOT, Installation, Postgres, Result, Shell, free_port
-from tests.faults.harness import wait_until
+from tests.support.commands import wait_listening
 from tests.support.smtp import RecordedMessage, RecordingHandler
 
 README = (ROOT / "README.md").read_text()
@@ -90,16 +90,6 @@ async def wait_healthy(port: int) -> None:
                 pass
             await asyncio.sleep(0.1)
     pytest.fail("the web app never became healthy")
-
-
-async def wait_listening(port: int) -> None:
-    async def listening() -> bool:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.close()
-        await writer.wait_closed()
-        return True
-
-    await wait_until(listening, timeout=60, what=f"a server on port {port}")
 
 
 async def rcpt_reply(port: int, recipient: str) -> int:

@@ -55,11 +55,16 @@ async def running(
             await process.wait()
 
 
-async def _listening(port: int) -> bool:
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.close()
-    await writer.wait_closed()
-    return True
+async def wait_listening(port: int) -> None:
+    """Return once something accepts connections on 127.0.0.1:`port` (60 s at most)."""
+
+    async def listening() -> bool:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        await writer.wait_closed()
+        return True
+
+    await wait_until(listening, timeout=60, what=f"a server on port {port}")
 
 
 @asynccontextmanager
@@ -77,5 +82,5 @@ async def inbound(
         str(port),
         env={"BOUNCE_DOMAIN": BOUNCE_DOMAIN, **(env or {})},
     ):
-        await wait_until(lambda: _listening(port), timeout=60, what="inbound to listen")
+        await wait_listening(port)
         yield port

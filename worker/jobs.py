@@ -445,13 +445,14 @@ async def _settle(
     ctx["metrics"].decisions(outcomes, smtp=False)
     for e, outcome in zip(expired, outcomes, strict=True):
         log.warning(
-            decision_event(outcome.state),
+            decision_event(outcome.state, e.round),
             campaign_id=e.campaign_id,
             client_id=e.client_id,
             invitation_id=e.id,
             reason=outcome.reason or "accepted_before_worker_lost",
             recipient=addresses.recipient_id(e.email_hash),
             job_id=ctx["job_id"],
+            **({"round": e.round} if e.round else {}),
         )
     return len(outcomes)
 

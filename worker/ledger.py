@@ -81,6 +81,7 @@ class Expired:
     client_id: str
     email_hash: bytes
     sender_email: str
+    round: int = 0  # a reminder's round (0: the first message)
 
 
 async def load_campaign(conn: Conn, campaign_id: int) -> Campaign | None:
@@ -398,7 +399,7 @@ async def expired_sending(conn: Conn) -> dict[str, list[Expired]]:
     """
     rows = await conn.fetch(
         """SELECT i.id, i.campaign_id, c.client_id, i.email_hash, cl.sender_email,
-                  i.claimed_by
+                  i.round, i.claimed_by
            FROM invitations i
            JOIN campaigns c ON c.id = i.campaign_id
            JOIN clients cl ON cl.id = c.client_id
@@ -408,7 +409,12 @@ async def expired_sending(conn: Conn) -> dict[str, list[Expired]]:
     by_worker: dict[str, list[Expired]] = {}
     for r in rows:
         expired = Expired(
-            r["id"], r["campaign_id"], r["client_id"], r["email_hash"], r["sender_email"]
+            r["id"],
+            r["campaign_id"],
+            r["client_id"],
+            r["email_hash"],
+            r["sender_email"],
+            r["round"],
         )
         by_worker.setdefault(r["claimed_by"], []).append(expired)
     return by_worker

@@ -74,7 +74,16 @@ async def test_two_rounds_reach_only_those_who_have_not_answered_or_left(
     handler = smtp[0]
     await add_client(pg, "acme")
     people = ["ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com"]
-    campaign = await launch(pg, settings, csv_of(*people), reminders=2, reminder_interval=INTERVAL)
+    # A day apart, and the test moves the clock a day at a time (the first messages'
+    # acceptance back a day), so nothing is due before the test says so.
+    day = timedelta(days=1)
+    campaign = await launch(pg, settings, csv_of(*people), reminders=2, reminder_interval=day)
+
+    async def a_day_passes() -> None:
+        await pg.execute(
+            "UPDATE invitations SET sent_at = sent_at - $1::interval WHERE round = 0", day
+        )
+
     await run_workers(settings)
     assert len(handler.messages) == 4
     assert (await status(settings, campaign.campaign_id))["status"] == "running"
@@ -82,9 +91,13 @@ async def test_two_rounds_reach_only_those_who_have_not_answered_or_left(
     await complete(pg, settings, to(handler, "ann@example.com")[0])
     await opt_out(pg, settings, "bob@example.com", Scope("survey", "acme"))
     with private_logs() as logs:
+        await run_workers(settings)
+        assert len(handler.messages) == 4  # not due yet
+        await a_day_passes()
         await round_sent(pg, settings, 1, expected=3)
         # Dan answers between round 1 and round 2.
         await complete(pg, settings, to(handler, "dan@example.com")[0])
+        await a_day_passes()
         await round_sent(pg, settings, 2, expected=2)
     assert [len(to(handler, p)) for p in people] == [1, 1, 3, 2]
     first, *reminders = to(handler, "cat@example.com")

@@ -279,8 +279,6 @@ def worker(burst: bool) -> None:
 
     with environment(secrets=True, redis=True, service=True) as env:
         if env.settings.metrics_port is not None:
-            from worker.web import check_listen
-
             try:
                 # Prometheus scrapes from elsewhere: every interface, as exporters listen.
                 check_listen("0.0.0.0", env.settings.metrics_port)  # noqa: S104
@@ -315,6 +313,21 @@ def _warn_if_smtp_unreachable(settings: Settings) -> None:
             smtp_port=settings.smtp_port,
             error=type(e).__name__,
         )
+
+
+def check_listen(host: str, port: int) -> None:
+    """Raise ConfigError unless `host:port` can be listened on now, as uvicorn will."""
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as probe:
+                # As asyncio's create_server: a port in TIME_WAIT is free, a listened one not.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as e:
+        reason = (e.strerror or type(e).__name__).lower()
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from e
 
 
 def _install_uvloop() -> None:
@@ -761,7 +774,7 @@ def web(host: str, port: int) -> None:
     from worker import web as web_app
 
     with _clear_errors():
-        web_app.check_listen(host, port)
+        check_listen(host, port)
     # A configured Postgres may be down right now, and the app must start anyway (it
     # queues clicks until Postgres is back): only the settings are checked.
     with environment(secrets=True, database=False, service=True) as env:
@@ -793,10 +806,9 @@ def inbound(host: str, port: int) -> None:
     (answered 250 once queued, 451 while Redis is away); anything else is refused.
     """
     from worker import inbound as inbound_server
-    from worker import web as web_app
 
     with _clear_errors():
-        web_app.check_listen(host, port)
+        check_listen(host, port)
     # Like the web app, it starts while Redis is down, and answers 451 until it is back.
     with environment(secrets=True, database=False, service=True) as env:
         domain = env.settings.bounce_domain

@@ -84,6 +84,7 @@ async def startup(ctx: Context) -> None:
         worker_id=worker_id,
         journal=journal.Journal(ctx["redis_url"], worker_id),
         policy=feedback.Policy.from_settings(settings),
+        contact_cap=settings.contact_limit(),
         limiter=RateLimiter(ctx["redis"], settings.send_rate) if settings.send_rate else None,
         metrics=ctx["metrics"],
     )
@@ -289,13 +290,14 @@ async def record_feedback(ctx: Context, report: dict[str, Any]) -> dict[str, Any
     if events is None:
         log.error("job.malformed", job_id=ctx["job_id"])
         return {"recorded": 0}
-    policy = feedback.Policy.from_settings(settings)
+    policy = ctx["sender"].policy
+    keys = settings.signing_keys()
     recorded = 0
     try:
         async with ctx["pool"].acquire() as conn:
             for event in events:
                 target = await feedback.find(
-                    conn, event, keys=settings.signing_keys(), bounce_domain=settings.bounce_domain
+                    conn, event, keys=keys, bounce_domain=settings.bounce_domain
                 )
                 if target is None:
                     log.info(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -54,6 +54,8 @@ class Sender:
     worker_id: str
     journal: Journal
     policy: feedback.Policy = field(default_factory=feedback.Policy)
+    # CONTACT_CAP as (K, window), read once at start-up; None: no cap.
+    contact_cap: tuple[int, timedelta] | None = None
     limiter: RateLimiter | None = None
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
@@ -248,7 +250,7 @@ async def _check_and_start(
             ready[inv.id] = item
         else:
             early.append(item)
-    limit = sender.settings.contact_limit()
+    limit = sender.contact_cap
     if limit is not None and campaign.kind == "survey":
         # First survey invitations only: reminders and marketing mail are not counted.
         firsts = {i: p.invitation.email_hash for i, p in ready.items() if p.invitation.round == 0}

@@ -24,7 +24,6 @@ import asyncio
 import email.parser
 import email.policy
 import hashlib
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,9 +56,9 @@ from worker import (
 )
 from worker import api as client_api
 from worker.db import DB_ERRORS
-from worker.errors import ConfigError, QueueUnavailable, UnusableUrl
+from worker.errors import QueueUnavailable, UnusableUrl
 from worker.ops.app import Ops
-from worker.settings import Settings, postgres_url_problem, redis_url_problem
+from worker.settings import Settings, postgres_url_problem
 
 log = structlog.get_logger("worker.web")
 
@@ -82,12 +81,10 @@ class Backends:
 
     def __init__(self, database_url: str, redis_url: str) -> None:
         self._database_url = database_url
-        self._redis_url = redis_url
         self._database_url_problem = postgres_url_problem(database_url)
-        self._redis_url_problem = redis_url_problem(redis_url)
         self._pool: asyncpg.Pool | None = None
-        self._redis: ArqRedis | None = None
-        self._redis_lock = asyncio.Lock()
+        # A click waits for Redis: it fails at once rather than retry.
+        self._queue = queue.LazyQueue(redis_url)
 
     async def open(self) -> None:
         """Create the connection pool (min_size=0: it connects on the first query)."""
@@ -104,8 +101,7 @@ class Backends:
 
     async def close(self) -> None:
         """Close whatever was opened."""
-        if self._redis is not None:
-            await self._redis.aclose()
+        await self._queue.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -117,52 +113,38 @@ class Backends:
         async with self._pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
             yield conn
 
-    async def _queue(self) -> ArqRedis:
-        async with self._redis_lock:
-            if self._redis_url_problem:
-                raise UnusableUrl(f"REDIS_URL: {self._redis_url_problem}")
-            if self._redis is None:
-                # A click waits for this: fail at once rather than retry.
-                self._redis = await queue.connect(self._redis_url, retries=0)
-            return self._redis
+    @asynccontextmanager
+    async def _redis(self) -> AsyncIterator[ArqRedis]:
+        """Redis for one operation of at most QUEUE_TIMEOUT; raises `QueueUnavailable`
+        when it cannot answer."""
+        try:
+            async with asyncio.timeout(QUEUE_TIMEOUT):
+                yield await self._queue.get()
+        except queue.ERRORS as e:
+            raise QueueUnavailable(type(e).__name__) from e
 
     async def enqueue_opt_out(self, token: str, source: str, *, job_id: str) -> None:
         """Leave the opt-out to the `record_opt_out` job (a no-op if one with `job_id` is
         queued); raises `QueueUnavailable` when Redis cannot take it."""
-        try:
-            async with asyncio.timeout(QUEUE_TIMEOUT):
-                redis = await self._queue()
-                await queue.enqueue_opt_out(redis, token, source, job_id=job_id)
-        except queue.ERRORS as e:
-            raise QueueUnavailable(type(e).__name__) from e
+        async with self._redis() as redis:
+            await queue.enqueue_opt_out(redis, token, source, job_id=job_id)
 
     async def enqueue_feedback(self, report: dict[str, Any], *, job_id: str) -> None:
         """Leave a provider's feedback to the `record_feedback` job (a no-op while one with
         `job_id` is queued); raises `QueueUnavailable` when Redis cannot take it."""
-        try:
-            async with asyncio.timeout(QUEUE_TIMEOUT):
-                redis = await self._queue()
-                await queue.enqueue_feedback(redis, report, job_id=job_id)
-        except queue.ERRORS as e:
-            raise QueueUnavailable(type(e).__name__) from e
+        async with self._redis() as redis:
+            await queue.enqueue_feedback(redis, report, job_id=job_id)
 
     async def remember(self, key: str, *, seconds: int) -> bool:
         """Set `key` in Redis for `seconds` unless it is set (SET NX EX); whether it was
         not. Raises `QueueUnavailable` when Redis cannot answer."""
-        try:
-            async with asyncio.timeout(QUEUE_TIMEOUT):
-                redis = await self._queue()
-                return bool(await redis.set(key, b"1", nx=True, ex=seconds))
-        except queue.ERRORS as e:
-            raise QueueUnavailable(type(e).__name__) from e
+        async with self._redis() as redis:
+            return bool(await redis.set(key, b"1", nx=True, ex=seconds))
 
     async def forget(self, key: str) -> None:
         """Delete `key` from Redis; raises `QueueUnavailable` when Redis cannot answer."""
-        try:
-            async with asyncio.timeout(QUEUE_TIMEOUT):
-                await (await self._queue()).delete(key)
-        except queue.ERRORS as e:
-            raise QueueUnavailable(type(e).__name__) from e
+        async with self._redis() as redis:
+            await redis.delete(key)
 
     async def database_problem(self) -> str | None:
         """None when Postgres answers now, else why not."""
@@ -176,10 +158,10 @@ class Backends:
     async def queue_problem(self) -> str | None:
         """None when Redis answers now, else why not."""
         try:
-            async with asyncio.timeout(QUEUE_TIMEOUT):
-                await (await self._queue()).ping()
-        except queue.ERRORS as e:
-            return _reason(e)
+            async with self._redis() as redis:
+                await redis.ping()
+        except QueueUnavailable as e:
+            return _reason(e.__cause__ or e)
         return None
 
 
@@ -506,21 +488,6 @@ def server(app: ASGIApp, *, host: str, port: int) -> uvicorn.Server:
         server_header=False,
     )
     return uvicorn.Server(config)
-
-
-def check_listen(host: str, port: int) -> None:
-    """Raise ConfigError unless `host:port` can be listened on now, as uvicorn will."""
-    try:
-        for family, kind, proto, _, address in socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
-            with socket.socket(family, kind, proto) as probe:
-                # As asyncio's create_server: a port in TIME_WAIT is free, a listened one not.
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind(address)
-    except OSError as e:
-        reason = (e.strerror or type(e).__name__).lower()
-        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from e
 
 
 def serve(settings: Settings, *, database_url: str, redis_url: str, host: str, port: int) -> None:

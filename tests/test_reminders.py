@@ -286,3 +286,56 @@ async def test_a_deferred_first_invitation_is_counted_once_however_often_it_is_r
     row = await pg.fetchrow("SELECT state, attempts FROM invitations")
     assert (row["state"], row["attempts"]) == ("sent", 3)
     assert await pg.fetchval("SELECT count(*) FROM contacts") == 1
+
+
+async def test_the_installed_commands_keep_contact_cap_and_send_reminders(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP, tmp_path: Path
+) -> None:
+    """The user's path: `client add`, `launch --reminders`, `worker --burst` and `status`
+    as processes, CONTACT_CAP from the environment. Each burst worker starts with a
+    reconcile, which creates the rounds that are due."""
+    handler = smtp[0]
+    env = {"CONTACT_CAP": "1/1d"}
+    recipients = tmp_path / "people.csv"
+    recipients.write_text(csv_of("ann@example.com", "bob@example.com"))
+    launched = []
+    for client in ("acme", "globex"):
+        added = await cli(
+            settings,
+            "client",
+            "add",
+            client,
+            "--name",
+            client.title(),
+            "--sender",
+            f"surveys@{client}.example",
+            env=env,
+        )
+        assert added.code == 0, added.stderr
+        args = ["--reminders", "1", "--reminder-interval", "1s", "--json"]
+        done = await cli(settings, *launch_args(recipients, client_id=client), *args, env=env)
+        assert done.code == 0, done.stderr
+        launched.append(json.loads(done.stdout)["campaign_id"])
+
+    async def both_completed() -> bool:
+        ran = await cli(settings, "worker", "--burst", env=env)
+        assert ran.code == 0, ran.stderr
+        reports = [await status(settings, c) for c in launched]
+        return all(r["status"] == "completed" for r in reports)
+
+    await wait_until(both_completed, timeout=60, what="both campaigns to complete")
+    # One first invitation each (the cap), and its reminder, which the cap does not count.
+    assert sorted(m.recipients[0] for m in handler.messages) == [
+        "ann@example.com",
+        "ann@example.com",
+        "bob@example.com",
+        "bob@example.com",
+    ]
+    sent = capped = 0
+    for campaign_id in launched:
+        report = await status(settings, campaign_id)
+        counts, reasons = report["counts"], report["reasons"]
+        assert isinstance(counts, dict) and isinstance(reasons, dict)
+        sent += counts.get("sent", 0)
+        capped += reasons.get("suppressed:contact_cap", 0)
+    assert (sent, capped) == (2, 2)

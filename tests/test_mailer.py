@@ -23,6 +23,7 @@ from worker.errors import (
 from worker.mailer import SmtpConfig, SmtpPool
 from worker.outcomes import is_hard_bounce
 from worker.settings import Settings
+from worker.smtp_session import ContentGate
 
 SENDER = "surveys@client.example"
 ALICE = "alice@example.com"
@@ -112,6 +113,89 @@ async def test_mail_rcpt_and_data_go_in_one_write_only_when_the_server_offers_pi
         await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
     assert len(handler.messages) == 3
     assert handler.pipelined == (3 if handler.pipelining else 0)
+
+
+async def test_the_next_envelope_leaves_with_the_content_before_it_when_pipelining(
+    port: int, handler: RecordingHandler
+) -> None:
+    # One round trip per message: MAIL, RCPT and DATA of the next message go in the same
+    # write as the content before them (RFC 2920 section 3.1).
+    async with SmtpPool(config(port, connections=1)) as pool:
+        sends = [pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) for _ in range(6)]
+        assert await asyncio.gather(*sends) == [250] * 6
+    assert [m.data for m in handler.messages] == [MESSAGE] * 6
+    assert handler.followed == (5 if handler.pipelining else 0)
+    assert handler.connections == 1
+
+
+async def _one_session_sends(
+    port: int, *sends: tuple[str, ContentGate | None]
+) -> list[int | BaseException]:
+    """Send to each recipient in turn on one session, all at once; each result or error."""
+    async with SmtpPool(config(port, connections=1)) as pool:
+        return await asyncio.gather(
+            *(
+                pool.send(sender=SENDER, recipient=r, message=MESSAGE, before_content=gate)
+                for r, gate in sends
+            ),
+            return_exceptions=True,
+        )
+
+
+async def test_a_refused_content_leaves_the_message_behind_it_alone(
+    port: int, handler: RecordingHandler
+) -> None:
+    # No RSET after the content's reply: the transaction is over (RFC 5321 section
+    # 4.1.1.4), and a reset would undo the next one, whose envelope has left.
+    handler.on(BOB, stage="DATA", reply="554 5.7.1 Message rejected as spam")
+    bob, alice = await _one_session_sends(port, (BOB, None), (ALICE, None))
+    assert isinstance(bob, PermanentSmtpError) and bob.code == 554
+    assert alice == 250
+    assert [m.recipients for m in handler.messages] == [(ALICE,)]
+    assert handler.connections == 1
+
+
+async def test_a_refused_recipient_lets_the_message_held_behind_it_go_after_the_reset(
+    port: int, handler: RecordingHandler
+) -> None:
+    handler.on(BOB, reply="550 5.1.1 User unknown")
+    bob, alice, carol = await _one_session_sends(
+        port, (BOB, None), (ALICE, None), ("carol@example.com", None)
+    )
+    assert isinstance(bob, PermanentSmtpError) and bob.code == 550
+    assert (alice, carol) == (250, 250)
+    assert [m.recipients for m in handler.messages] == [(ALICE,), ("carol@example.com",)]
+    assert handler.connections == 1
+
+
+async def test_a_drop_after_a_content_fails_the_message_whose_envelope_followed_it(
+    port: int, handler: RecordingHandler
+) -> None:
+    handler.on(BOB, stage="DATA", drop=True, times=1)
+    bob, alice = await _one_session_sends(port, (BOB, None), (ALICE, None))
+    assert isinstance(bob, AmbiguousSmtpError)
+    if handler.pipelining:
+        # Alice's envelope had left with Bob's content: transient, nothing of her message.
+        assert isinstance(alice, TransientSmtpError)
+        assert handler.messages == []
+    else:
+        # Nothing of hers had left: she goes on the session opened again.
+        assert alice == 250
+        assert [m.recipients for m in handler.messages] == [(ALICE,)]
+
+
+async def test_a_message_held_behind_one_the_journal_stops_goes_on_a_new_session(
+    port: int, handler: RecordingHandler
+) -> None:
+    async def refuse(write_content: Callable[[], None]) -> bool:
+        return False
+
+    bob, alice = await _one_session_sends(port, (BOB, refuse), (ALICE, None))
+    assert isinstance(bob, NotStarted)
+    assert alice == 250
+    assert [m.recipients for m in handler.messages] == [(ALICE,)]
+    assert handler.dropped == []
+    assert handler.connections == 2
 
 
 async def test_sequential_sends_share_one_connection(

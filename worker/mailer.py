@@ -17,7 +17,7 @@ from aiosmtplib import SMTP, SMTPException, SMTPResponseException
 
 from worker.errors import TransientSmtpError
 from worker.settings import Settings
-from worker.smtp_session import ContentGate, Session
+from worker.smtp_session import ContentGate, Session, Unsent
 
 
 class Mailer(Protocol):
@@ -74,10 +74,12 @@ class SmtpConfig:
 class SmtpPool:
     """At most `config.connections` SMTP sessions, opened on first use and kept open.
 
-    Each `send` borrows an idle session for one transaction (MAIL, RCPT, DATA, pipelined
-    when the server offers PIPELINING) and hands it back; a session the server refused a
-    message on is reset (RSET) and reused, one that failed is closed and reopened by the
-    next `send` that borrows it. TLS follows `config.tls` and never falls back to plaintext.
+    Each `send` takes a place on a session for one transaction (MAIL, RCPT, DATA, pipelined
+    when the server offers PIPELINING) and hands it back. A session has two places, so the
+    next message's envelope can go with the content of the one before (worker/smtp_session.py).
+    A session the server refused a message on is reset (RSET) and reused, one that failed is
+    closed and reopened by the next `send` that comes to it. TLS follows `config.tls` and
+    never falls back to plaintext.
     """
 
     def __init__(self, config: SmtpConfig) -> None:
@@ -85,8 +87,9 @@ class SmtpPool:
         # Last in, first out: a burst reuses the sessions already open, and a session is
         # opened only when that many sends really run at once.
         self._idle: asyncio.LifoQueue[_Slot] = asyncio.LifoQueue()
-        for _ in range(config.connections):
-            self._idle.put_nowait(_Slot())
+        slots = [_Slot() for _ in range(config.connections)]
+        for slot in [*slots, *slots][::-1]:
+            self._idle.put_nowait(slot)
 
     async def __aenter__(self) -> Self:
         return self
@@ -118,15 +121,12 @@ class SmtpPool:
         """
         slot = await self._idle.get()
         try:
-            session = slot.session
-            if session is None or not session.usable:
-                if session is not None:
-                    session.close()
-                slot.session = None
-                session = slot.session = await self._open()
-            return await session.deliver(
-                sender=sender, recipient=recipient, message=message, before_content=before_content
-            )
+            try:
+                return await self._deliver(slot, sender, recipient, message, before_content)
+            except Unsent:
+                # The session broke while this message waited its turn, before any of it
+                # left: once more, on the session reopened.
+                return await self._deliver(slot, sender, recipient, message, before_content)
         except asyncio.CancelledError:
             # Cancelled in the middle of a command: the session's state is unknown.
             if slot.session is not None:
@@ -137,13 +137,34 @@ class SmtpPool:
 
     async def close(self) -> None:
         """Close every session once the sends in flight are done; later sends reopen them."""
-        slots = [await self._idle.get() for _ in range(self._config.connections)]
+        places = [await self._idle.get() for _ in range(2 * self._config.connections)]
+        slots = list({id(slot): slot for slot in places}.values())
         try:
             await asyncio.gather(*(s.session.quit() for s in slots if s.session is not None))
         finally:
             for slot in slots:
                 slot.session = None
+            for slot in places[::-1]:
                 self._idle.put_nowait(slot)
+
+    async def _deliver(
+        self,
+        slot: _Slot,
+        sender: str,
+        recipient: str,
+        message: bytes,
+        before_content: ContentGate | None,
+    ) -> int:
+        async with slot.opening:
+            session = slot.session
+            if session is None or not session.usable:
+                if session is not None:
+                    session.close()
+                slot.session = None
+                session = slot.session = await self._open()
+        return await session.deliver(
+            sender=sender, recipient=recipient, message=message, before_content=before_content
+        )
 
     async def _open(self) -> Session:
         """Connect, say EHLO, negotiate TLS as configured and log in; failures are transient.
@@ -185,11 +206,13 @@ class SmtpPool:
         return Session.take_over(smtp, timeout=config.timeout)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Slot:
-    """A place in the pool: an open session, or None until one is needed."""
+    """A session of the pool: open, or None until one is needed."""
 
     session: Session | None = None
+    # Held while the session is being opened, so that its two places open it once.
+    opening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _reply_code(exc: BaseException) -> int | None:

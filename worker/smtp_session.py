@@ -2,9 +2,10 @@
 
 aiosmtplib opens the session (connect, EHLO, STARTTLS, AUTH); `Session.take_over` then
 reads the server's replies itself, because aiosmtplib's protocol expects exactly one reply
-per write and loses the replies to pipelined commands. With PIPELINING (RFC 2920) a
-message costs two round trips instead of four: MAIL, RCPT and DATA in one write, then the
-content.
+per write and loses the replies to pipelined commands. With PIPELINING (RFC 2920) MAIL,
+RCPT and DATA go in one write, and the next message's go in the same write as the content
+before it (RFC 2920 section 3.1 lets the content start a group of commands): a message
+costs one round trip, one write and one read instead of four, two and two.
 
 Every failure is one of the errors in `worker.errors`, chosen by what is known about the
 message: `TransientSmtpError` before the content has left, `AmbiguousSmtpError` once it
@@ -15,7 +16,6 @@ holds the recipient's address.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -49,6 +49,11 @@ _REDACTED = "[address]"
 _ENVELOPE = (("MAIL FROM", (250,)), ("RCPT TO", (250, 251)), ("DATA", (354,)))
 # Anything shaped like an e-mail address in a server's reply text, with its brackets.
 _ADDRESS_IN_TEXT = re.compile(r"<?[^\s<>()\[\],;:]+@[^\s<>()\[\],;:\"']+>?")
+
+
+class Unsent(TransientSmtpError):
+    """The session ended before any of this message was written (it waited behind a
+    transaction that broke the session): it may go on another session at once."""
 
 
 class Reply(NamedTuple):
@@ -127,7 +132,13 @@ class _Replies(asyncio.Protocol):
 
 
 class Session:
-    """An SMTP session between mail transactions; `deliver` sends one message on it."""
+    """An SMTP session; `deliver` sends one message on it, and several may run at once.
+
+    Transactions keep the order of their `deliver` calls. Each reads its replies after the
+    one before it has read all of its own. With PIPELINING, a transaction's envelope leaves
+    as soon as the one before it has sent its content (held until then, and sent with that
+    content); without, once the one before it is over.
+    """
 
     def __init__(
         self, transport: asyncio.WriteTransport, *, timeout: float, extensions: set[str]
@@ -139,6 +150,12 @@ class Session:
         self._pipelining = "pipelining" in extensions
         self._smtputf8 = "smtputf8" in extensions
         self._8bitmime = "8bitmime" in extensions
+        # Done once the last transaction begun has read all of its replies.
+        self._last: asyncio.Future[None] | None = None
+        # The last envelope sent belongs to a transaction that has not sent its content: the
+        # envelopes of the transactions behind it wait in `_held`.
+        self._holding = False
+        self._held: list[_Envelope] = []
 
     @classmethod
     def take_over(cls, smtp: SMTP, *, timeout: float) -> Session:
@@ -151,10 +168,12 @@ class Session:
 
     @property
     def usable(self) -> bool:
-        """Open, and with no reply the server sent unasked (such as a 421 before closing)."""
+        """Open, and when idle, with no reply the server sent unasked (such as a 421 before
+        closing)."""
+        busy = self._last is not None and not self._last.done()
         return (
             self._replies.lost is None
-            and self._replies.pending == 0
+            and (busy or self._replies.pending == 0)
             and not self._transport.is_closing()
         )
 
@@ -165,6 +184,8 @@ class Session:
     async def quit(self) -> None:
         """Say goodbye (RFC 5321 section 4.1.1.10) if the server is still there, and close."""
         try:
+            if self._last is not None:
+                await self._last
             if self.usable:
                 self._write(b"QUIT\r\n")
                 async with asyncio.timeout(QUIT_TIMEOUT):
@@ -185,49 +206,108 @@ class Session:
         """Send `message` from `sender` to `recipient`; return the 2xx code of the final reply.
 
         Raises `TransientSmtpError`, `PermanentSmtpError` or `AmbiguousSmtpError` as the
-        module describes. After a refusal the session is reset (RSET) for the next message;
-        after any other failure it is closed. Once the server invites the content,
-        `before_content` gets the function that writes it: it calls that function (or not)
-        and answers whether it did; when it did not, the content never leaves, the session
-        is closed and `NotStarted` raised.
+        module describes. After a refusal of the envelope the session is reset (RSET) for
+        the next message; after any other failure it is closed. Once the server invites the
+        content, `before_content` gets the function that writes it: it calls that function
+        (or not) and answers whether it did; when it did not, the content never leaves, the
+        session is closed and `NotStarted` raised.
         """
         mail, rcpt = self._envelope(sender, recipient, message)
-        data = b"DATA\r\n"
+        previous, self._last = self._last, asyncio.get_running_loop().create_future()
+        done = self._last
+        invited = sent_content = False
+
+        def send_content(data: bytes) -> None:
+            nonlocal sent_content
+            sent_content = True
+            self._send_content(data)
+
+        envelope = _Envelope(mail + rcpt + b"DATA\r\n")
         try:
             if self._pipelining:
-                self._write(mail + rcpt + data)
-                async with asyncio.timeout(self._timeout):
-                    replies = [await self._replies.next() for _ in range(3)]
-            else:
-                replies = []
-                for command in (mail, rcpt, data):
-                    self._write(command)
-                    replies.append(await self._read())
-                    if replies[-1].code not in (250, 251, 354):
-                        break
-        except (_SessionLost, TimeoutError) as exc:
-            self.close()
-            raise TransientSmtpError(f"before the content: {_reason(exc)}") from None
-        await self._check_envelope(replies, recipient)
-        content = partial(self._send_content, dot_stuffed(message))
-        if before_content is None:
-            content()
-        elif not await before_content(content):
-            # After 354 the server waits for content, and SMTP has no way to cancel it:
-            # closing the connection before the final dot aborts the transaction
-            # (RFC 5321 section 4.1.1.4), so nothing is delivered.
-            self.close()
-            raise NotStarted("the send journal did not let the message start")
-        # From here on the content has left: if the reply is lost, the server may have
-        # accepted the message.
+                self._send_envelope(envelope)
+            if previous is not None:
+                await previous
+            replies = await self._envelope_replies(envelope, mail, rcpt)
+            await self._check_envelope(replies, recipient)
+            invited = True
+            content = partial(send_content, dot_stuffed(message))
+            if before_content is None:
+                content()
+            elif not await before_content(content):
+                raise NotStarted("the send journal did not let the message start")
+            # From here on the content has left: if the reply is lost, the server may have
+            # accepted the message.
+            try:
+                reply = await self._read()
+            except (_SessionLost, TimeoutError) as exc:
+                self.close()
+                raise AmbiguousSmtpError(f"after the content: {_reason(exc)}") from None
+            if reply.code != 250:
+                # The transaction is over either way (RFC 5321 section 4.1.1.4): no RSET,
+                # which would reset the next transaction, whose envelope may have left.
+                raise self._refusal("DATA", reply, recipient, otherwise=AmbiguousSmtpError)
+            return reply.code
+        finally:
+            if invited and not sent_content:
+                # After 354 the server waits for content, and SMTP has no way to cancel it:
+                # closing the connection before the final dot aborts the transaction
+                # (RFC 5321 section 4.1.1.4), so nothing is delivered.
+                self.close()
+            if not sent_content:
+                # The envelopes held behind this one go now, after its RSET if it had one.
+                self._send_content()
+            done.set_result(None)
+
+    async def _envelope_replies(self, envelope: _Envelope, mail: bytes, rcpt: bytes) -> list[Reply]:
+        """The replies to MAIL, RCPT and DATA. Pipelined, the envelope has been written
+        already (or its write failed); without pipelining the commands go one at a time and
+        stop at the first refusal."""
         try:
-            reply = await self._read()
+            if self._pipelining:
+                if not envelope.sent:
+                    raise _SessionLost("connection closed")
+                async with asyncio.timeout(self._timeout):
+                    return [await self._replies.next() for _ in range(3)]
+            replies: list[Reply] = []
+            for command in (mail, rcpt, b"DATA\r\n"):
+                self._write(command)
+                envelope.sent = True
+                replies.append(await self._read())
+                if replies[-1].code not in (250, 251, 354):
+                    break
+            return replies
         except (_SessionLost, TimeoutError) as exc:
             self.close()
-            raise AmbiguousSmtpError(f"after the content: {_reason(exc)}") from None
-        if reply.code != 250:
-            raise await self._refusal("DATA", reply, recipient, otherwise=AmbiguousSmtpError)
-        return reply.code
+            if not envelope.sent:
+                raise Unsent(f"before the message: {_reason(exc)}") from None
+            raise TransientSmtpError(f"before the content: {_reason(exc)}") from None
+
+    def _send_envelope(self, envelope: _Envelope) -> None:
+        """Write a pipelined envelope now, or hold it until the content ahead of it leaves."""
+        if self._holding:
+            self._held.append(envelope)
+            return
+        self._holding = True
+        self._write_with(b"", [envelope])
+
+    def _send_content(self, data: bytes = b"") -> None:
+        """Write a message's content, and the envelopes held behind it in the same write;
+        without content (the transaction ended before it), just those envelopes."""
+        held, self._held = self._held, []
+        self._holding = bool(held)
+        if data or held:
+            self._write_with(data, held)
+
+    def _write_with(self, data: bytes, envelopes: list[_Envelope]) -> None:
+        """Write `data` and then `envelopes` in one write, noting which envelopes left."""
+        try:
+            self._write(b"".join((data, *(e.data for e in envelopes))) if envelopes else data)
+        except _SessionLost:
+            # A connection already lost shows when the replies are read.
+            return
+        for envelope in envelopes:
+            envelope.sent = True
 
     def _envelope(self, sender: str, recipient: str, message: bytes) -> tuple[bytes, bytes]:
         """The MAIL and RCPT command lines for one message."""
@@ -252,7 +332,8 @@ class Session:
         )
 
     async def _check_envelope(self, replies: list[Reply], recipient: str) -> None:
-        """Raise the refusal among the replies to MAIL, RCPT and DATA, if any.
+        """Raise the refusal among the replies to MAIL, RCPT and DATA, if any, after
+        resetting the session (RSET, RFC 5321 section 4.1.1.5) for the next transaction.
 
         Without pipelining the commands stop at the first refusal, so `replies` may hold
         fewer than three.
@@ -263,42 +344,38 @@ class Session:
                     # A server that refused MAIL or RCPT yet invites the content (RFC 2920
                     # section 3.1 forbids it) awaits a message: the session is unusable.
                     self.close()
-                raise await self._refusal(command, reply, recipient, otherwise=TransientSmtpError)
+                error = self._refusal(command, reply, recipient, otherwise=TransientSmtpError)
+                if classify_reply(reply.code) in ("failed", "deferred"):
+                    await self._reset()
+                raise error
 
-    async def _refusal(
+    def _refusal(
         self, command: str, reply: Reply, recipient: str, *, otherwise: type[SmtpError]
     ) -> SmtpError:
-        """The error for a reply refusing `command`, leaving the session ready or closed.
+        """The error for a reply refusing `command`.
 
-        A 5xx is permanent and a 4xx transient; after either the session is reset. Any
-        other code is no refusal a server may send there: the session is out of step and
-        closed, and the error is `otherwise` (transient before the content, ambiguous after).
+        A 5xx is permanent and a 4xx transient. Any other code is no refusal a server may
+        send there: the session is out of step and closed, and the error is `otherwise`
+        (transient before the content, ambiguous after).
         """
         text = f"{command} refused: {reply.code} {_redact(reply.text, recipient)}"
         match classify_reply(reply.code):
             case "failed":
-                await self._reset()
                 return PermanentSmtpError(text, code=reply.code)
             case "deferred":
-                await self._reset()
                 return TransientSmtpError(text, code=reply.code)
             case _:
                 self.close()
                 return otherwise(f"unexpected reply: {text}")
 
     async def _reset(self) -> None:
-        """RSET after a refusal (RFC 5321 section 4.1.1.5); drop the session if that fails."""
+        """RSET after a refused envelope; drop the session if that fails."""
         try:
             self._write(b"RSET\r\n")
             if (await self._read()).code != 250:
                 self.close()
         except (_SessionLost, TimeoutError):
             self.close()
-
-    def _send_content(self, data: bytes) -> None:
-        # A connection already lost shows when the reply is read.
-        with contextlib.suppress(_SessionLost):
-            self._write(data)
 
     def _write(self, data: bytes) -> None:
         if self._replies.lost is not None or self._transport.is_closing():
@@ -308,6 +385,16 @@ class Session:
     async def _read(self) -> Reply:
         async with asyncio.timeout(self._timeout):
             return await self._replies.next()
+
+
+class _Envelope:
+    """A transaction's pipelined MAIL, RCPT and DATA, and whether they were written."""
+
+    __slots__ = ("data", "sent")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.sent = False
 
 
 def dot_stuffed(message: bytes) -> bytes:

@@ -54,12 +54,14 @@ class RecordingHandler:
 
     With `pipelining` the EHLO reply offers PIPELINING (RFC 2920), as Postfix does;
     `pipelined` counts the transactions whose DATA command had already arrived when the
-    RCPT command was handled, which only a pipelining client does.
+    RCPT command was handled, which only a pipelining client does; `followed` those whose
+    content arrived with the next transaction's MAIL command right behind it.
     """
 
     def __init__(self, *, pipelining: bool = True) -> None:
         self.pipelining = pipelining
         self.pipelined = 0
+        self.followed = 0
         self.messages: list[RecordedMessage] = []
         self.dropped: list[RecordedMessage] = []
         self._rules: dict[tuple[Stage, str], list[_Rule]] = {}
@@ -150,6 +152,8 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if server._reader._buffer.startswith(b"MAIL FROM:"):
+            self.followed += 1
         for recipient in envelope.rcpt_tos:
             status = await self._apply("DATA", recipient, server, envelope)
             if status is not None:

@@ -68,7 +68,7 @@ def check_survey_url(url: str) -> str:
 
 def survey_ref(key: bytes, invitation_id: int) -> str:
     """An opaque reference to one invitation for the survey platform (not guessable)."""
-    digest = hmac.new(key, b"survey:%d" % invitation_id, hashlib.sha256).digest()[:12]
+    digest = hmac.digest(key, b"survey:%d" % invitation_id, hashlib.sha256)[:12]
     return base64.urlsafe_b64encode(digest).decode()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -19,7 +19,7 @@ from jinja2 import ChainableUndefined, StrictUndefined, Template, TemplateError
 from jinja2 import meta as jinja_meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing, object_type_repr
-from markupsafe import escape
+from markupsafe import Markup, escape
 
 from worker import locales
 from worker.errors import TemplateMissing, TemplateProblem, UnsafeHeaderValue
@@ -262,8 +262,8 @@ def _parse_shows(html: str, url: str, stand_ins: str = "") -> bool:
 
 
 # A skeleton of a rendered HTML body (see `shows_link`) stands the escaped unsubscribe URL
-# with _URL_MARK and each escaped context value with _VALUE_MARK; neither can be in a
-# rendered body that has a skeleton.
+# with _URL_MARK and each other output of a `{{ }}` that is plain visible text with
+# _VALUE_MARK; neither can be in a rendered body that has a skeleton.
 _URL_MARK = "\x01"
 _VALUE_MARK = "\x00"
 # The markup a skeleton may have, in which a mark can only stand in text, in a comment
@@ -286,39 +286,55 @@ _SKELETON = re.compile(
 )
 # A mark in a `style` attribute: the value it stands for could hide the element.
 _MARKED_STYLE = re.compile(r"""\sstyle\s*=\s*(?:"[^"]*[\x00\x01]|'[^']*[\x00\x01])""", re.I)
+# A mark that may finish a character reference the text before it starts ("&" then
+# "nbsp;" shows no visible character).
+_MARK_IN_REFERENCE = re.compile(r"&[#A-Za-z0-9]*[\x00\x01]")
+# An `&` that does not start one of the references `escape` writes.
+_BARE_AMPERSAND = re.compile(r"&(?!(?:amp|lt|gt|#39|#34);)")
 
 
-def _skeleton(html: str, url: str, values: Iterable[str]) -> str | None:
-    """`html` with the escaped URL and context values replaced by marks, or None if it
-    holds a mark character itself."""
+def _markable(output: str) -> bool:
+    """Whether a mark may stand for one `{{ }}` output: text without markup or quotes,
+    whose character references are those `escape` writes, showing something."""
+    if "<" in output or ">" in output or '"' in output or "'" in output:
+        return False
+    if "&" in output and _BARE_AMPERSAND.search(output):
+        return False
+    return _is_visible_text(output, "")
+
+
+def _skeleton(html: str, url: str, pieces: Sequence[str]) -> str | None:
+    """`html`, made of `pieces`, with the escaped URL and each markable `{{ }}` output
+    replaced by marks, or None if it holds a mark character itself."""
     if _URL_MARK in html or _VALUE_MARK in html:
         return None
-    skeleton = html.replace(str(escape(url)), _URL_MARK)
-    # Values shorter than three characters are left in (they would also match markup), as
-    # are those showing nothing, which a mark must not stand for. Stripped too, for `trim`.
-    texts = []
-    for value in values:
-        stripped = value.strip()
-        for text in (value,) if stripped == value else (value, stripped):
-            if len(text) >= 3 and text != url and _is_visible_text(text, ""):
-                texts.append(str(escape(text)))
-    texts.sort(key=len, reverse=True)
-    for text in texts:
-        if _URL_MARK not in text and _VALUE_MARK not in text:
-            skeleton = skeleton.replace(text, _VALUE_MARK)
-    return skeleton
+    escaped_url = str(escape(url))
+    marked = []
+    for piece in pieces:
+        # The template's own text is `str`; what a `{{ }}` printed is escaped `Markup`.
+        if isinstance(piece, Markup):
+            if piece == escaped_url:
+                piece = _URL_MARK
+            elif _markable(piece):
+                piece = _VALUE_MARK
+        marked.append(piece)
+    return "".join(marked).replace(escaped_url, _URL_MARK)
 
 
 @functools.lru_cache(maxsize=1024)
 def _skeleton_shows(skeleton: str) -> bool | None:
     """Whether a skeleton shows the link, or None if a mark sits where the text it stands
     for could change what the document shows."""
-    if not _SKELETON.fullmatch(skeleton) or _MARKED_STYLE.search(skeleton):
+    if (
+        not _SKELETON.fullmatch(skeleton)
+        or _MARKED_STYLE.search(skeleton)
+        or _MARK_IN_REFERENCE.search(skeleton)
+    ):
         return None
     return _parse_shows(skeleton, _URL_MARK, stand_ins=_URL_MARK + _VALUE_MARK)
 
 
-def shows_link(html: str, url: str, values: Iterable[str] = ()) -> bool:
+def shows_link(html: str, url: str, pieces: Sequence[str] = ()) -> bool:
     """Whether the HTML body `html` shows `url` as a link a reader can see and click.
 
     That is the `href` of an `<a>` that has visible content and is neither in a comment,
@@ -327,14 +343,17 @@ def shows_link(html: str, url: str, values: Iterable[str] = ()) -> bool:
     `<style>`, a closed `<details>` ...), nor in an attribute other than `href`. Style
     sheets are not read: a class that hides the link is not seen.
 
-    `values` are the strings the body was rendered with. Parsing costs about 100 µs, as
-    much as the rest of a message, so the answer is kept per skeleton of the document:
-    the document with the URL and the values replaced by marks, which is the same for
-    every message of a campaign when the values only fill in text and quoted attributes.
+    `pieces` are what the template yielded, joined into `html`: its own text as `str`,
+    each `{{ }}` output as escaped `Markup`. Parsing costs about 100 µs, as much as the rest
+    of a message, so a "shown" is kept per skeleton of the document: the document with the
+    URL and the outputs replaced by marks, which is the same for every message of a
+    campaign when the outputs only fill in text and quoted attributes. Any other answer
+    comes from parsing the document itself.
     """
-    skeleton = _skeleton(html, url, values)
-    shown = None if skeleton is None else _skeleton_shows(skeleton)
-    return _parse_shows(html, url) if shown is None else shown
+    skeleton = _skeleton(html, url, pieces)
+    if skeleton is not None and _skeleton_shows(skeleton):
+        return True
+    return _parse_shows(html, url)
 
 
 def _environment(*, autoescape: bool) -> ImmutableSandboxedEnvironment:
@@ -355,6 +374,19 @@ def _environment(*, autoescape: bool) -> ImmutableSandboxedEnvironment:
     return env
 
 
+# How many (template, preferred locales) answers `resolve_locale` keeps.
+_RESOLVED_KEPT = 4096
+
+
+def _first_available(preferred: Sequence[str], available: list[str]) -> str:
+    for tag in preferred:
+        wanted = tag.strip().lower().replace("_", "-")
+        for candidate in (wanted, wanted.partition("-")[0]):
+            if candidate in available:
+                return candidate
+    return FALLBACK_LOCALE
+
+
 def _where(name: str, locale: str, part: Part) -> str:
     return f"template {name!r} locale {locale!r} {part}"
 
@@ -367,6 +399,7 @@ class TemplateStore:
         self._text_env = _environment(autoescape=False)
         self._html_env = _environment(autoescape=True)
         self._locales: dict[str, list[str]] = {}
+        self._resolved: dict[tuple[str, ...], str] = {}
         self._compiled: dict[tuple[str, str, Part], _Compiled] = {}
 
     def locales(self, name: str) -> list[str]:
@@ -399,15 +432,18 @@ class TemplateStore:
         """
         if isinstance(preferred, str):
             raise TypeError("preferred must be a sequence of locales, not one string")
-        available = self.locales(name)
-        if FALLBACK_LOCALE not in available:
-            raise TemplateMissing(f"template {name!r} has no {FALLBACK_LOCALE!r} locale")
-        for tag in preferred:
-            wanted = tag.strip().lower().replace("_", "-")
-            for candidate in (wanted, wanted.partition("-")[0]):
-                if candidate in available:
-                    return candidate
-        return FALLBACK_LOCALE
+        key = (name, *preferred)
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            available = self.locales(name)
+            if FALLBACK_LOCALE not in available:
+                raise TemplateMissing(f"template {name!r} has no {FALLBACK_LOCALE!r} locale")
+            resolved = _first_available(preferred, available)
+            # Kept once the template's locales are (see `locales`), for the few combinations
+            # a campaign's recipients have; a column of junk values cannot fill the memory.
+            if name in self._locales and len(self._resolved) < _RESOLVED_KEPT:
+                self._resolved[key] = resolved
+        return resolved
 
     def render(
         self, name: str, preferred_locales: Sequence[str], context: Mapping[str, object]
@@ -449,9 +485,10 @@ class TemplateStore:
         url = context.get("unsubscribe_url")
         if not isinstance(url, str) or not url:
             raise TemplateProblem(f"template {name!r}: context has no unsubscribe_url")
-        subject = self._render_part(name, locale, "subject.txt", context).strip()
-        text = self._render_part(name, locale, "body.txt", context)
-        html = self._render_part(name, locale, "body.html", context)
+        subject = "".join(self._render_part(name, locale, "subject.txt", context)).strip()
+        text = "".join(self._render_part(name, locale, "body.txt", context))
+        pieces = self._render_part(name, locale, "body.html", context)
+        html = "".join(pieces)
         if not subject:
             raise TemplateProblem(f"{_where(name, locale, 'subject.txt')}: subject is empty")
         if UNSAFE_IN_HEADER.search(subject):
@@ -463,10 +500,7 @@ class TemplateStore:
             raise TemplateProblem(
                 f"{_where(name, locale, 'body.txt')} does not show the unsubscribe link"
             )
-        # The client's name is the same in every message of a campaign: left out of the
-        # values, it stays in the skeleton, which saves replacing it in every message.
-        values = (v for k, v in context.items() if isinstance(v, str) and k != "client_name")
-        if not shows_link(html, url, values):
+        if not shows_link(html, url, pieces):
             raise TemplateProblem(
                 f"{_where(name, locale, 'body.html')} does not show the unsubscribe link "
                 "as a visible <a href>"
@@ -475,10 +509,11 @@ class TemplateStore:
 
     def _render_part(
         self, name: str, locale: str, part: Part, context: Mapping[str, object]
-    ) -> str:
+    ) -> list[str]:
+        """The pieces the part yields: its own text, and what each `{{ }}` printed."""
         template = self._template(name, locale, part).template
         try:
-            return template.render(context)
+            return list(template.generate(context))
         except TemplateError as e:
             # These messages are built from the template's own names and the types of
             # values ("'first_name' is undefined", "access to attribute '__class__' of
@@ -513,8 +548,12 @@ class TemplateStore:
         env = self._html_env if part == "body.html" else self._text_env
         try:
             tree = env.parse(source)
+            template = env.from_string(tree)
+            # The environment has no globals (see `_environment`); a plain empty mapping
+            # instead of Jinja's chain of them saves merging it into every render's context.
+            template.globals = {}
             return _Compiled(
-                template=env.from_string(tree),
+                template=template,
                 variables=frozenset(jinja_meta.find_undeclared_variables(tree)),
             )
         except TemplateError as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from markupsafe import escape
+from markupsafe import Markup, escape
 
 from worker.errors import TemplateProblem
 from worker.render import TemplateStore, _parse_shows, shows_link
@@ -188,23 +188,31 @@ CLOSERS = ["</div>", "</p>", "-->", "", "</a>", "</details>", "</template>"]
 
 @st.composite
 def documents(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """A document and the pieces a template would yield for it: its own text as `str`,
+    each output as `Markup`, escaped, or now and then raw (as `|safe` prints it)."""
     values = draw(st.lists(st.sampled_from(NASTY_VALUES) | st.text(max_size=8), max_size=3))
-    pieces = draw(st.lists(st.sampled_from(OPENERS + LINKS + CLOSERS), min_size=1, max_size=8))
-    html = "".join(
-        piece.replace("{u}", str(escape(URL))).replace(
-            "{v}", str(escape(draw(st.sampled_from(values)))) if values else ""
-        )
-        for piece in pieces
-    )
-    return html, values
+    shapes = draw(st.lists(st.sampled_from(OPENERS + LINKS + CLOSERS), min_size=1, max_size=8))
+    pieces: list[str] = []
+    for shape in shapes:
+        for part in re.split(r"(\{[uv]\})", shape):
+            if part == "{u}":
+                pieces.append(escape(URL))
+            elif part == "{v}":
+                value = draw(st.sampled_from(values)) if values else ""
+                # Raw, as `|safe` prints it.
+                raw = Markup(value)  # noqa: S704
+                pieces.append(raw if draw(st.booleans()) else escape(value))
+            elif part:
+                pieces.append(part)
+    return "".join(pieces), pieces
 
 
 @given(documents())
 def test_the_answer_kept_per_skeleton_is_the_documents_own(document: tuple[str, list[str]]) -> None:
     # Every call may reuse what an earlier document's skeleton answered: it must always
     # be what parsing this very document answers.
-    html, values = document
-    assert shows_link(html, URL, values) == _parse_shows(html, URL)
+    html, pieces = document
+    assert shows_link(html, URL, pieces) == _parse_shows(html, URL)
 
 
 @given(
@@ -212,5 +220,19 @@ def test_the_answer_kept_per_skeleton_is_the_documents_own(document: tuple[str, 
     st.lists(st.sampled_from(NASTY_VALUES), max_size=3),
 )
 def test_no_value_makes_a_hidden_link_visible(html: str, values: list[str]) -> None:
-    rendered = html.replace("{{ unsubscribe_url }}", str(escape(URL)))
-    assert not shows_link(rendered, URL, values)
+    first, *rest = html.split("{{ unsubscribe_url }}")
+    pieces: list[str] = [first]
+    for text in rest:
+        pieces += [escape(URL), text]
+    pieces += [escape(value) for value in values]
+    assert not shows_link("".join(pieces), URL, pieces)
+
+
+def test_a_value_that_ends_a_character_reference_is_read_as_one(
+    store_with: StoreFactory,
+) -> None:
+    # "&" and "Emma" show "&Emma"; "&" and "nbsp;" show a no-break space, nothing to click.
+    store = store_with('<p>Hi</p><a href="{{ unsubscribe_url }}">&{{ first_name }}</a>')
+    store.render("t", ["en"], context(first_name="Emma"))
+    with pytest.raises(TemplateProblem, match=REFUSED):
+        store.render("t", ["en"], context(first_name="nbsp;"))

@@ -1,12 +1,16 @@
 """The send journal: which messages of a worker's chunk in flight went on the wire.
 
 A chunk is marked `sending` in Postgres in one durable commit; what happens to each of its
-messages afterwards lives here, in one Redis hash per worker process, until the chunk's
-outcomes are recorded. Each invitation's field moves
+messages afterwards lives here, in one Redis string per worker process: a log of marks,
+`<mark><invitation id>,` each, the last one of an invitation saying where it got to:
 
     q (queued: in the chunk, not started) ─► s (started: its content is leaving)
                                           ─► a (accepted: the server's 250 arrived)
     q ─► x (taken back by reconcile: it will never start here)
+
+An appended log costs Redis the same small work however large the chunk, where a hash of
+the chunk's invitations costs it time in proportion to its size as long as Redis keeps it
+compact (up to `hash-max-ziplist-entries` fields: 512 in some builds).
 
 The `q` marks are stored (acknowledged) before the chunk's `sending` mark commits. The `s`
 marks of the messages whose content may leave in one turn of the event loop are written
@@ -39,16 +43,42 @@ TTL_SECONDS = 7 * 24 * 3600
 # A worker stops starting a chunk's messages this long before its lease runs out.
 LEASE_MARGIN = 0.1
 
-# Every field and its mark, after turning each `q` into `x`.
+# The log after taking back every message whose last mark is `q` (an `x` appended for
+# each). A journal written as a hash (before the log) is read, and taken back, as one.
 _TAKE_BACK = """
-local marks = redis.call('HGETALL', KEYS[1])
-for i = 1, #marks, 2 do
-    if marks[i + 1] == 'q' then
-        redis.call('HSET', KEYS[1], marks[i], 'x')
-        marks[i + 1] = 'x'
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'hash' then
+    local marks = redis.call('HGETALL', KEYS[1])
+    local log = {}
+    for i = 1, #marks, 2 do
+        if marks[i + 1] == 'q' then
+            redis.call('HSET', KEYS[1], marks[i], 'x')
+            marks[i + 1] = 'x'
+        end
+        log[#log + 1] = marks[i + 1] .. marks[i] .. ','
+    end
+    return table.concat(log)
+end
+if kind ~= 'string' then
+    return false
+end
+local log = redis.call('GET', KEYS[1])
+local last = {}
+for mark, id in string.gmatch(log, '(%a)(%d+),') do
+    last[id] = mark
+end
+local back = {}
+for id, mark in pairs(last) do
+    if mark == 'q' then
+        back[#back + 1] = 'x' .. id .. ','
     end
 end
-return marks
+if #back > 0 then
+    local taken = table.concat(back)
+    redis.call('APPEND', KEYS[1], taken)
+    log = log .. taken
+end
+return log
 """
 
 
@@ -70,9 +100,10 @@ class Journal:
     """One worker process's journal, on a Redis connection of its own (`RedisPipe`); it
     holds the one chunk that process has in flight.
 
-    Opening a chunk waits for Redis's answers; the marks that follow are sent with the
-    connection's replies turned off (`CLIENT REPLY OFF`), so each costs one small write and
-    nothing comes back: a lost connection, which stops all starts, is what matters.
+    Opening a chunk waits for Redis's answer; the marks that follow are appended with the
+    connection's replies turned off (`CLIENT REPLY OFF`), so each turn's marks cost one small
+    write and nothing comes back: a lost connection, which stops all starts, is what
+    matters.
     """
 
     def __init__(self, redis_url: str, worker_id: str) -> None:
@@ -102,12 +133,9 @@ class Journal:
             await self._pipe.ask("CLIENT", "REPLY", "ON")
             self._quiet = False
         self._deadline = time.monotonic() + lease_seconds * (1 - LEASE_MARGIN)
-        for command in (
-            ("DEL", self.key),
-            ("HSET", self.key, *_fields(list(invitation_ids), Mark.QUEUED)),
-            ("EXPIRE", self.key, TTL_SECONDS),
-        ):
-            await self._pipe.ask(*command)
+        await self._pipe.ask(
+            "SET", self.key, _entries(invitation_ids, Mark.QUEUED), "EX", TTL_SECONDS
+        )
         self._quiet = self._pipe.send(("CLIENT", "REPLY", "OFF"))
 
     def start(self, invitation_id: int, write_content: Callable[[], None]) -> asyncio.Future[bool]:
@@ -139,14 +167,13 @@ class Journal:
         self._flush = None
         starts, self._starts = self._starts, []
         accepts, self._accepts = self._accepts, []
-        commands = []
-        if accepts:
-            commands.append(("HSET", self.key, *_fields(accepts, Mark.ACCEPTED)))
+        log = _entries(accepts, Mark.ACCEPTED) if accepts else b""
         may_start = self._quiet and time.monotonic() <= self._deadline
         if starts and may_start:
-            commands.append(("HSET", self.key, *_fields([s[0] for s in starts], Mark.STARTED)))
+            log += _entries([s[0] for s in starts], Mark.STARTED)
         # The marks go to the kernel before any of the contents they announce.
-        started = bool(commands) and self._quiet and self._pipe.send(*commands) and may_start
+        started = bool(log) and self._quiet and self._pipe.send(("APPEND", self.key, log))
+        started = started and may_start
         for _, write_content, future in starts:
             if started:
                 write_content()
@@ -154,8 +181,18 @@ class Journal:
                 future.set_result(started)
 
 
-def _fields(invitation_ids: list[int], mark: Mark) -> list[int | str]:
-    return [part for i in invitation_ids for part in (i, mark.value)]
+def _entries(invitation_ids: Iterable[int], mark: Mark) -> bytes:
+    """Log entries giving each invitation `mark`."""
+    prefix = mark.value
+    return "".join([f"{prefix}{i}," for i in invitation_ids]).encode()
+
+
+def parse(log: bytes) -> dict[int, Mark]:
+    """Where each invitation of a journal's log got to: its last mark."""
+    marks: dict[int, Mark] = {}
+    for entry in log.split(b",")[:-1]:
+        marks[int(entry[1:])] = Mark(entry[:1].decode())
+    return marks
 
 
 def settle(
@@ -181,11 +218,7 @@ def settle(
 async def take_back(redis: Redis, worker_id: str) -> dict[int, Mark] | None:
     """Read a (presumed dead) worker's journal, taking back every message it had not
     started; None when there is no journal (never written, expired, or Redis lost it)."""
-    flat = await redis.eval(_TAKE_BACK, 1, key_for(worker_id))  # type: ignore[misc]
-    if not flat:
+    log = await redis.eval(_TAKE_BACK, 1, key_for(worker_id))  # type: ignore[misc]
+    if not log:
         return None
-    return {int(flat[i]): Mark(_text(flat[i + 1])) for i in range(0, len(flat), 2)}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return parse(log if isinstance(log, bytes) else log.encode())

@@ -84,10 +84,10 @@ async def journaled(settings: Settings, mark: str) -> int:
     client = redis.asyncio.Redis.from_url(settings.redis_url)
     try:
         keys = [k async for k in client.scan_iter(match=journal.key_for("*"))]
-        marks = [v for k in keys for v in (await client.hgetall(k)).values()]
+        marks = [m for k in keys for m in journal.parse(await client.get(k) or b"").values()]
     finally:
         await client.aclose()
-    return marks.count(mark.encode())
+    return marks.count(journal.Mark(mark))
 
 
 async def states_by_address(settings: Settings, campaign_id: int) -> dict[str, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker import journal, ledger
 from worker.journal import Mark
@@ -44,3 +46,9 @@ def test_started_or_unjournaled_is_unknown_unless_resent(mark: Mark | None) -> N
         "worker_lost_during_smtp",
         True,
     )
+
+
+@given(st.lists(st.tuples(st.integers(1, 2**63 - 1), st.sampled_from(list(Mark)))))
+def test_a_log_says_the_last_mark_of_each_invitation(entries: list[tuple[int, Mark]]) -> None:
+    log = "".join(f"{mark.value}{invitation_id}," for invitation_id, mark in entries).encode()
+    assert journal.parse(log) == dict(entries)

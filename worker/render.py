@@ -510,10 +510,13 @@ class TemplateStore:
     def _render_part(
         self, name: str, locale: str, part: Part, context: Mapping[str, object]
     ) -> list[str]:
-        """The pieces the part yields: its own text, and what each `{{ }}` printed."""
+        """The pieces the part yields: its own text, and what each `{{ }}` printed (the
+        HTML body's, for `shows_link`); the other parts whole, in one piece."""
         template = self._template(name, locale, part).template
         try:
-            return list(template.generate(context))
+            if part == "body.html":
+                return list(template.generate(context))
+            return [template.render(context)]
         except TemplateError as e:
             # These messages are built from the template's own names and the types of
             # values ("'first_name' is undefined", "access to attribute '__class__' of

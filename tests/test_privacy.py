@@ -373,19 +373,23 @@ async def test_purge_keeps_feedback_and_contact_counts_while_a_window_reads_them
             days,
             hashed,
         )
-        await pg.execute(
-            f"INSERT INTO contacts (invitation_id, email_hash, counted_at) VALUES ($1, $2, {at})",
-            days,
-            hashed,
-        )
+    # Ann's contacts, oldest first; Bob's all older than the window.
+    await pg.execute(
+        """INSERT INTO contact_counts (email_hash, invitation_ids, counted_at) VALUES
+           ($1, '{400, 40, 10}', ARRAY[now() - interval '400 days', now() - interval '40 days',
+                                       now() - interval '10 days']),
+           ($2, '{500}', ARRAY[now() - interval '500 days'])""",
+        hashed,
+        email_hash(settings, "bob@example.com"),
+    )
     # RETENTION_DAYS=7, but the soft-bounce window reads 30 days back and the cap 60.
     capped = settings.model_copy(update={"retention_days": 7, "contact_cap": "2/60d"})
     purged = await cli(capped, "purge", "--json")
     assert purged.code == 0, purged.stderr
-    assert orjson.loads(purged.stdout)["counts"] == 2
+    assert orjson.loads(purged.stdout)["counts"] == 3
     assert [
         r["invitation_id"] for r in await pg.fetch("SELECT invitation_id FROM feedback ORDER BY 1")
     ] == [10, 40]
-    assert [
-        r["invitation_id"] for r in await pg.fetch("SELECT invitation_id FROM contacts ORDER BY 1")
-    ] == [10, 40]
+    rows = await pg.fetch("SELECT email_hash, invitation_ids, counted_at FROM contact_counts")
+    assert [(r["email_hash"], r["invitation_ids"]) for r in rows] == [(hashed, [40, 10])]
+    assert rows[0]["counted_at"] == sorted(rows[0]["counted_at"])

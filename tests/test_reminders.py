@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,10 +15,11 @@ import asyncpg
 import pytest
 
 from tests.faults.harness import wait_until
+from tests.support.admin import admin, with_database
 from tests.support.pipeline import add_client, csv_of, launch, opt_out, parse, run_workers
 from tests.support.smtp import RecordedMessage, RecordingHandler
 from tests.support.web import cli, email_hash, launch_args, private_logs
-from worker import completion, ledger, queue
+from worker import completion, db, ledger, queue, suppression
 from worker.settings import Settings
 from worker.suppression import Scope
 
@@ -218,7 +221,12 @@ async def test_the_cap_counts_neither_reminders_nor_marketing_and_survives_erasu
     await run_workers(capped)
     assert len(handler.messages) == 3
     hashed = email_hash(capped, "ann@example.com")
-    assert await pg.fetchval("SELECT count(*) FROM contacts WHERE email_hash = $1", hashed) == 1
+    assert (
+        await pg.fetchval(
+            "SELECT cardinality(invitation_ids) FROM contact_counts WHERE email_hash = $1", hashed
+        )
+        == 1
+    )
     assert (
         await pg.fetchval(
             "SELECT i.reason FROM invitations i JOIN campaigns c ON c.id = i.campaign_id "
@@ -285,7 +293,7 @@ async def test_a_deferred_first_invitation_is_counted_once_however_often_it_is_r
     await wait_until(delivered, timeout=30, what="the third attempt")
     row = await pg.fetchrow("SELECT state, attempts FROM invitations")
     assert (row["state"], row["attempts"]) == ("sent", 3)
-    assert await pg.fetchval("SELECT count(*) FROM contacts") == 1
+    assert await pg.fetchval("SELECT sum(cardinality(invitation_ids)) FROM contact_counts") == 1
 
 
 async def test_the_installed_commands_keep_contact_cap_and_send_reminders(
@@ -339,3 +347,39 @@ async def test_the_installed_commands_keep_contact_cap_and_send_reminders(
         sent += counts.get("sent", 0)
         capped += reasons.get("suppressed:contact_cap", 0)
     assert (sent, capped) == (2, 2)
+
+
+async def test_the_counts_made_before_the_migration_carry_over(
+    database_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    # A database migrated up to 009 that counted contacts a row per invitation.
+    for version, path in db.migration_files():
+        if version <= 9:
+            shutil.copy(path, tmp_path / path.name)
+    ann, bob = (email_hash(settings, f"{who}@example.com") for who in ("ann", "bob"))
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    await admin(database_url, f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(with_database(database_url, name))
+    try:
+        await db.migrate(conn, tmp_path)
+        await conn.execute(
+            """INSERT INTO contacts (invitation_id, email_hash, counted_at) VALUES
+               (2, $1, now() - interval '2 days'), (1, $1, now() - interval '3 days'),
+               (3, $2, now() - interval '40 days')""",
+            ann,
+            bob,
+        )
+        assert "010_contact_counts.sql" in await db.migrate(conn)
+        rows = await conn.fetch(
+            "SELECT email_hash, invitation_ids FROM contact_counts ORDER BY invitation_ids"
+        )
+        assert [(r["email_hash"], r["invitation_ids"]) for r in rows] == [(ann, [1, 2]), (bob, [3])]
+        async with conn.transaction():
+            over = await suppression.count_contacts(
+                conn, {10: ann, 11: bob}, cap=2, window=timedelta(days=30), timeout=5
+            )
+    finally:
+        await conn.close()
+        await admin(database_url, f"DROP DATABASE {name} WITH (FORCE)")
+    # Ann had her two in 30 days; Bob's one is older than the window.
+    assert over == {10}

@@ -9,7 +9,6 @@ CONTACT_CAP to the first invitations of a survey chunk.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,10 +19,6 @@ from worker.states import Kind
 
 # The order reasons are reported in when several apply.
 REASONS = ("client_opt_out", "marketing_opt_out", "bounced", "completed", "contact_cap")
-# The advisory lock CONTACT_CAP's counts are taken under (two-key form: it never meets the
-# one-key locks of worker/feedback.py). One lock, not one per address: a chunk would take
-# hundreds, and Postgres's lock table is sized for max_locks_per_transaction (64) each.
-_CONTACT_LOCK = 0x5357_4343
 
 
 @dataclass(frozen=True)
@@ -94,34 +89,41 @@ async def count_contacts(
 
     `invitations` maps each invitation about to be started to its address's hash. Each
     one within the cap is counted now (once: a retry of a deferred one is not counted
-    again), in the caller's transaction, under a lock held until it commits, so concurrent
-    workers and campaigns never count past the cap. Raises
+    again), in the caller's transaction. The address's row stays locked until that commits,
+    so concurrent workers and campaigns never count past the cap; rows are taken in the
+    order of their hashes, so two chunks never deadlock. Raises
     SuppressionUnavailable when the count cannot run: the caller sends nothing.
     """
     if not invitations:
         return set()
     try:
-        async with asyncio.timeout(timeout):
-            await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _CONTACT_LOCK)
-            # A chunk is one campaign's first messages: each address appears once in it.
-            rows = await conn.fetch(
-                """WITH counted AS (
-                       SELECT g.invitation_id, g.email_hash,
-                              (SELECT count(*) FROM contacts c
-                               WHERE c.email_hash = g.email_hash
-                                 AND c.counted_at > now() - $3::interval
-                                 AND c.invitation_id <> g.invitation_id) AS n
-                       FROM unnest($1::bigint[], $2::bytea[]) AS g(invitation_id, email_hash)),
-                   added AS (
-                       INSERT INTO contacts (invitation_id, email_hash)
-                       SELECT invitation_id, email_hash FROM counted WHERE n < $4
-                       ON CONFLICT (invitation_id) DO NOTHING)
-                   SELECT invitation_id FROM counted WHERE n >= $4""",
-                list(invitations),
-                list(invitations.values()),
-                window,
-                cap,
-            )
+        # A chunk is one campaign's first messages: each address appears once in it.
+        rows = await conn.fetch(
+            """WITH chunk AS (
+                   SELECT * FROM unnest($1::bigint[], $2::bytea[]) AS g(invitation_id, email_hash)),
+               counted AS (
+                   INSERT INTO contact_counts AS c (email_hash, invitation_ids, counted_at)
+                   SELECT email_hash, ARRAY[invitation_id], ARRAY[now()] FROM chunk
+                   ORDER BY email_hash
+                   ON CONFLICT (email_hash) DO UPDATE
+                   SET invitation_ids = c.invitation_ids || EXCLUDED.invitation_ids,
+                       counted_at = c.counted_at || EXCLUDED.counted_at
+                   WHERE NOT EXCLUDED.invitation_ids[1] = ANY(c.invitation_ids)
+                     AND (SELECT count(*) FROM unnest(c.counted_at) AS t(at)
+                          WHERE at > now() - $3::interval) < $4
+                   RETURNING c.email_hash)
+               -- Neither counted now nor before (a retry): over the cap.
+               SELECT g.invitation_id FROM chunk g
+               WHERE NOT EXISTS (SELECT 1 FROM counted WHERE counted.email_hash = g.email_hash)
+                 AND NOT EXISTS (SELECT 1 FROM contact_counts c
+                                 WHERE c.email_hash = g.email_hash
+                                   AND g.invitation_id = ANY(c.invitation_ids))""",
+            list(invitations),
+            list(invitations.values()),
+            window,
+            cap,
+            timeout=timeout,
+        )
     except (TimeoutError, *DB_ERRORS) as e:
         raise SuppressionUnavailable(f"contact count failed: {type(e).__name__}") from e
     return {r["invitation_id"] for r in rows}

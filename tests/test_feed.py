@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import asyncpg
 import httpx
 
-from tests.support.admin import admin, with_database
+from tests.support.admin import migrated_up_to
 from tests.support.pipeline import add_client, csv_of, launch
 from tests.support.web import email_hash, serving, token_for, token_id
 from tests.test_api import bearer, make_key
@@ -175,14 +173,7 @@ async def test_the_feed_starts_from_the_entries_made_before_the_migration(
     database_url: str, settings: Settings, tmp_path: Path
 ) -> None:
     # A new database migrated up to 006, with opt-outs on it, then migrated on.
-    for version, path in db.migration_files():
-        if version <= 6:
-            shutil.copy(path, tmp_path / path.name)
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    await admin(database_url, f"CREATE DATABASE {name}")
-    conn = await asyncpg.connect(with_database(database_url, name))
-    try:
-        await db.migrate(conn, tmp_path)
+    async with migrated_up_to(database_url, 6, tmp_path) as conn:
         await conn.execute(
             "INSERT INTO clients (id, name, sender_email) VALUES ('acme', 'Acme', 'a@acme.example')"
         )
@@ -195,9 +186,6 @@ async def test_the_feed_starts_from_the_entries_made_before_the_migration(
             )
         assert "007_client_api.sql" in await db.migrate(conn)
         page = await feed.page(conn, "acme", feed.START, 10)
-    finally:
-        await conn.close()
-        await admin(database_url, f"DROP DATABASE {name} WITH (FORCE)")
     assert [(e.kind, e.email) for e in page.events] == [
         ("opt_out", "first@example.com"),
         ("opt_out", "second@example.com"),

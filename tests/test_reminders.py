@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import asyncpg
 import pytest
 
 from tests.faults.harness import wait_until
-from tests.support.admin import admin, with_database
+from tests.support.admin import migrated_up_to
 from tests.support.pipeline import add_client, csv_of, launch, opt_out, parse, run_workers
 from tests.support.smtp import RecordedMessage, RecordingHandler
 from tests.support.web import cli, email_hash, launch_args, private_logs
@@ -352,16 +350,9 @@ async def test_the_installed_commands_keep_contact_cap_and_send_reminders(
 async def test_the_counts_made_before_the_migration_carry_over(
     database_url: str, settings: Settings, tmp_path: Path
 ) -> None:
-    # A database migrated up to 009 that counted contacts a row per invitation.
-    for version, path in db.migration_files():
-        if version <= 9:
-            shutil.copy(path, tmp_path / path.name)
     ann, bob = (email_hash(settings, f"{who}@example.com") for who in ("ann", "bob"))
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    await admin(database_url, f"CREATE DATABASE {name}")
-    conn = await asyncpg.connect(with_database(database_url, name))
-    try:
-        await db.migrate(conn, tmp_path)
+    # A database migrated up to 009, which counted contacts a row per invitation.
+    async with migrated_up_to(database_url, 9, tmp_path) as conn:
         await conn.execute(
             """INSERT INTO contacts (invitation_id, email_hash, counted_at) VALUES
                (2, $1, now() - interval '2 days'), (1, $1, now() - interval '3 days'),
@@ -378,8 +369,5 @@ async def test_the_counts_made_before_the_migration_carry_over(
             over = await suppression.count_contacts(
                 conn, {10: ann, 11: bob}, cap=2, window=timedelta(days=30), timeout=5
             )
-    finally:
-        await conn.close()
-        await admin(database_url, f"DROP DATABASE {name} WITH (FORCE)")
     # Ann had her two in 30 days; Bob's one is older than the window.
     assert over == {10}

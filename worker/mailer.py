@@ -121,12 +121,22 @@ class SmtpPool:
         """
         slot = await self._idle.get()
         try:
-            try:
-                return await self._deliver(slot, sender, recipient, message, before_content)
-            except Unsent:
-                # The session broke while this message waited its turn, before any of it
-                # left: once more, on the session reopened.
-                return await self._deliver(slot, sender, recipient, message, before_content)
+            # A message that waited its turn on a session that broke, before any of it
+            # left (`Unsent`), goes once more, on the session reopened.
+            retried = False
+            while True:
+                session = await self._session(slot)
+                try:
+                    return await session.deliver(
+                        sender=sender,
+                        recipient=recipient,
+                        message=message,
+                        before_content=before_content,
+                    )
+                except Unsent:
+                    if retried:
+                        raise
+                    retried = True
         except asyncio.CancelledError:
             # Cancelled in the middle of a command: the session's state is unknown.
             if slot.session is not None:
@@ -147,24 +157,20 @@ class SmtpPool:
             for slot in places[::-1]:
                 self._idle.put_nowait(slot)
 
-    async def _deliver(
-        self,
-        slot: _Slot,
-        sender: str,
-        recipient: str,
-        message: bytes,
-        before_content: ContentGate | None,
-    ) -> int:
+    async def _session(self, slot: _Slot) -> Session:
+        """The slot's session, opened again if it is gone or broken."""
+        session = slot.session
+        if session is not None and session.usable:
+            return session
         async with slot.opening:
+            # The slot's other place may have opened it meanwhile.
             session = slot.session
             if session is None or not session.usable:
                 if session is not None:
                     session.close()
                 slot.session = None
                 session = slot.session = await self._open()
-        return await session.deliver(
-            sender=sender, recipient=recipient, message=message, before_content=before_content
-        )
+            return session
 
     async def _open(self) -> Session:
         """Connect, say EHLO, negotiate TLS as configured and log in; failures are transient.

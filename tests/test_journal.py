@@ -20,6 +20,18 @@ def nothing() -> None:
     """A content that needs no writing: the marks are what these tests look at."""
 
 
+async def start(book: Journal, invitation_id: int, write: Callable[[], None] = nothing) -> bool:
+    """Start a message in the journal; whether its content was written (else given up)."""
+    written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def write_content() -> None:
+        write()
+        written.set_result(True)
+
+    book.start(invitation_id, write_content, partial(written.set_result, False))
+    return await written
+
+
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
     connection = redis.asyncio.Redis.from_url(redis_url)
@@ -58,7 +70,7 @@ async def test_marks_follow_each_message(
 ) -> None:
     book = books("w1")
     await book.open([1, 2, 3], lease_seconds=LEASE)
-    assert await book.start(1, nothing) and await book.start(2, nothing)
+    assert await start(book, 1) and await start(book, 2)
     book.accepted(1)
     await marks(client, book, lambda found: sorted(found) == [b"a", b"q", b"s"])
     assert await journal.take_back(client, "w1") == {
@@ -73,7 +85,7 @@ async def test_a_new_chunk_replaces_the_last_one(
 ) -> None:
     book = books("w2")
     await book.open([1, 2], lease_seconds=LEASE)
-    assert await book.start(1, nothing)
+    assert await start(book, 1)
     await book.open([3], lease_seconds=LEASE)
     assert await journal.take_back(client, "w2") == {3: Mark.TAKEN_BACK}
 
@@ -85,7 +97,7 @@ async def test_accepted_marks_of_one_turn_are_one_command(
     ids = list(range(1, 101))
     await book.open(ids, lease_seconds=LEASE)
     for i in ids:
-        assert await book.start(i, nothing)
+        assert await start(book, i)
     await marks(client, book, lambda found: set(found) == {b"s"})
     before = await _append_calls(client)
     for i in ids:
@@ -101,7 +113,7 @@ async def test_nothing_starts_once_the_lease_is_nearly_over(
     book = books("w4")
     await book.open([1], lease_seconds=0.05)
     await asyncio.sleep(0.1)
-    assert await book.start(1, nothing) is False
+    assert await start(book, 1) is False
     assert await journal.take_back(client, "w4") == {1: Mark.TAKEN_BACK}
 
 
@@ -113,7 +125,7 @@ async def test_without_redis_no_chunk_opens_and_nothing_starts() -> None:
     book = Journal(f"redis://127.0.0.1:{free_port()}/0", "w5")
     with pytest.raises(OSError):
         await book.open([1], lease_seconds=LEASE)
-    assert await book.start(1, nothing) is False
+    assert await start(book, 1) is False
     book.close()
 
 
@@ -122,12 +134,12 @@ async def test_a_lost_connection_stops_the_starts(
 ) -> None:
     book = books("w6")
     await book.open([1, 2], lease_seconds=LEASE)
-    assert await book.start(1, nothing)
+    assert await start(book, 1)
     own = [c["id"] for c in await client.client_list() if c["name"] == f"journal:{'w6'}"]
     assert len(own) == 1
     await client.client_kill_filter(_id=own[0])
     await asyncio.sleep(0.2)
-    assert await book.start(2, nothing) is False
+    assert await start(book, 2) is False
 
 
 async def _append_calls(client: redis.asyncio.Redis) -> int:
@@ -143,7 +155,7 @@ async def test_the_starts_of_one_turn_are_one_write_before_their_contents(
     await book.open(ids, lease_seconds=LEASE)
     written: list[int] = []
     before = await _append_calls(client)
-    started = await asyncio.gather(*(book.start(i, partial(written.append, i)) for i in ids))
+    started = await asyncio.gather(*(start(book, i, partial(written.append, i)) for i in ids))
     assert all(started)
     assert written == ids
     await marks(client, book, lambda found: set(found) == {b"s"})
@@ -169,7 +181,7 @@ async def test_a_taken_back_message_stays_taken_back(
 ) -> None:
     book = books("w9")
     await book.open([1, 2], lease_seconds=LEASE)
-    assert await book.start(1, nothing)
+    assert await start(book, 1)
     await marks(client, book, lambda found: sorted(found) == [b"q", b"s"])
     first = await journal.take_back(client, "w9")
     assert first == {1: Mark.STARTED, 2: Mark.TAKEN_BACK}

@@ -88,14 +88,13 @@ async def test_a_message_the_journal_does_not_start_never_leaves(
 ) -> None:
     asked: list[str] = []
 
-    async def refuse(write_content: Callable[[], None]) -> bool:
+    def refuse(write_content: Callable[[], None], give_up: Callable[[], None]) -> None:
         asked.append("refused")
-        return False
+        give_up()
 
-    async def allow(write_content: Callable[[], None]) -> bool:
+    def allow(write_content: Callable[[], None], give_up: Callable[[], None]) -> None:
         asked.append("allowed")
         write_content()
-        return True
 
     with pytest.raises(NotStarted):
         await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE, before_content=refuse)
@@ -187,8 +186,8 @@ async def test_a_drop_after_a_content_fails_the_message_whose_envelope_followed_
 async def test_a_message_held_behind_one_the_journal_stops_goes_on_a_new_session(
     port: int, handler: RecordingHandler
 ) -> None:
-    async def refuse(write_content: Callable[[], None]) -> bool:
-        return False
+    def refuse(write_content: Callable[[], None], give_up: Callable[[], None]) -> None:
+        give_up()
 
     bob, alice = await _one_session_sends(port, (BOB, refuse), (ALICE, None))
     assert isinstance(bob, NotStarted)

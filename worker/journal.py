@@ -109,7 +109,7 @@ class Journal:
     def __init__(self, redis_url: str, worker_id: str) -> None:
         self._pipe = RedisPipe(redis_url, name=f"journal:{worker_id}")
         self.key = key_for(worker_id)
-        self._starts: list[tuple[int, Callable[[], None], asyncio.Future[bool]]] = []
+        self._starts: list[tuple[int, Callable[[], None], Callable[[], None]]] = []
         self._accepts: list[int] = []
         self._flush: asyncio.Handle | None = None
         self._deadline = 0.0
@@ -138,16 +138,16 @@ class Journal:
         )
         self._quiet = self._pipe.send(("CLIENT", "REPLY", "OFF"))
 
-    def start(self, invitation_id: int, write_content: Callable[[], None]) -> asyncio.Future[bool]:
-        """Mark the message started, then write its content with `write_content`; answers
-        whether it did. The marks of the messages that start in one turn of the event loop
-        are written at its end, in one write, each content right after; no content is
-        written when the journal's connection is gone or the chunk's lease is nearly over.
+    def start(
+        self, invitation_id: int, write_content: Callable[[], None], give_up: Callable[[], None]
+    ) -> None:
+        """Mark the message started, then write its content with `write_content`. The marks
+        of the messages that start in one turn of the event loop are written at its end, in
+        one write, each content right after; when the journal's connection is gone or the
+        chunk's lease is nearly over, no content is written and `give_up` is called instead.
         """
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._starts.append((invitation_id, write_content, future))
+        self._starts.append((invitation_id, write_content, give_up))
         self._write_soon()
-        return future
 
     def accepted(self, invitation_id: int) -> None:
         """Note that the server accepted the message (written at the end of this turn of the
@@ -174,11 +174,8 @@ class Journal:
         # The marks go to the kernel before any of the contents they announce.
         started = bool(log) and self._quiet and self._pipe.send(("APPEND", self.key, log))
         started = started and may_start
-        for _, write_content, future in starts:
-            if started:
-                write_content()
-            if not future.done():
-                future.set_result(started)
+        for _, write_content, give_up in starts:
+            (write_content if started else give_up)()
 
 
 def _entries(invitation_ids: Iterable[int], mark: Mark) -> bytes:

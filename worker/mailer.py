@@ -34,8 +34,8 @@ class Mailer(Protocol):
         """Deliver `message` to `recipient`; return the 2xx code or raise an `SmtpError`.
 
         `before_content` gets the function that writes the content once the server invites
-        it, and answers whether it called it; False stops the message before any of it
-        leaves (`NotStarted`).
+        it and the one that gives the message up, and calls one of them; given up, the
+        message stops before any of it leaves (`NotStarted`).
         """
         ...
 
@@ -116,7 +116,7 @@ class SmtpPool:
         a connection failure or timeout before the content was sent, `PermanentSmtpError`
         for a 5xx reply (or an address the server cannot take, code None), and
         `AmbiguousSmtpError` when the connection is lost while the content is transferred,
-        and `NotStarted` when `before_content` did not write the content. No error message
+        and `NotStarted` when `before_content` gave the message up. No error message
         contains the recipient's address.
         """
         slot = await self._idle.get()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple, cast
 
@@ -33,9 +33,10 @@ from worker.errors import (
 )
 from worker.outcomes import classify_reply
 
-# Gets the function that writes a message's content once the server invites it; calls it
-# (or not) and answers whether it did (the send journal, worker/journal.py).
-ContentGate = Callable[[Callable[[], None]], Awaitable[bool]]
+# Gets the function that writes a message's content once the server invites it, and the
+# one that gives the message up; calls one of them, at once or later in the same turn of
+# the event loop (the send journal, worker/journal.py).
+ContentGate = Callable[[Callable[[], None], Callable[[], None]], None]
 
 # RFC 5321 section 4.5.3.1.5: a reply line is at most 512 octets; allow servers some slack,
 # but never let one that sends no line ending fill the memory.
@@ -208,19 +209,26 @@ class Session:
         Raises `TransientSmtpError`, `PermanentSmtpError` or `AmbiguousSmtpError` as the
         module describes. After a refusal of the envelope the session is reset (RSET) for
         the next message; after any other failure it is closed. Once the server invites the
-        content, `before_content` gets the function that writes it: it calls that function
-        (or not) and answers whether it did; when it did not, the content never leaves, the
-        session is closed and `NotStarted` raised.
+        content, `before_content` gets the function that writes it and the one that gives
+        the message up, and calls one of them; given up, the content never leaves, the
+        session is closed and `NotStarted` raised. The final reply is awaited meanwhile: no
+        turn of the event loop is spent waiting for the gate.
         """
         mail, rcpt = self._envelope(sender, recipient, message)
         previous, self._last = self._last, asyncio.get_running_loop().create_future()
         done = self._last
-        invited = sent_content = False
+        invited = sent_content = given_up = False
 
         def send_content(data: bytes) -> None:
             nonlocal sent_content
             sent_content = True
             self._send_content(data)
+
+        def give_up() -> None:
+            nonlocal given_up
+            given_up = True
+            # The read below fails at once.
+            self.close()
 
         envelope = _Envelope(mail + rcpt + b"DATA\r\n")
         try:
@@ -234,14 +242,17 @@ class Session:
             content = partial(send_content, dot_stuffed(message))
             if before_content is None:
                 content()
-            elif not await before_content(content):
-                raise NotStarted("the send journal did not let the message start")
-            # From here on the content has left: if the reply is lost, the server may have
-            # accepted the message.
+            else:
+                before_content(content, give_up)
             try:
                 reply = await self._read()
             except (_SessionLost, TimeoutError) as exc:
                 self.close()
+                if given_up:
+                    raise NotStarted("the send journal did not let the message start") from None
+                if not sent_content:
+                    raise TransientSmtpError(f"before the content: {_reason(exc)}") from None
+                # The content has left: the server may have accepted the message.
                 raise AmbiguousSmtpError(f"after the content: {_reason(exc)}") from None
             if reply.code != 250:
                 # The transaction is over either way (RFC 5321 section 4.1.1.4): no RSET,

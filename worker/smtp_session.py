@@ -356,7 +356,7 @@ class Session:
                     # section 3.1 forbids it) awaits a message: the session is unusable.
                     self.close()
                 error = self._refusal(command, reply, recipient, otherwise=TransientSmtpError)
-                if classify_reply(reply.code) in ("failed", "deferred"):
+                if not self._transport.is_closing():
                     await self._reset()
                 raise error
 

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 
 from tests.support.pipeline import add_client, csv_of, launch, parse, received_by, run_workers
@@ -208,3 +209,41 @@ async def test_a_worker_without_the_template_waits_for_it(
     assert status == "completed"
     assert received_by(smtp[0].messages) == {"ann@example.com": 1, "bob@example.com": 1}
     assert "campaign.failed" not in {e["event"] for e in logs}
+
+
+LINK_LINE = '<p style="margin: 0; font-size: 14px; color: #555555;"><a href="{{ unsubscribe_url }}"'
+
+
+async def test_the_installed_commands_refuse_a_hidden_unsubscribe_link(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP, tmp_path: Path
+) -> None:
+    """`launch` refuses a template that hides the link; `worker --burst` fails a campaign
+    in which one recipient's value styles it away, before any message of its chunk leaves.
+    TEMPLATES_DIR comes from the environment."""
+    await add_client(pg, "acme")
+    templates = tmp_path / "templates"
+    shutil.copytree(settings.templates_dir, templates)
+    body = templates / "invitation" / "en" / "body.html"
+    original = body.read_text()
+    assert LINK_LINE in original
+    env = {"TEMPLATES_DIR": str(templates)}
+    recipients = tmp_path / "people.csv"
+    recipients.write_text(
+        "email,mood\nann@example.com,color: green\nbob@example.com,display: none\n"
+    )
+
+    body.write_text(original.replace(LINK_LINE, LINK_LINE.replace("margin: 0;", "display: none;")))
+    refused = await cli(settings, *launch_args(recipients), env=env)
+    assert refused.code == 1
+    assert "body.html does not show the unsubscribe link" in refused.stderr
+
+    body.write_text(original.replace(LINK_LINE, LINK_LINE.replace("margin: 0;", "{{ mood }};")))
+    launched = await cli(settings, *launch_args(recipients), "--json", env=env)
+    assert launched.code == 0, launched.stderr
+    campaign_id = orjson.loads(launched.stdout)["campaign_id"]
+    ran = await cli(settings, "worker", "--burst", env=env)
+    assert ran.code == 0, ran.stderr
+    row = await pg.fetchrow("SELECT status, reason FROM campaigns WHERE id = $1", campaign_id)
+    assert row["status"] == "failed"
+    assert "body.html does not show the unsubscribe link" in row["reason"]
+    assert smtp[0].messages == []

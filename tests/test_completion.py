@@ -263,6 +263,34 @@ async def test_concurrent_deliveries_complete_once(
     assert await pg.fetchval("SELECT count(*) FROM survey_refs") == 3
 
 
+async def test_a_request_that_waits_for_another_ones_indexing_finds_its_refs(
+    pg: asyncpg.Pool,
+    hook_settings: Settings,
+    smtp: tuple[RecordingHandler, int],
+    app: httpx.AsyncClient,
+) -> None:
+    refs = await sent_campaign(pg, hook_settings, smtp[0], *PEOPLE)
+    async with pg.acquire() as other:
+        # Another request has claimed the campaign and is still indexing it.
+        indexing = other.transaction()
+        await indexing.start()
+        await completion.index_refs(other, hash_key=hook_settings.hash_key())
+        answer = asyncio.create_task(post(app, {"refs": list(refs.values())}))
+
+        async def waits_for_the_claim() -> bool:
+            return bool(
+                await pg.fetchval(
+                    """SELECT count(*) FROM pg_stat_activity
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'"""
+                )
+            )
+
+        await wait_until(waits_for_the_claim, what="the request to wait for the claim")
+        await indexing.commit()
+    # It indexed nothing itself, and still found all three.
+    assert (await answer).json() == {"completed": 3, "already_completed": 0, "unknown": []}
+
+
 async def test_a_later_campaign_is_found_too(
     pg: asyncpg.Pool,
     hook_settings: Settings,

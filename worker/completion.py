@@ -263,9 +263,10 @@ async def complete(
     """
     wanted = list(dict.fromkeys(refs))
     found = await _find(conn, wanted, hash_key)
-    if any(ref not in found and ref_digest(ref) for ref in wanted) and await index_refs(
-        conn, hash_key=hash_key
-    ):
+    if any(ref not in found and ref_digest(ref) for ref in wanted):
+        # Looked up again even when this call indexed nothing: a concurrent call may have
+        # indexed the campaign between the lookup and now, or while this one waited for it.
+        await index_refs(conn, hash_key=hash_key)
         found = await _find(conn, wanted, hash_key)
     ids = sorted(set(found.values()))
     async with conn.transaction():
@@ -334,9 +335,8 @@ async def _find(conn: Conn, refs: Iterable[str], hash_key: bytes) -> dict[str, i
     return found
 
 
-async def index_refs(conn: Conn, *, hash_key: bytes) -> int:
-    """Store the survey references of every campaign not indexed yet; how many campaigns
-    this call indexed.
+async def index_refs(conn: Conn, *, hash_key: bytes) -> None:
+    """Store the survey references of every campaign not indexed yet.
 
     Each campaign is indexed in a transaction of its own that first claims it in
     `survey_ref_campaigns`: a concurrent call waits for that claim, then skips the
@@ -363,7 +363,6 @@ async def index_refs(conn: Conn, *, hash_key: bytes) -> int:
             indexed += 1
     if indexed:
         log.info("completion.indexed", campaigns=indexed, refs=refs)
-    return indexed
 
 
 async def _index_campaign(conn: Conn, campaign_id: int, hash_key: bytes) -> int:

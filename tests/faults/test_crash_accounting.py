@@ -19,7 +19,7 @@ import redis.asyncio
 from tests.faults.harness import WorkerProcess, ledger_rows, wait_until
 from tests.faults.test_crashes import completed
 from tests.support.pipeline import add_client, csv_of, launch, received_by
-from tests.support.smtp import RecordingHandler
+from tests.support.smtp import RecordingHandler, Stage
 from worker import journal
 from worker.settings import Settings
 
@@ -29,6 +29,11 @@ EMAILS = [f"person{i:03d}@example.com" for i in range(400)]
 CONNECTIONS = 5
 # Longer than any command the tests hold open before the kill: only the kill ends them.
 HOLD = 60.0
+# Messages from this one on are held (HOLD) at the server, the first CONNECTIONS of them
+# that reach the held command. A held command stops its connection, and messages go out in
+# order, so all connections end up held, each with one of these, and every message before
+# them is accepted.
+FIRST_HELD = 100
 
 
 @pytest.fixture
@@ -54,9 +59,11 @@ async def kill_when(
     *,
     accepted: int,
     held: int,
-) -> int:
+) -> tuple[int, list[str]]:
     """Launch the campaign, kill -9 its worker once the server accepted `accepted` messages
-    and holds `held` commands, start a new worker, wait for the campaign to complete."""
+    and holds `held` commands, start a new worker, wait for the campaign to complete.
+
+    Returns the campaign's id and the addresses whose command was held at the kill."""
     await add_client(pg, "acme")
     campaign_id = (await launch(pg, settings, csv_of(*EMAILS))).campaign_id
     first = spawn(settings)
@@ -67,15 +74,27 @@ async def kill_when(
     await wait_until(on_the_wire, what=f"{accepted} accepted and {held} held")
     assert (len(handler.messages), len(handler.held)) == (accepted, held)
 
-    async def replies_in() -> bool:
-        # The worker has read each of those 250 replies (and noted it in its journal).
-        return await journaled(settings, "a") == accepted
-
-    await wait_until(replies_in, what=f"{accepted} replies read by the worker")
+    await replies_read(settings, accepted)
+    held_at_kill = sorted(address for _, address in handler.held)
     first.kill()
     spawn(settings)
     await completed(settings, campaign_id)
-    return campaign_id
+    return campaign_id, held_at_kill
+
+
+def hold_from_first_held(handler: RecordingHandler, stage: Stage) -> None:
+    """Hold `stage` of CONNECTIONS messages from FIRST_HELD on, whichever reach it first."""
+    handler.on(*EMAILS[FIRST_HELD:], stage=stage, delay=HOLD, times=CONNECTIONS)
+
+
+async def replies_read(settings: Settings, accepted: int) -> None:
+    """Wait until the worker has read the `accepted` 250 replies (and noted them in its
+    journal)."""
+
+    async def replies_in() -> bool:
+        return await journaled(settings, "a") == accepted
+
+    await wait_until(replies_in, what=f"{accepted} replies read by the worker")
 
 
 async def journaled(settings: Settings, mark: str) -> int:
@@ -107,10 +126,10 @@ async def test_killed_while_the_server_holds_rcpt_nothing_is_ambiguous(
     pg: asyncpg.Pool, crash: Settings, smtp: SMTP, spawn: Spawn
 ) -> None:
     handler = smtp[0]
-    stalled = EMAILS[100 : 100 + CONNECTIONS]
-    for address in stalled:
-        handler.on(address, stage="RCPT", delay=HOLD, times=1)
-    campaign_id = await kill_when(pg, crash, handler, spawn, accepted=100, held=CONNECTIONS)
+    hold_from_first_held(handler, "RCPT")
+    campaign_id, _ = await kill_when(
+        pg, crash, handler, spawn, accepted=FIRST_HELD, held=CONNECTIONS
+    )
     states = await states_by_address(crash, campaign_id)
     assert tally(states) == {"sent": 400}
     assert received_by(handler.messages) == dict.fromkeys(EMAILS, 1)
@@ -120,10 +139,11 @@ async def test_killed_while_the_server_holds_the_data_reply_only_those_are_unkno
     pg: asyncpg.Pool, crash: Settings, smtp: SMTP, spawn: Spawn
 ) -> None:
     handler = smtp[0]
-    on_the_wire = EMAILS[100 : 100 + CONNECTIONS]
-    for address in on_the_wire:
-        handler.on(address, stage="DATA", delay=HOLD, times=1)
-    campaign_id = await kill_when(pg, crash, handler, spawn, accepted=100, held=CONNECTIONS)
+    hold_from_first_held(handler, "DATA")
+    campaign_id, on_the_wire = await kill_when(
+        pg, crash, handler, spawn, accepted=FIRST_HELD, held=CONNECTIONS
+    )
+    assert len(on_the_wire) == CONNECTIONS
     states = await states_by_address(crash, campaign_id)
     assert tally(states) == {"sent": 400 - CONNECTIONS, "unknown": CONNECTIONS}
     assert sorted(a for a, s in states.items() if s == "unknown") == on_the_wire
@@ -139,7 +159,7 @@ async def test_killed_after_the_replies_before_the_ledger_write_they_are_sent(
     # outcomes are written only when all of it is done.
     last_of_chunk = EMAILS[249]
     handler.on(last_of_chunk, stage="DATA", delay=HOLD, times=1)
-    campaign_id = await kill_when(pg, crash, handler, spawn, accepted=249, held=1)
+    campaign_id, _ = await kill_when(pg, crash, handler, spawn, accepted=249, held=1)
     states = await states_by_address(crash, campaign_id)
     assert tally(states) == {"sent": 399, "unknown": 1}
     assert states[last_of_chunk] == "unknown"
@@ -187,15 +207,18 @@ async def test_killed_in_a_reminder_round_each_person_gets_that_round_at_most_on
         return len(handler.messages) >= len(EMAILS)
 
     await wait_until(first_round_sent, what="the first messages")
-    # The reminders of these five are on the wire, their DATA reply held, at the kill.
-    on_the_wire = EMAILS[100 : 100 + CONNECTIONS]
-    for address in on_the_wire:
-        handler.on(address, stage="DATA", delay=HOLD, times=1)
+    # Five reminders are on the wire, their DATA reply held, at the kill.
+    hold_from_first_held(handler, "DATA")
 
     async def reminders_on_the_wire() -> bool:
-        return len(handler.messages) >= len(EMAILS) + 100 and len(handler.held) >= CONNECTIONS
+        return (
+            len(handler.messages) >= len(EMAILS) + FIRST_HELD and len(handler.held) >= CONNECTIONS
+        )
 
     await wait_until(reminders_on_the_wire, what="100 reminders accepted and 5 held")
+    on_the_wire = sorted(address for _, address in handler.held)
+    assert (len(handler.messages), len(on_the_wire)) == (len(EMAILS) + FIRST_HELD, CONNECTIONS)
+    await replies_read(crash, FIRST_HELD)
     first.kill()
     spawn(crash)
     await completed(crash, campaign.campaign_id)

@@ -79,23 +79,24 @@ class RecordingHandler:
 
     def on(
         self,
-        address: str,
-        *,
+        *addresses: str,
         stage: Stage = "RCPT",
         reply: str | None = None,
         drop: bool = False,
         delay: float = 0.0,
         times: int | None = None,
     ) -> None:
-        """Add a rule for `address` (the sender at MAIL, a recipient at RCPT and DATA).
+        """Add a rule for `addresses` (the sender at MAIL, a recipient at RCPT and DATA).
 
         At `stage`, wait `delay` seconds, then close the connection without a reply if
         `drop`, else answer `reply` (a full reply line such as "451 4.3.0 Try later") if
-        given, else carry on as usual. The rule applies `times` times (None: always); rules
-        for the same address and stage apply in the order they were added.
+        given, else carry on as usual. The rule applies `times` times (None: always), in
+        all to the addresses given together; rules for the same address and stage apply in
+        the order they were added.
         """
         rule = _Rule(reply=reply, drop=drop, delay=delay, times=times)
-        self._rules.setdefault((stage, address.lower()), []).append(rule)
+        for address in addresses:
+            self._rules.setdefault((stage, address.lower()), []).append(rule)
 
     async def handle_EHLO(
         self,
@@ -173,14 +174,15 @@ class RecordingHandler:
     async def _apply(
         self, stage: Stage, address: str, server: SMTP, envelope: Envelope
     ) -> str | None:
-        rules = self._rules.get((stage, address.lower()))
+        rules = self._rules.get((stage, address.lower()), [])
+        # A rule shared with other addresses may have been used up through them.
+        while rules and rules[0].times == 0:
+            rules.pop(0)
         if not rules:
             return None
         rule = rules[0]
         if rule.times is not None:
             rule.times -= 1
-            if rule.times == 0:
-                rules.pop(0)
         if rule.delay:
             self.held.append((stage, address))
             try:

@@ -291,7 +291,7 @@ async def test_a_timeout_after_the_content_is_ambiguous(
 ) -> None:
     handler.on(ALICE, stage="DATA", delay=2, times=1)
     async with SmtpPool(config(port, timeout=0.2)) as pool:
-        with pytest.raises(AmbiguousSmtpError):
+        with pytest.raises(AmbiguousSmtpError, match="no reply in time"):
             await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
 
 
@@ -311,9 +311,20 @@ async def test_a_timeout_before_the_content_is_transient(
 ) -> None:
     handler.on(ALICE, delay=2, times=1)
     async with SmtpPool(config(port, timeout=0.2)) as pool:
-        with pytest.raises(TransientSmtpError):
+        with pytest.raises(TransientSmtpError, match="no reply in time"):
             await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
     assert handler.messages == []
+
+
+async def test_an_idle_session_outlives_the_reply_timeout(
+    port: int, handler: RecordingHandler
+) -> None:
+    # The timeout is for a reply awaited, not for a session waiting for the next message.
+    async with SmtpPool(config(port, timeout=0.2)) as pool:
+        assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
+        await asyncio.sleep(0.7)
+        assert await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE) == 250
+    assert handler.connections == 1
 
 
 async def test_required_starttls_never_falls_back_to_plaintext(

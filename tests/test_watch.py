@@ -86,7 +86,7 @@ async def test_ctrl_c_stops_watching_with_exit_status_0(
     await add_client(pg, "acme")
     report = await launch(pg, settings, csv_of("ann@example.com"), enqueue=False)
     await pg.execute("UPDATE campaigns SET status = 'paused' WHERE id = $1", report.campaign_id)
-    watch = await start_cli(settings, "status", str(report.campaign_id), "--watch")
+    watch = await start_cli(settings, "status", str(report.campaign_id), "--watch", ctrl_c=True)
     try:
         assert watch.stdout is not None
         first = await asyncio.wait_for(watch.stdout.readline(), 60)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -120,9 +121,16 @@ def cli_environment(
 
 
 async def start_cli(
-    settings: Settings, *args: str, env: Mapping[str, str | None] | None = None
+    settings: Settings,
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    ctrl_c: bool = False,
 ) -> asyncio.subprocess.Process:
-    """Start `survey-worker ARGS` in a subprocess (see `cli_environment` for `env`)."""
+    """Start `survey-worker ARGS` in a subprocess (see `cli_environment` for `env`).
+
+    With `ctrl_c` the command takes SIGINT as it does from a terminal, also when this test
+    run was started as a background job, whose commands inherit SIGINT ignored (POSIX).
+    """
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -132,7 +140,12 @@ async def start_cli(
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_take_sigint if ctrl_c else None,
     )
+
+
+def _take_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def launch_args(

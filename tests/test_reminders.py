@@ -294,6 +294,29 @@ async def test_a_deferred_first_invitation_is_counted_once_however_often_it_is_r
     assert await pg.fetchval("SELECT sum(cardinality(invitation_ids)) FROM contact_counts") == 1
 
 
+async def test_a_person_the_client_may_not_mail_is_not_counted(
+    pg: asyncpg.Pool, capped: Settings, smtp: SMTP
+) -> None:
+    handler = smtp[0]
+    await add_client(pg, "acme")
+    await add_client(pg, "globex")
+    await opt_out(pg, capped, "ann@example.com", Scope("survey", "acme"))
+    await launch(pg, capped, csv_of("ann@example.com"))
+    await run_workers(capped)
+    await launch(pg, capped, csv_of("ann@example.com"), client_id="globex")
+    await run_workers(capped)
+    # Acme may not mail Ann, so Acme's invitation is no contact: Globex's reaches her.
+    assert [m.recipients for m in handler.messages] == [("ann@example.com",)]
+    rows = await pg.fetch(
+        "SELECT c.client_id, i.state, i.reason FROM invitations i "
+        "JOIN campaigns c ON c.id = i.campaign_id ORDER BY c.id"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("acme", "suppressed", "client_opt_out"),
+        ("globex", "sent", None),
+    ]
+
+
 async def test_the_installed_commands_keep_contact_cap_and_send_reminders(
     pg: asyncpg.Pool, settings: Settings, smtp: SMTP, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ the cap holds across clients and concurrent workers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import timedelta
@@ -148,6 +149,70 @@ async def test_a_completion_after_the_round_was_created_stops_its_send(
     row = await pg.fetchrow("SELECT state, reason FROM invitations WHERE round = 1")
     assert dict(row) == {"state": "suppressed", "reason": "completed"}
     assert len(handler.messages) == 1
+
+
+async def test_a_completion_between_a_rounds_claim_and_its_send_stops_that_reminder(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP
+) -> None:
+    """Each reminder is a slice of its own: both are claimed at once, and one waits for
+    the worker's window while the other is on the wire. An answer arriving for the one
+    that waits stops it: the check in the window reads the completion."""
+    handler = smtp[0]
+    one_by_one = settings.model_copy(update={"slice_size": 1, "chunk_size": 1})
+    people = ("ann@example.com", "bob@example.com")
+    await add_client(pg, "acme")
+    campaign = await launch(
+        pg, one_by_one, csv_of(*people), reminders=1, reminder_interval=INTERVAL
+    )
+    await run_workers(one_by_one)
+    firsts = {m.recipients[0]: m for m in handler.messages}
+
+    async def round_created() -> bool:
+        async with pg.acquire() as conn:
+            return bool(await ledger.create_due_reminders(conn))
+
+    await wait_until(round_created, timeout=10, what="round 1 to be created")
+    # Whichever reminder reaches DATA first stays there, in the worker's window.
+    release = asyncio.Event()
+    handler.on(*people, stage="DATA", until=release, times=1)
+    assert one_by_one.redis_url is not None
+    redis = await queue.connect(one_by_one.redis_url)
+    try:
+        await queue.enqueue_launch(redis, campaign.campaign_id)
+    finally:
+        await redis.aclose()
+    sending = asyncio.create_task(run_workers(one_by_one))
+    try:
+
+        async def one_held() -> bool:
+            return bool(handler.held)
+
+        await wait_until(one_held, timeout=30, what="a reminder held at DATA")
+        [(_, held)] = handler.held
+        [waiting] = [p for p in people if p != held]
+
+        async def claimed() -> bool:
+            # A claim is a row lock, and nothing else locks a reminder's row: a pending
+            # row with a locker (xmax) is claimed and not yet checked.
+            return bool(
+                await pg.fetchval(
+                    """SELECT xmax::text <> '0' FROM invitations
+                       WHERE round = 1 AND email_hash = $1 AND state = 'pending'""",
+                    email_hash(one_by_one, waiting),
+                )
+            )
+
+        await wait_until(claimed, timeout=30, what="the other reminder to be claimed")
+        await complete(pg, one_by_one, firsts[waiting])
+    finally:
+        release.set()
+        await sending
+    rows = await pg.fetch("SELECT email, state, reason FROM invitations WHERE round = 1")
+    assert {r["email"]: (r["state"], r["reason"]) for r in rows} == {
+        held: ("sent", None),
+        waiting: ("suppressed", "completed"),
+    }
+    assert [m.recipients for m in handler.messages[2:]] == [(held,)]
 
 
 async def test_a_paused_campaign_sends_no_reminder_until_it_resumes(

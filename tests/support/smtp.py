@@ -42,6 +42,7 @@ class _Rule:
     reply: str | None
     drop: bool
     delay: float
+    until: asyncio.Event | None
     times: int | None
 
 
@@ -70,7 +71,7 @@ class RecordingHandler:
         self.data_delay = 0.0
         # When each accepted message arrived (time.time()), in the order of `messages`.
         self.arrivals: list[float] = []
-        # (stage, address) of each command a `delay` rule is holding right now.
+        # (stage, address) of each command a `delay` or `until` rule is holding right now.
         self.held: list[tuple[Stage, str]] = []
 
     @property
@@ -84,17 +85,18 @@ class RecordingHandler:
         reply: str | None = None,
         drop: bool = False,
         delay: float = 0.0,
+        until: asyncio.Event | None = None,
         times: int | None = None,
     ) -> None:
         """Add a rule for `addresses` (the sender at MAIL, a recipient at RCPT and DATA).
 
-        At `stage`, wait `delay` seconds, then close the connection without a reply if
-        `drop`, else answer `reply` (a full reply line such as "451 4.3.0 Try later") if
-        given, else carry on as usual. The rule applies `times` times (None: always), in
-        all to the addresses given together; rules for the same address and stage apply in
-        the order they were added.
+        At `stage`, wait `delay` seconds or until the test sets `until`, then close the
+        connection without a reply if `drop`, else answer `reply` (a full reply line such
+        as "451 4.3.0 Try later") if given, else carry on as usual. The rule applies
+        `times` times (None: always), in all to the addresses given together; rules for
+        the same address and stage apply in the order they were added.
         """
-        rule = _Rule(reply=reply, drop=drop, delay=delay, times=times)
+        rule = _Rule(reply=reply, drop=drop, delay=delay, until=until, times=times)
         for address in addresses:
             self._rules.setdefault((stage, address.lower()), []).append(rule)
 
@@ -183,10 +185,13 @@ class RecordingHandler:
         rule = rules[0]
         if rule.times is not None:
             rule.times -= 1
-        if rule.delay:
+        if rule.delay or rule.until:
             self.held.append((stage, address))
             try:
-                await asyncio.sleep(rule.delay)
+                if rule.until:
+                    await rule.until.wait()
+                else:
+                    await asyncio.sleep(rule.delay)
             finally:
                 self.held.remove((stage, address))
         if rule.drop:

@@ -222,7 +222,7 @@ async def test_a_revoked_key_is_401_at_once_and_another_key_still_works(
             b'{"template": "invitation", "survey_url": "javascript:alert(1)",'
             b' "recipients": [{"email": "a@example.com"}]}',
             "application/json",
-            "survey-url",
+            "survey_url",
         ),
         (
             b'{"template": "invitation", "survey_url": "https://survey.test/s",'
@@ -256,6 +256,8 @@ async def test_bad_input_is_400_with_a_reason_and_creates_nothing(
         )
     assert answer.status_code == 400, answer.text
     assert reason in answer.json()["error"]
+    # The API's fields, not the command line's flags.
+    assert "--survey-url" not in answer.json()["error"]
     assert await pg.fetchval("SELECT count(*) FROM campaigns") == 0
 
 
@@ -279,6 +281,8 @@ async def test_a_bad_csv_upload_is_400(
         )
     assert answer.status_code == 400, answer.text
     assert reason in answer.json()["error"]
+    # The API's fields, not the command line's flags.
+    assert "--survey-url" not in answer.json()["error"]
     assert await pg.fetchval("SELECT count(*) FROM campaigns") == 0
 
 
@@ -553,3 +557,4 @@ async def test_reminders_are_launch_options_too(
     assert [b.status_code for b in bad] == [400, 400, 400]
     assert "reminder_interval" in bad[0].json()["error"]
     assert "reminders" in bad[1].json()["error"]
+    assert bad[2].json()["error"] == "reminders needs reminder_interval, e.g. 3d"

@@ -6,6 +6,8 @@ will never work, record the reason". Each carries what an operator needs to act 
 
 from __future__ import annotations
 
+import re
+
 
 class SurveyWorkerError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -24,7 +26,18 @@ class PrivacyRequestError(SurveyWorkerError):
 
 
 class LaunchProblem(SurveyWorkerError):
-    """A campaign cannot be launched as asked; nothing was created."""
+    """A campaign cannot be launched as asked; nothing was created.
+
+    The message names the launch's options as the command line's flags (`--reminders`,
+    `--reminder-interval`); `api_message` names them as the API's fields (`reminders`,
+    `reminder_interval`).
+    """
+
+    def api_message(self) -> str:
+        return _FLAG.sub(lambda m: m[1].replace("-", "_"), str(self))
+
+
+_FLAG = re.compile(r"(?<![\w-])--([a-z]+(?:-[a-z]+)*)")
 
 
 class QueueUnavailable(SurveyWorkerError):

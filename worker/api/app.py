@@ -356,7 +356,9 @@ async def create_campaign(
     )
     try:
         report = await asyncio.to_thread(_launch_blocking, api, launch, stream)
-    except (LaunchProblem, CsvProblem) as e:
+    except LaunchProblem as e:
+        raise ApiError(400, e.api_message()) from e
+    except CsvProblem as e:
         raise ApiError(400, str(e)) from e
     finally:
         stream.close()

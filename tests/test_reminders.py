@@ -15,10 +15,18 @@ import pytest
 
 from tests.faults.harness import wait_until
 from tests.support.admin import migrated_up_to
-from tests.support.pipeline import add_client, csv_of, launch, opt_out, parse, run_workers
+from tests.support.pipeline import (
+    add_client,
+    csv_of,
+    enqueue_launch,
+    launch,
+    opt_out,
+    parse,
+    run_workers,
+)
 from tests.support.smtp import RecordedMessage, RecordingHandler
 from tests.support.web import cli, email_hash, launch_args, private_logs
-from worker import completion, db, ledger, queue, suppression
+from worker import completion, db, ledger, suppression
 from worker.settings import Settings
 from worker.suppression import Scope
 
@@ -52,6 +60,16 @@ async def complete(pg: asyncpg.Pool, settings: Settings, message: RecordedMessag
             conn, [survey_ref(message)], hash_key=settings.hash_key()
         )
     assert report.as_json()["completed"] == 1
+
+
+async def round_created(pg: asyncpg.Pool) -> None:
+    """Create the due round's rows, as reconcile does, without a worker to send them."""
+
+    async def created() -> bool:
+        async with pg.acquire() as conn:
+            return bool(await ledger.create_due_reminders(conn))
+
+    await wait_until(created, timeout=10, what="a round to be created")
 
 
 async def round_sent(pg: asyncpg.Pool, settings: Settings, round_: int, expected: int) -> None:
@@ -131,20 +149,10 @@ async def test_a_completion_after_the_round_was_created_stops_its_send(
     )
     await run_workers(settings)
 
-    async def round_created() -> bool:
-        # What reconcile does, without a worker to send the round at once.
-        async with pg.acquire() as conn:
-            return bool(await ledger.create_due_reminders(conn))
-
-    await wait_until(round_created, timeout=10, what="round 1 to be created")
+    await round_created(pg)
     # The platform's word arrives after the row exists and before any worker sends it.
     await complete(pg, settings, handler.messages[0])
-    assert settings.redis_url is not None
-    redis = await queue.connect(settings.redis_url)
-    try:
-        await queue.enqueue_launch(redis, campaign.campaign_id)
-    finally:
-        await redis.aclose()
+    await enqueue_launch(settings, campaign.campaign_id)
     await round_sent(pg, settings, 1, expected=1)
     row = await pg.fetchrow("SELECT state, reason FROM invitations WHERE round = 1")
     assert dict(row) == {"state": "suppressed", "reason": "completed"}
@@ -167,20 +175,11 @@ async def test_a_completion_between_a_rounds_claim_and_its_send_stops_that_remin
     await run_workers(one_by_one)
     firsts = {m.recipients[0]: m for m in handler.messages}
 
-    async def round_created() -> bool:
-        async with pg.acquire() as conn:
-            return bool(await ledger.create_due_reminders(conn))
-
-    await wait_until(round_created, timeout=10, what="round 1 to be created")
+    await round_created(pg)
     # Whichever reminder reaches DATA first stays there, in the worker's window.
     release = asyncio.Event()
     handler.on(*people, stage="DATA", until=release, times=1)
-    assert one_by_one.redis_url is not None
-    redis = await queue.connect(one_by_one.redis_url)
-    try:
-        await queue.enqueue_launch(redis, campaign.campaign_id)
-    finally:
-        await redis.aclose()
+    await enqueue_launch(one_by_one, campaign.campaign_id)
     sending = asyncio.create_task(run_workers(one_by_one))
     try:
 

@@ -82,11 +82,18 @@ async def launch(
             progress=lambda _n: None,
         )
     if enqueue:
-        assert settings.redis_url is not None
-        redis = await queue.connect(settings.redis_url)
-        await queue.enqueue_launch(redis, report.campaign_id)
-        await redis.aclose()
+        await enqueue_launch(settings, report.campaign_id)
     return report
+
+
+async def enqueue_launch(settings: Settings, campaign_id: int) -> None:
+    """Enqueue `launch_campaign` for the campaign, as `launch` and reconcile do."""
+    assert settings.redis_url is not None
+    redis = await queue.connect(settings.redis_url)
+    try:
+        await queue.enqueue_launch(redis, campaign_id)
+    finally:
+        await redis.aclose()
 
 
 async def opt_out(pool: asyncpg.Pool, settings: Settings, address: str, scope: Scope) -> None:

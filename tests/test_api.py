@@ -112,6 +112,10 @@ async def test_idempotency_key_returns_the_first_campaign(
             "/v1/campaigns", json=campaign_json("a@example.com"), headers=headers
         )
         again = await http.post(
+            "/v1/campaigns", json=campaign_json("a@example.com"), headers=headers
+        )
+        # The key reused for other recipients: refused, nothing imported.
+        reused = await http.post(
             "/v1/campaigns", json=campaign_json("b@example.com", "c@example.com"), headers=headers
         )
         # The same key of another client is another campaign.
@@ -128,6 +132,8 @@ async def test_idempotency_key_returns_the_first_campaign(
     assert first.status_code == 201 and again.status_code == 200
     assert again.json()["campaign_id"] == first.json()["campaign_id"]
     assert again.json()["existing"] is True and again.json()["imported"] == 1
+    assert reused.status_code == 422
+    assert "idempotency key 'order-42' was first used for another launch" in reused.json()["error"]
     assert other.status_code == 201 and other.json()["campaign_id"] != first.json()["campaign_id"]
     assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["error"]
     assert await pg.fetchval("SELECT count(*) FROM campaigns") == 2
@@ -449,9 +455,12 @@ async def test_the_openapi_document_validates_and_describes_the_api(settings: Se
     body = document["paths"]["/campaigns"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
     assert "HTTPBearer" in document["components"]["securitySchemes"]
-    # Validation errors are 400s here, never FastAPI's default 422.
+    # Validation errors are 400s here, never FastAPI's default 422; a launch's 422 is a
+    # reused Idempotency-Key.
     operations = [o for p in document["paths"].values() for o in p.values()]
-    assert all("422" not in o["responses"] and "400" in o["responses"] for o in operations)
+    assert all("400" in o["responses"] for o in operations)
+    assert {o["operationId"] for o in operations if "422" in o["responses"]} == {"create_campaign"}
+    assert "HTTPValidationError" not in document["components"]["schemas"]
     assert {o["operationId"] for o in operations} == {
         "create_campaign",
         "campaign_status",

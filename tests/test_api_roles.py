@@ -58,11 +58,17 @@ async def test_the_api_acts_as_the_worker_role_and_the_web_role_serves_the_rest(
         serving(web_settings.model_copy(update={"api_database_url": worker_url})) as base,
         httpx.AsyncClient(base_url=base) as http,
     ):
+        # With an Idempotency-Key, the launch keeps its digest and a retry compares it.
+        keyed = {**bearer(key), "Idempotency-Key": "roles-1"}
         created = await http.post(
-            "/v1/campaigns", json=campaign_json("ann@example.com"), headers=bearer(key)
+            "/v1/campaigns", json=campaign_json("ann@example.com"), headers=keyed
         )
         assert created.status_code == 201, created.text
         campaign_id = created.json()["campaign_id"]
+        retried = await http.post(
+            "/v1/campaigns", json=campaign_json("ann@example.com"), headers=keyed
+        )
+        assert (retried.status_code, retried.json()["campaign_id"]) == (200, campaign_id)
         status = await http.get(f"/v1/campaigns/{campaign_id}", headers=bearer(key))
         paused = await http.post(f"/v1/campaigns/{campaign_id}/pause", headers=bearer(key))
         cancelled = await http.post(f"/v1/campaigns/{campaign_id}/cancel", headers=bearer(key))

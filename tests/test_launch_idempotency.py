@@ -26,15 +26,16 @@ async def test_the_same_key_returns_the_first_campaign_and_imports_nothing(
     await add_client(pg, "globex")
     first_file = tmp_path / "first.csv"
     first_file.write_text(csv_of("ann@example.com", "bob@example.com", extra="nope\n"))
-    again_file = tmp_path / "again.csv"
-    again_file.write_text(csv_of("carol@example.com"))
+    # A retry may come from another copy of the file: the same bytes under another name.
+    copy = tmp_path / "copy-of-first.csv"
+    copy.write_bytes(first_file.read_bytes())
 
     first = await cli(settings, *launch_args(first_file, key=KEY), "--json")
     assert first.code == 0, first.stderr
     report = json.loads(first.stdout)
     assert (report["imported"], len(report["rejected"]), report["existing"]) == (2, 1, False)
 
-    again = await cli(settings, *launch_args(again_file, key=KEY), "--json")
+    again = await cli(settings, *launch_args(copy, key=KEY), "--json")
     assert again.code == 0, again.stderr
     assert json.loads(again.stdout) == {
         "campaign_id": report["campaign_id"],
@@ -42,7 +43,7 @@ async def test_the_same_key_returns_the_first_campaign_and_imports_nothing(
         "rejected": [],
         "existing": True,
     }
-    text = await cli(settings, *launch_args(again_file, key=KEY))
+    text = await cli(settings, *launch_args(first_file, key=KEY))
     assert text.code == 0, text.stderr
     assert text.stdout.startswith(f"campaign {report['campaign_id']} already existed")
     assert await pg.fetchval("SELECT count(*) FROM campaigns") == 1
@@ -50,9 +51,39 @@ async def test_the_same_key_returns_the_first_campaign_and_imports_nothing(
     assert [r["email"] for r in emails] == ["ann@example.com", "bob@example.com"]
 
     # The key is the client's own: another client's launch with it is another campaign.
-    globex = await cli(settings, *launch_args(again_file, client_id="globex", key=KEY), "--json")
+    globex = await cli(settings, *launch_args(first_file, client_id="globex", key=KEY), "--json")
     assert globex.code == 0, globex.stderr
     assert json.loads(globex.stdout)["campaign_id"] != report["campaign_id"]
+
+
+async def test_the_same_key_for_other_recipients_or_options_is_refused(
+    pg: asyncpg.Pool, settings: Settings, tmp_path: Path
+) -> None:
+    """A key reused for another campaign (a client's bug) must not pass the second
+    campaign off as sent: it is refused, and nothing is imported."""
+    await add_client(pg, "acme")
+    first_file = tmp_path / "first.csv"
+    first_file.write_text(csv_of("ann@example.com"))
+    other_file = tmp_path / "other.csv"
+    other_file.write_text(csv_of("carol@example.com"))
+    first = await cli(settings, *launch_args(first_file, key=KEY), "--json")
+    assert first.code == 0, first.stderr
+    campaign_id = json.loads(first.stdout)["campaign_id"]
+
+    refused = [
+        await cli(settings, *launch_args(other_file, key=KEY)),
+        await cli(settings, *launch_args(first_file, key=KEY), "--locale", "nl"),
+        await cli(settings, *launch_args(first_file, key=KEY, survey_url="https://survey.test/t")),
+    ]
+    for done in refused:
+        assert done.code == 1
+        assert done.stderr.strip() == (
+            f"Error: the idempotency key {KEY!r} was first used for another launch "
+            f"(campaign {campaign_id}: other recipients or options); a new campaign needs a "
+            "new key"
+        )
+    assert await pg.fetchval("SELECT count(*) FROM campaigns") == 1
+    assert await pg.fetchval("SELECT count(*) FROM invitations") == 1
 
 
 @pytest.mark.parametrize("key", ["", "has space", "x" * 201])

@@ -17,11 +17,13 @@ from worker.errors import (
     InvalidAddress,
     InvalidClient,
     InvalidUrl,
+    LaunchConflict,
     LaunchProblem,
     NotFound,
     TemplateProblem,
 )
 from worker.render import TemplateStore
+from worker.request_digest import RequestDigest
 from worker.states import CampaignStatus
 
 
@@ -174,11 +176,13 @@ async def launch(
     client = await conn.fetchrow("SELECT name FROM clients WHERE id = $1", request.client_id)
     if client is None:
         raise LaunchProblem(f"unknown client {request.client_id!r}; add it with `client add`")
+    digest = None if request.idempotency_key is None else _digest(request, stream)
     existing = await _launched_before(conn, request)
     if existing is not None:
-        return existing
+        assert digest is not None
+        return _retried(request, existing, digest)
     columns, rows = imports.read_recipients(
-        stream,
+        digest or stream,
         hash_key=hash_key,
         progress=progress,
         has_default_survey_url=request.survey_url is not None,
@@ -210,8 +214,8 @@ async def launch(
             # A concurrent launch with the same key committed first (the insert waited for
             # it): its campaign is the answer.
             existing = await _launched_before(conn, request)
-            assert existing is not None
-            return existing
+            assert existing is not None and digest is not None
+            return _retried(request, existing, digest)
         report.campaign_id = campaign_id
         await conn.execute(
             """CREATE TEMP TABLE staging (line integer, email text, email_hash bytea,
@@ -250,23 +254,66 @@ async def launch(
                 "no valid recipient in the file; nothing was launched"
                 + (f" ({lines}" + (f"; {more} more" if more > 0 else "") + ")" if lines else "")
             )
+        if digest is not None:
+            await conn.execute(
+                "UPDATE campaigns SET request_digest = $2 WHERE id = $1",
+                campaign_id,
+                digest.finish(),
+            )
     report.rejected.sort(key=lambda r: r.line)
     return report
 
 
-async def _launched_before(conn: Conn, request: LaunchRequest) -> LaunchReport | None:
+def _digest(request: LaunchRequest, stream: BinaryIO) -> RequestDigest:
+    """What the launch asks for: the file, and the options that change what is sent (not
+    its name, which a retry from another copy of the file may change)."""
+    options = {
+        "kind": request.kind,
+        "template": request.template,
+        "locale": request.locale,
+        "survey_url": request.survey_url,
+        "reminders": request.reminders,
+        "reminder_interval": None
+        if request.reminder_interval is None
+        else request.reminder_interval.total_seconds(),
+    }
+    return RequestDigest(options, stream)
+
+
+@dataclass(frozen=True)
+class _Launched:
+    """The campaign an earlier launch with the key created, and what it asked for."""
+
+    report: LaunchReport
+    digest: bytes | None
+
+
+async def _launched_before(conn: Conn, request: LaunchRequest) -> _Launched | None:
     """The campaign an earlier launch with the client's same idempotency key created."""
     if request.idempotency_key is None:
         return None
     row = await conn.fetchrow(
-        """SELECT c.id, (SELECT count(*) FROM invitations i WHERE i.campaign_id = c.id) AS n
+        """SELECT c.id, c.request_digest,
+                  (SELECT count(*) FROM invitations i WHERE i.campaign_id = c.id) AS n
            FROM campaigns c WHERE c.client_id = $1 AND c.idempotency_key = $2""",
         request.client_id,
         request.idempotency_key,
     )
     if row is None:
         return None
-    return LaunchReport(campaign_id=row["id"], imported=row["n"], existing=True)
+    report = LaunchReport(campaign_id=row["id"], imported=row["n"], existing=True)
+    return _Launched(report, row["request_digest"])
+
+
+def _retried(request: LaunchRequest, before: _Launched, digest: RequestDigest) -> LaunchReport:
+    """The first campaign, for a launch that asks for what the first one asked for."""
+    if before.digest is not None and before.digest != digest.finish():
+        raise LaunchConflict(
+            f"the idempotency key {request.idempotency_key!r} was first used for another "
+            f"launch (campaign {before.report.campaign_id}: other recipients or options); "
+            "a new campaign needs a new key"
+        )
+    return before.report
 
 
 def open_recipients(path: Path) -> BinaryIO:

@@ -37,6 +37,10 @@ class LaunchProblem(SurveyWorkerError):
         return _FLAG.sub(lambda m: m[1].replace("-", "_"), str(self))
 
 
+class LaunchConflict(LaunchProblem):
+    """A launch reuses an idempotency key for something else than the key's first launch."""
+
+
 _FLAG = re.compile(r"(?<![\w-])--([a-z]+(?:-[a-z]+)*)")
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from worker import addresses, links, locales
 from worker.errors import CsvProblem, InvalidAddress, InvalidUrl
@@ -49,7 +48,9 @@ def column_name(header: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", header.strip().lower().lstrip("\ufeff"))
 
 
-def _lines(stream: BinaryIO, bad: list[int], progress: Callable[[int], object]) -> Iterator[str]:
+def _lines(
+    stream: Iterable[bytes], bad: list[int], progress: Callable[[int], object]
+) -> Iterator[str]:
     for number, raw in enumerate(stream, start=1):
         progress(len(raw))
         try:
@@ -61,7 +62,7 @@ def _lines(stream: BinaryIO, bad: list[int], progress: Callable[[int], object]) 
 
 
 def read_recipients(
-    stream: BinaryIO,
+    stream: Iterable[bytes],
     *,
     hash_key: bytes,
     progress: Callable[[int], object] = lambda _n: None,

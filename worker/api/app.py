@@ -53,7 +53,7 @@ from worker.api.uploads import (
     recipients_csv,
 )
 from worker.apikeys import Caller
-from worker.errors import CsvProblem, LaunchProblem, NotFound, UnusableUrl
+from worker.errors import CsvProblem, LaunchConflict, LaunchProblem, NotFound, UnusableUrl
 from worker.render import TemplateStore
 from worker.settings import Settings, postgres_url_problem
 
@@ -356,6 +356,8 @@ async def create_campaign(
     )
     try:
         report = await asyncio.to_thread(_launch_blocking, api, launch, stream)
+    except LaunchConflict as e:
+        raise ApiError(422, e.api_message()) from e
     except LaunchProblem as e:
         raise ApiError(400, e.api_message()) from e
     except CsvProblem as e:
@@ -522,6 +524,10 @@ def create_app() -> FastAPI:
             201: {"model": LaunchAnswer, "description": "Created."},
             200: {"model": LaunchAnswer, "description": "Launched before (Idempotency-Key)."},
             413: {"model": ErrorAnswer, "description": "Over API_MAX_UPLOAD_BYTES."},
+            422: {
+                "model": ErrorAnswer,
+                "description": "The Idempotency-Key was used for another launch.",
+            },
             **ERRORS,
         },
         openapi_extra=CAMPAIGN_BODY,
@@ -559,7 +565,7 @@ def create_app() -> FastAPI:
 
 def _document(app: FastAPI) -> dict[str, Any]:
     """FastAPI's OpenAPI document, without the 422 answers it adds for validation errors:
-    this API answers them 400 (ErrorAnswer)."""
+    this API answers them 400 (ErrorAnswer); its own 422 (a reused Idempotency-Key) stays."""
     if app.openapi_schema is None:
         document = get_openapi(
             title=app.title,
@@ -571,7 +577,8 @@ def _document(app: FastAPI) -> dict[str, Any]:
         )
         for path in document["paths"].values():
             for operation in path.values():
-                operation["responses"].pop("422", None)
+                if operation["responses"].get("422", {}).get("description") == "Validation Error":
+                    del operation["responses"]["422"]
         schemas = document.get("components", {}).get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)

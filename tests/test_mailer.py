@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,6 +13,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from tests.support.smtp import RecordedMessage, RecordingHandler, start_smtp_server
+from tests.support.system import free_port
 from worker.errors import (
     AmbiguousSmtpError,
     NotStarted,
@@ -67,13 +67,6 @@ async def port(handler: RecordingHandler) -> AsyncIterator[int]:
 async def pool(port: int) -> AsyncIterator[SmtpPool]:
     async with SmtpPool(config(port)) as pool:
         yield pool
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_an_accepted_message_arrives_byte_identical(

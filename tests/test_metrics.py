@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from tests.support.pipeline import add_client, csv_of, launch, make_worker, opt_out
 from tests.support.smtp import RecordingHandler
+from tests.support.system import free_port
 from tests.support.web import cli, private_logs, serving, start_cli
 from worker.settings import Settings
 from worker.suppression import Scope
@@ -26,13 +27,6 @@ from worker.suppression import Scope
 def logs() -> Iterator[list[dict[str, Any]]]:
     with private_logs() as captured:
         yield captured
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def samples(text: str) -> dict[str, float]:

@@ -19,20 +19,12 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.support.system import missing
+from tests.support.system import free_port, missing
 
 ROOT = Path(__file__).resolve().parents[2]
 # Postgres refuses to run as root; Debian's package creates this user.
 DEBIAN_PG_USER = "postgres"
 SUPERUSER_PASSWORD = "deploy-test-superuser"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _debian_pg_bin() -> Path:

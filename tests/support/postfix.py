@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -31,7 +30,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.system import missing
+from tests.support.system import free_port, missing
 
 # The transport of each test domain, as a real MTA would treat mail to it (see relay_routes).
 HARD = "hard.example"
@@ -82,14 +81,6 @@ def relay_routes(
         GOOD: f"smtp:[127.0.0.1]:{sink_port}",
         bounce_domain: f"smtp:[127.0.0.1]:{bounce_port}",
     }
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @asynccontextmanager

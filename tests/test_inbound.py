@@ -4,18 +4,21 @@ from the environment, a real SMTP client, the job it queues run by a real worker
 from __future__ import annotations
 
 import json
+import socket
 
 import aiosmtplib
 import asyncpg
+import httpx
 import pytest
 
 from tests.support.commands import inbound
 from tests.support.pipeline import add_client, csv_of, launch, run_workers
+from tests.support.prometheus import samples
 from tests.support.reports import delivery_status
 from tests.support.smtp import RecordingHandler
+from tests.support.system import free_port
 from tests.support.web import cli
 from worker import verp
-from worker.dev.embedded import free_port
 from worker.settings import Settings
 
 SMTP = tuple[RecordingHandler, int]
@@ -81,9 +84,66 @@ async def test_only_genuine_verp_addresses_at_the_bounce_domain_are_taken(
 async def test_while_redis_is_away_a_message_is_deferred_not_lost(settings: Settings) -> None:
     genuine = verp.address(settings.signing_keys()[0], 7, BOUNCE_DOMAIN)
     nobody = f"redis://127.0.0.1:{free_port()}/0"
-    async with inbound(settings, {"REDIS_URL": nobody}) as port:
+    metrics_port = free_port()
+    async with inbound(settings, {"REDIS_URL": nobody, "METRICS_PORT": str(metrics_port)}) as port:
         code, text = await deliver(port, genuine, b"Subject: x\r\n\r\nx\r\n")
+        counted = await scrape(metrics_port)
     assert (code, text.split()[0]) == (451, "4.3.0")
+    assert counted['survey_worker_inbound_messages_total{result="deferred"}'] == 1
+    assert counted['survey_worker_inbound_messages_total{result="queued"}'] == 0
+
+
+async def scrape(port: int) -> dict[str, float]:
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(f"http://127.0.0.1:{port}/metrics")
+    assert answer.status_code == 200
+    return samples(answer.text)
+
+
+async def test_inbound_serves_what_it_took_and_refused_on_metrics_port(
+    settings: Settings,
+) -> None:
+    """What ops watch: messages queued, and recipients refused by why (never an address)."""
+    key = settings.signing_keys()[0]
+    genuine = verp.address(key, 7, BOUNCE_DOMAIN)
+    message = b"Subject: hello\r\n\r\nhello\r\n"
+    metrics_port = free_port()
+    async with inbound(settings, {"METRICS_PORT": str(metrics_port)}) as port:
+        before = await scrape(metrics_port)
+        forged = [verp.address(b"not-our-key", n, BOUNCE_DOMAIN) for n in (7, 8)]
+        replies = [
+            (await deliver(port, address, message))[0]
+            for address in (genuine, "postmaster@example.com", *forged)
+        ]
+        after = await scrape(metrics_port)
+    counts = {
+        'survey_worker_inbound_messages_total{result="queued"}': 1,
+        'survey_worker_inbound_messages_total{result="deferred"}': 0,
+        'survey_worker_inbound_refused_total{reason="not_bounce_domain"}': 1,
+        'survey_worker_inbound_refused_total{reason="unknown_address"}': 2,
+    }
+    assert replies == [250, 550, 550, 550]
+    assert {name: before[name] for name in counts} == dict.fromkeys(counts, 0)
+    assert {name: after[name] for name in counts} == counts
+    assert "process_resident_memory_bytes" in after
+
+
+async def test_inbound_whose_metrics_port_is_taken_does_not_start(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = await cli(
+            settings,
+            "inbound",
+            "--port",
+            str(free_port()),
+            env={"BOUNCE_DOMAIN": BOUNCE_DOMAIN, "METRICS_PORT": str(port)},
+        )
+    assert done.code == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: METRICS_PORT: cannot listen on 0.0.0.0:{port}: address already in use"
+    )
 
 
 @pytest.mark.parametrize("domain", [None, "not a domain"])

@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from tests.support.pipeline import add_client, csv_of, launch, make_worker, opt_out
+from tests.support.prometheus import samples
 from tests.support.smtp import RecordingHandler
 from tests.support.system import free_port
 from tests.support.web import cli, private_logs, serving, start_cli
@@ -27,16 +27,6 @@ from worker.suppression import Scope
 def logs() -> Iterator[list[dict[str, Any]]]:
     with private_logs() as captured:
         yield captured
-
-
-def samples(text: str) -> dict[str, float]:
-    """`name{label="v",...}` → value, labels sorted."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            found[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return found
 
 
 async def test_a_worker_serves_its_campaigns_decisions_on_metrics_port(

@@ -1,7 +1,8 @@
 """The ready-made monitoring files in ops/: the Grafana dashboard, the Prometheus alert
 rules and the example scrape configuration parse, have the shapes Grafana and Prometheus
-load, and name only metrics that the worker and the web app export (`promtool` is not
-available here, so the rules' shape is checked against Prometheus's documented format)."""
+load, and name only metrics that the worker, the inbound server and the web app export
+(`promtool` is not available here, so the rules' shape is checked against Prometheus's
+documented format)."""
 
 from __future__ import annotations
 
@@ -30,15 +31,20 @@ REQUIRED_ALERTS = {
     "SurveyWorkerDeferralRateHigh",
     "SurveyWorkerComplaintRateNearPause",
     "SurveyWorkerNoHeartbeat",
+    "SurveyWorkerInboundDeferring",
 }
 
 
 def exported() -> set[str]:
-    """Every series name the worker's and the web app's registries can expose."""
+    """Every series name the worker's, the inbound server's and the web app's registries
+    can expose."""
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    return metrics.family_names(
-        metrics.worker_registry(metrics.WorkerMetrics(), settings)
-    ) | metrics.family_names(metrics.web_registry(metrics.WebMetrics()))
+    registries = (
+        metrics.worker_registry(metrics.WorkerMetrics(), settings),
+        metrics.inbound_registry(metrics.InboundMetrics()),
+        metrics.web_registry(metrics.WebMetrics()),
+    )
+    return set().union(*(metrics.family_names(r) for r in registries))
 
 
 def metric_names(expr: str) -> set[str]:
@@ -173,3 +179,4 @@ def test_the_example_scrape_configuration_loads_the_rules() -> None:
     assert jobs["survey-worker-web"]["authorization"]["type"] == "Bearer"
     targets = jobs["survey-worker"]["static_configs"][0]["targets"]
     assert len(set(targets)) == len(targets) > 1  # one target per worker process
+    assert jobs["survey-worker-inbound"]["static_configs"][0]["targets"]

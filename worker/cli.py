@@ -278,12 +278,7 @@ def worker(burst: bool) -> None:
     from worker.main import create_worker
 
     with environment(secrets=True, redis=True, service=True) as env:
-        if env.settings.metrics_port is not None:
-            try:
-                # Prometheus scrapes from elsewhere: every interface, as exporters listen.
-                check_listen("0.0.0.0", env.settings.metrics_port)  # noqa: S104
-            except ConfigError as e:
-                raise click.ClickException(f"METRICS_PORT: {e}") from None
+        _check_metrics_port(env.settings)
         prepare_database(env)
         _warn_if_smtp_unreachable(env.settings)
         with _clear_errors():
@@ -803,7 +798,8 @@ def inbound(host: str, port: int) -> None:
     """Receive bounces and complaints: an SMTP server for BOUNCE_DOMAIN only.
 
     Mail to a VERP address of a message we sent is queued for the record_feedback job
-    (answered 250 once queued, 451 while Redis is away); anything else is refused.
+    (answered 250 once queued, 451 while Redis is away); anything else is refused. With
+    METRICS_PORT set, serves Prometheus metrics there.
     """
     from worker import inbound as inbound_server
 
@@ -816,6 +812,7 @@ def inbound(host: str, port: int) -> None:
             raise click.ClickException(
                 "BOUNCE_DOMAIN is not set: inbound receives the bounces sent to it"
             )
+        _check_metrics_port(env.settings)
         _install_uvloop()
         asyncio.run(
             inbound_server.serve(
@@ -825,8 +822,19 @@ def inbound(host: str, port: int) -> None:
                 max_bytes=env.settings.inbound_max_bytes,
                 host=host,
                 port=port,
+                metrics_port=env.settings.metrics_port,
             )
         )
+
+
+def _check_metrics_port(settings: Settings) -> None:
+    """Refuse to start when METRICS_PORT is set and taken (rather than run unobserved)."""
+    if settings.metrics_port is not None:
+        try:
+            # Prometheus scrapes from elsewhere: every interface, as exporters listen.
+            check_listen("0.0.0.0", settings.metrics_port)  # noqa: S104
+        except ConfigError as e:
+            raise click.ClickException(f"METRICS_PORT: {e}") from None
 
 
 def _not_blank(_ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -5,7 +5,8 @@ address (`b-TOKEN@BOUNCE_DOMAIN`, see worker/verp.py) is taken, one with a bad t
 refused with 550 5.1.1, any other domain with 550 5.7.1 (never a relay). A message over
 INBOUND_MAX_BYTES is refused with 552. The message is answered 250 only once a
 `record_feedback` job carrying it is in Redis, and 451 (try again later) otherwise, so the
-sending MTA keeps it while Redis is away; Postgres is not needed to receive.
+sending MTA keeps it while Redis is away; Postgres is not needed to receive. With
+METRICS_PORT set, it serves its counts to Prometheus there (worker/metrics.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from worker import queue, verp
+from worker import metrics, queue, verp
 
 log = structlog.get_logger("worker.inbound")
 
@@ -33,10 +34,18 @@ IDLE_TIMEOUT = 120.0
 class FeedbackHandler:
     """aiosmtpd's handler: which recipients are taken, and what a taken message becomes."""
 
-    def __init__(self, *, keys: Sequence[bytes], domain: str, queue: queue.LazyQueue) -> None:
+    def __init__(
+        self,
+        *,
+        keys: Sequence[bytes],
+        domain: str,
+        queue: queue.LazyQueue,
+        counts: metrics.InboundMetrics,
+    ) -> None:
         self._keys = list(keys)
         self._domain = domain
         self._queue = queue
+        self._counts = counts
 
     async def handle_RCPT(
         self,
@@ -49,11 +58,9 @@ class FeedbackHandler:
         """Take a genuine VERP address at BOUNCE_DOMAIN; refuse every other recipient."""
         domain = address.rpartition("@")[2].lower().rstrip(".")
         if domain != self._domain:
-            log.info("inbound.refused", reason="not_bounce_domain")
-            return "550 5.7.1 Relaying denied"
+            return self._refuse("not_bounce_domain", "550 5.7.1 Relaying denied")
         if verp.invitation_of(self._keys, address, self._domain) is None:
-            log.info("inbound.refused", reason="unknown_address")
-            return "550 5.1.1 No such mailbox"
+            return self._refuse("unknown_address", "550 5.1.1 No such mailbox")
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -75,9 +82,16 @@ class FeedbackHandler:
                     )
         except (TimeoutError, *queue.ERRORS) as e:
             log.warning("inbound.deferred", reason=type(e).__name__, size=len(content))
+            self._counts.message("deferred")
             return "451 4.3.0 Cannot take the message now, try again later"
         log.info("inbound.queued", size=len(content), recipients=len(envelope.rcpt_tos))
+        self._counts.message("queued")
         return "250 2.0.0 OK: queued"
+
+    def _refuse(self, reason: str, reply: str) -> str:
+        log.info("inbound.refused", reason=reason)
+        self._counts.refusal(reason)
+        return reply
 
 
 async def serve(
@@ -88,10 +102,13 @@ async def serve(
     max_bytes: int,
     host: str,
     port: int,
+    metrics_port: int | None,
 ) -> None:
-    """Receive mail for `domain` on `host:port` until SIGINT or SIGTERM."""
+    """Receive mail for `domain` on `host:port` until SIGINT or SIGTERM; serve the counts
+    on `metrics_port` if given."""
     lazy = queue.LazyQueue(redis_url)
-    handler = FeedbackHandler(keys=keys, domain=domain, queue=lazy)
+    counts = metrics.InboundMetrics()
+    handler = FeedbackHandler(keys=keys, domain=domain, queue=lazy, counts=counts)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(
@@ -108,11 +125,16 @@ async def serve(
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    exporter = None
+    if metrics_port is not None:
+        exporter = metrics.serve(metrics.inbound_registry(counts), metrics_port)
     bound = server.sockets[0].getsockname()
     log.info("inbound.listening", host=bound[0], port=bound[1], domain=domain)
     try:
         await stop.wait()
     finally:
+        if exporter is not None:
+            metrics.stop(exporter)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         server.close()

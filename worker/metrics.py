@@ -9,7 +9,8 @@ outcomes; never a campaign, a client or a recipient.
 A worker serves its registry on METRICS_PORT (`serve`, prometheus_client's threaded
 server); each worker process needs a port of its own, and Prometheus scrapes each as a
 target (multiprocess mode would need a shared directory and cannot carry the collectors
-here). The web app serves its own at `/metrics` (worker/ops/).
+here). `survey-worker inbound` serves its own the same way; the web app serves its own at
+`/metrics` (worker/ops/).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import choose_encoder, start_http_server
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -214,15 +216,12 @@ class _Thresholds:
 
 def worker_registry(counts: WorkerMetrics, settings: Settings) -> CollectorRegistry:
     """A worker process's registry: its counts, the guard's thresholds, the process."""
-    registry = CollectorRegistry()
-    registry.register(counts)
+    registry = _with_process(counts)
     registry.register(
         _Thresholds(
             settings.pause_bounce_rate, settings.pause_complaint_rate, settings.pause_min_sent
         )
     )
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
     return registry
 
 
@@ -290,8 +289,53 @@ class WebMetrics:
         yield due
 
 
+@dataclass(eq=False)  # registered by identity
+class InboundMetrics:
+    """What `survey-worker inbound` counts: messages by what became of them, and the
+    recipients it refused by why."""
+
+    messages: dict[tuple[str], int] = field(
+        default_factory=lambda: {("queued",): 0, ("deferred",): 0}
+    )
+    refused: dict[tuple[str], int] = field(
+        default_factory=lambda: {("not_bounce_domain",): 0, ("unknown_address",): 0}
+    )
+
+    def message(self, result: str) -> None:
+        """A message `queued` for record_feedback, or `deferred` (451: Redis is away)."""
+        self.messages[(result,)] = self.messages.get((result,), 0) + 1
+
+    def refusal(self, reason: str) -> None:
+        """A recipient refused: `not_bounce_domain` (550 5.7.1) or `unknown_address`."""
+        self.refused[(reason,)] = self.refused.get((reason,), 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        yield _counter(
+            f"{PREFIX}_inbound_messages",
+            "Bounce and complaint messages received, by what became of them.",
+            ("result",),
+            self.messages,
+        )
+        yield _counter(
+            f"{PREFIX}_inbound_refused",
+            "Recipients the inbound server refused, by why.",
+            ("reason",),
+            self.refused,
+        )
+
+
+def inbound_registry(counts: InboundMetrics) -> CollectorRegistry:
+    """The inbound server's registry: its counts, the process."""
+    return _with_process(counts)
+
+
 def web_registry(counts: WebMetrics) -> CollectorRegistry:
     """A web process's registry: its counts, the ledger's gauges, the process."""
+    return _with_process(counts)
+
+
+def _with_process(counts: Collector) -> CollectorRegistry:
+    """A registry of `counts` and the process's own collectors."""
     registry = CollectorRegistry()
     registry.register(counts)
     ProcessCollector(registry=registry)

@@ -210,7 +210,7 @@ async def test_a_worker_login_sends_a_campaign_with_its_grants_alone(
         )
         async with pool.acquire() as conn:
             purged = await privacy.purge(conn, retention_days=365)
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            with pytest.raises(PermissionDenied, match="resubscribe needs the privacy_officer"):
                 await privacy.resubscribe(
                     conn,
                     ACME,
@@ -269,3 +269,26 @@ async def test_a_privacy_officer_login_reverses_exports_and_erases(
         await conn.close()
     rows = await pg.fetch("SELECT email FROM client_opt_outs")
     assert [r["email"] for r in rows] == [None]
+
+
+@pytest.mark.parametrize("role", ["survey_worker", "survey_web"])
+async def test_only_the_privacy_officer_resubscribes_and_erases(
+    pg: asyncpg.Pool, settings: Settings, login_user: LoginUser, role: str
+) -> None:
+    url = await login_user(role)
+    as_role = settings.model_copy(update={"database_url": url})
+    await add_client(pg, "acme")
+    await opt_out(pg, settings, "ann@example.com", ACME)
+    actor = ("--actor", "privacy@firm.example")
+    attempts = {
+        "resubscribe": ("resubscribe", "ann@example.com", "--client", "acme", *actor),
+        "erase": ("erase", "ann@example.com", *actor),
+    }
+    for command, args in attempts.items():
+        reason = ("--reason", "asked to") if command == "resubscribe" else ()
+        done = await cli(as_role, *args, *reason)
+        assert done.code == 1
+        assert done.stderr.strip() == f"Error: {command} needs the privacy_officer role"
+    row = await pg.fetchrow("SELECT email FROM client_opt_outs WHERE client_id = 'acme'")
+    assert row["email"] == "ann@example.com"
+    assert await pg.fetchval("SELECT count(*) FROM opt_out_audit WHERE action <> 'opt_out'") == 0

@@ -8,11 +8,14 @@ what is asked; they audit what they did, without the clear address.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC
 from typing import IO
 
+import asyncpg
 import structlog
 
 from worker import addresses, db, optouts
@@ -86,6 +89,19 @@ async def act_as(conn: Conn, role: str) -> None:
         await conn.execute(f'SET LOCAL ROLE "{role}"')
 
 
+@contextlib.asynccontextmanager
+async def _as_privacy_officer(conn: Conn, command: str) -> AsyncIterator[None]:
+    """A transaction in the privacy role (`act_as`); when Postgres refuses the user a
+    statement in it, `PermissionDenied` in one sentence naming `command`, and nothing is
+    written."""
+    try:
+        async with conn.transaction():
+            await act_as(conn, PRIVACY_ROLE)
+            yield
+    except asyncpg.InsufficientPrivilegeError:
+        raise PermissionDenied(f"{command} needs the {PRIVACY_ROLE} role") from None
+
+
 async def resubscribe(
     conn: Conn, scope: Scope, *, email_hash: bytes, actor: str, reason: str
 ) -> bool:
@@ -96,8 +112,7 @@ async def resubscribe(
     """
     actor = _required(actor, "the actor")
     reason = _required(reason, "the reason")
-    async with conn.transaction():
-        await act_as(conn, PRIVACY_ROLE)
+    async with _as_privacy_officer(conn, "resubscribe"):
         await optouts.require_client(conn, scope)
         if scope.kind == "marketing":
             removed = await conn.fetchval(
@@ -179,8 +194,7 @@ async def erase(conn: Conn, *, email_hash: bytes, actor: str) -> ErasureReport:
     not sent yet can no longer be sent. Writes an audit row and logs `address.erased`.
     """
     actor = _required(actor, "the actor")
-    async with conn.transaction():
-        await act_as(conn, PRIVACY_ROLE)
+    async with _as_privacy_officer(conn, "erase"):
         invitations = await conn.execute(
             """UPDATE invitations SET email = NULL, vars = '{}', updated_at = now()
                WHERE email_hash = $1 AND (email IS NOT NULL OR vars <> '{}')""",

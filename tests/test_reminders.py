@@ -214,6 +214,52 @@ async def test_a_completion_between_a_rounds_claim_and_its_send_stops_that_remin
     assert [m.recipients for m in handler.messages[2:]] == [(held,)]
 
 
+async def test_a_due_round_looks_at_new_acceptances_until_the_pass_that_completes_it(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    """While a round is due but not complete, each pass makes the rows of the first
+    messages accepted since the pass before (not the whole campaign again); the pass that
+    completes the round looks at all of them, so an acceptance that committed late is not
+    missed."""
+    await add_client(pg, "acme")
+    people = ("ann@example.com", "bob@example.com", "cat@example.com", "dan@example.com")
+    campaign = await launch(
+        pg, settings, csv_of(*people), reminders=1, reminder_interval=INTERVAL, enqueue=False
+    )
+
+    async def accepted(address: str, ago: timedelta) -> None:
+        await pg.execute(
+            """UPDATE invitations SET state = 'sent', sent_at = now() - $2::interval
+               WHERE email = $1 AND round = 0""",
+            address,
+            ago,
+        )
+
+    async def reminded() -> set[str]:
+        rows = await pg.fetch("SELECT email FROM invitations WHERE round = 1")
+        return {r["email"] for r in rows}
+
+    async def a_pass() -> list[int]:
+        async with pg.acquire() as conn:
+            return await ledger.create_due_reminders(conn)
+
+    # Ann and Bob were accepted an hour ago; Cat and Dan are still open.
+    for address in people[:2]:
+        await accepted(address, timedelta(hours=1))
+    assert await a_pass() == [campaign.campaign_id]
+    assert await reminded() == set(people[:2])
+    # Dan's acceptance commits late: older than where that pass stopped looking.
+    await accepted("dan@example.com", timedelta(hours=1))
+    assert await a_pass() == []
+    assert await reminded() == set(people[:2])
+    # Cat is accepted and due: the round is complete, and its last pass looks at everyone.
+    await accepted("cat@example.com", timedelta(seconds=2))
+    assert await a_pass() == [campaign.campaign_id]
+    assert await reminded() == set(people)
+    assert await pg.fetchval("SELECT reminder_rounds_created FROM campaigns") == 1
+    assert await pg.fetchval("SELECT count(*) FROM reminder_scans") == 0
+
+
 async def test_a_paused_campaign_sends_no_reminder_until_it_resumes(
     pg: asyncpg.Pool, settings: Settings, smtp: SMTP
 ) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from worker.db import Conn, row_count
@@ -420,6 +420,11 @@ async def expired_sending(conn: Conn) -> dict[str, list[Expired]]:
     return by_worker
 
 
+# A pass creating a due round looks again at the first messages accepted this long before
+# where the pass before it stopped: an acceptance commits a moment after its `sent_at`.
+SCAN_OVERLAP = timedelta(minutes=5)
+
+
 async def create_due_reminders(conn: Conn) -> list[int]:
     """Create the reminder invitations that are due; the campaigns that got some.
 
@@ -427,12 +432,16 @@ async def create_due_reminders(conn: Conn) -> list[int]:
     least r x its reminder interval ago whose person has not completed the survey (nor
     been erased). A round is created once every first message is final and the last one
     accepted is due too; the campaign stays `running` until its last round was created.
-    Safe to run concurrently and repeatedly: a person gets one row per round. Whether the
-    reminder may then be sent (opt-outs, bounces, completion) is decided at send time.
+    Until then, each pass looks only at the first messages accepted since the one before
+    (less SCAN_OVERLAP, for acceptances that committed late), and the pass that completes
+    the round at all of them. Safe to run concurrently and repeatedly: a person gets one
+    row per round. Whether the reminder may then be sent (opt-outs, bounces, completion)
+    is decided at send time.
     """
     async with conn.transaction():
         due = await conn.fetch(
             """SELECT c.id, r.round, c.reminder_interval,
+                      s.scanned_until,
                       NOT EXISTS (SELECT 1 FROM invitations i
                                   WHERE i.campaign_id = c.id AND i.round = 0
                                     AND i.state IN ('pending', 'sending', 'deferred'))
@@ -442,6 +451,7 @@ async def create_due_reminders(conn: Conn) -> list[int]:
                           <= now() - r.round * c.reminder_interval AS complete
                FROM campaigns c
                CROSS JOIN generate_series(c.reminder_rounds_created + 1, c.reminders) r(round)
+               LEFT JOIN reminder_scans s ON s.campaign_id = c.id AND s.round = r.round
                WHERE c.reminders > c.reminder_rounds_created
                  AND c.status = 'running'
                ORDER BY c.id, r.round
@@ -453,16 +463,33 @@ async def create_due_reminders(conn: Conn) -> list[int]:
             """INSERT INTO invitations
                    (campaign_id, email, email_hash, locale, vars, round, parent_id)
                SELECT f.campaign_id, f.email, f.email_hash, f.locale, f.vars, d.round, f.id
-               FROM unnest($1::bigint[], $2::int[], $3::interval[]) AS d(campaign_id, round, every)
+               FROM unnest($1::bigint[], $2::int[], $3::interval[], $4::timestamptz[])
+                   AS d(campaign_id, round, every, after)
                JOIN invitations f ON f.campaign_id = d.campaign_id
                WHERE f.round = 0 AND f.state = 'sent' AND f.email IS NOT NULL
-                 AND f.completed_at IS NULL AND f.sent_at <= now() - d.round * d.every
+                 AND f.completed_at IS NULL
+                 AND f.sent_at > coalesce(d.after, '-infinity')
+                 AND f.sent_at <= now() - d.round * d.every
                ORDER BY f.campaign_id, d.round, f.id
                ON CONFLICT (campaign_id, email_hash, round) DO NOTHING
                RETURNING campaign_id""",
             [r["id"] for r in due],
             [r["round"] for r in due],
             [r["reminder_interval"] for r in due],
+            # The pass that completes a round looks at every first message once more.
+            [None if r["complete"] else r["scanned_until"] for r in due],
+        )
+        open_rounds = [r for r in due if not r["complete"]]
+        await conn.execute(
+            """INSERT INTO reminder_scans AS s (campaign_id, round, scanned_until)
+               SELECT d.campaign_id, d.round, now() - d.round * d.every - $4::interval
+               FROM unnest($1::bigint[], $2::int[], $3::interval[]) AS d(campaign_id, round, every)
+               ON CONFLICT (campaign_id, round) DO UPDATE
+               SET scanned_until = greatest(s.scanned_until, EXCLUDED.scanned_until)""",
+            [r["id"] for r in open_rounds],
+            [r["round"] for r in open_rounds],
+            [r["reminder_interval"] for r in open_rounds],
+            SCAN_OVERLAP,
         )
         # A round is complete once its last first message is due: so are those before it.
         done: dict[int, int] = {}
@@ -472,6 +499,11 @@ async def create_due_reminders(conn: Conn) -> list[int]:
         for campaign_id, rounds_done in done.items():
             await conn.execute(
                 "UPDATE campaigns SET reminder_rounds_created = $2 WHERE id = $1",
+                campaign_id,
+                rounds_done,
+            )
+            await conn.execute(
+                "DELETE FROM reminder_scans WHERE campaign_id = $1 AND round <= $2",
                 campaign_id,
                 rounds_done,
             )

@@ -41,8 +41,8 @@ def exported() -> set[str]:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     registries = (
         metrics.worker_registry(metrics.WorkerMetrics(), settings),
-        metrics.inbound_registry(metrics.InboundMetrics()),
-        metrics.web_registry(metrics.WebMetrics()),
+        metrics.process_registry(metrics.InboundMetrics()),
+        metrics.process_registry(metrics.WebMetrics()),
     )
     return set().union(*(metrics.family_names(r) for r in registries))
 

@@ -127,7 +127,7 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     exporter = None
     if metrics_port is not None:
-        exporter = metrics.serve(metrics.inbound_registry(counts), metrics_port)
+        exporter = metrics.serve(metrics.process_registry(counts), metrics_port)
     bound = server.sockets[0].getsockname()
     log.info("inbound.listening", host=bound[0], port=bound[1], domain=domain)
     try:

@@ -216,13 +216,13 @@ class _Thresholds:
 
 def worker_registry(counts: WorkerMetrics, settings: Settings) -> CollectorRegistry:
     """A worker process's registry: its counts, the guard's thresholds, the process."""
-    registry = _with_process(counts)
-    registry.register(
+    worker = process_registry(counts)
+    worker.register(
         _Thresholds(
             settings.pause_bounce_rate, settings.pause_complaint_rate, settings.pause_min_sent
         )
     )
-    return registry
+    return worker
 
 
 def serve(registry: CollectorRegistry, port: int) -> WSGIServer:
@@ -324,18 +324,9 @@ class InboundMetrics:
         )
 
 
-def inbound_registry(counts: InboundMetrics) -> CollectorRegistry:
-    """The inbound server's registry: its counts, the process."""
-    return _with_process(counts)
-
-
-def web_registry(counts: WebMetrics) -> CollectorRegistry:
-    """A web process's registry: its counts, the ledger's gauges, the process."""
-    return _with_process(counts)
-
-
-def _with_process(counts: Collector) -> CollectorRegistry:
-    """A registry of `counts` and the process's own collectors."""
+def process_registry(counts: Collector) -> CollectorRegistry:
+    """A process's registry: its counts (WebMetrics, InboundMetrics, ...) and the process's
+    own collectors."""
     registry = CollectorRegistry()
     registry.register(counts)
     ProcessCollector(registry=registry)

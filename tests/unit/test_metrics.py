@@ -131,7 +131,7 @@ def test_web_counts_unsubscribe_outcomes_and_reads_campaigns_when_it_can() -> No
         ("healthz", 200),
     ]:
         counts.request(route, status)
-    registry = metrics.web_registry(counts)
+    registry = metrics.process_registry(counts)
     samples = _samples(registry)
     outcomes = {
         dict(labels)["method"] + " " + dict(labels)["outcome"]: v
@@ -168,7 +168,7 @@ def test_family_names_list_series_before_any_sample() -> None:
         "survey_worker_pause_complaint_rate",
         "process_resident_memory_bytes",
     } <= names
-    web = metrics.family_names(metrics.web_registry(metrics.WebMetrics()))
+    web = metrics.family_names(metrics.process_registry(metrics.WebMetrics()))
     assert {"survey_worker_campaigns", "survey_worker_unsubscribe_requests_total"} <= web
 
 

@@ -191,7 +191,7 @@ class Ops:
         token = settings.metrics_token
         self.metrics_token = token.get_secret_value().encode() if token else None
         self.counts = counts
-        self.registry = metrics.web_registry(counts)
+        self.registry = metrics.process_registry(counts)
         self.pages = Pages()
         self.limits = Thresholds(settings.pause_bounce_rate, settings.pause_complaint_rate)
 

@@ -22,7 +22,7 @@ from tests.support.pipeline import (
     run_workers,
 )
 from tests.support.smtp import RecordingHandler
-from worker import queue, tokens
+from worker import optouts, queue, tokens
 from worker.settings import Settings
 from worker.suppression import Scope
 
@@ -78,6 +78,60 @@ async def test_marketing_list_suppresses_marketing_only(
         "bob@example.com": "sent",
     }
     assert received_by(smtp[0].messages) == {"ann@example.com": 1, "bob@example.com": 1}
+
+
+async def test_a_client_s_marketing_launch_never_mails_that_client_s_opted_out_customers(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP
+) -> None:
+    await add_client(pg, "acme")
+    await add_client(pg, "globex")
+    await opt_out(pg, settings, "ann@example.com", Scope("survey", "acme"))
+    acme = await launch(
+        pg,
+        settings,
+        csv_of("ann@example.com", "bob@example.com"),
+        kind="marketing",
+        template="marketing",
+    )
+    # Another client's list stays out of it.
+    globex = await launch(
+        pg,
+        settings,
+        csv_of("ann@example.com"),
+        client_id="globex",
+        kind="marketing",
+        template="marketing",
+    )
+    await run_workers(settings)
+
+    assert await states(pg, acme.campaign_id) == {
+        "ann@example.com": "suppressed:client_opt_out",
+        "bob@example.com": "sent",
+    }
+    assert await states(pg, globex.campaign_id) == {"ann@example.com": "sent"}
+    assert received_by(smtp[0].messages) == {"bob@example.com": 1, "ann@example.com": 1}
+
+
+async def test_the_link_in_a_client_s_marketing_mail_leaves_that_client_s_list_too(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP
+) -> None:
+    await add_client(pg, "acme")
+    marketing = await launch(
+        pg, settings, csv_of("bob@example.com"), kind="marketing", template="marketing"
+    )
+    await run_workers(settings)
+    assert await states(pg, marketing.campaign_id) == {"bob@example.com": "sent"}
+    url = parse(smtp[0].messages[0])["List-Unsubscribe"].strip("<>")
+    claims = tokens.verify(settings.signing_keys(), url.rsplit("/", 1)[1])
+    assert claims is not None
+    async with pg.acquire() as conn:
+        scopes = await optouts.add_from_token(conn, claims, source="one-click")
+    assert scopes == [Scope("survey", "acme"), Scope("marketing", "")]
+
+    survey = await launch(pg, settings, csv_of("bob@example.com"))
+    await run_workers(settings)
+    assert await states(pg, survey.campaign_id) == {"bob@example.com": "suppressed:client_opt_out"}
+    assert len(smtp[0].messages) == 1
 
 
 async def test_bounce_list_suppresses_survey_and_marketing(

@@ -73,7 +73,10 @@ def prepare(
         return ledger.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
     locale = (inv.locale or campaign.locale).lower()
     claims = tokens.TokenClaims(
-        client_id=campaign.client_token_id if campaign.kind == "survey" else None,
+        # Every message carries its client's name, so its link always leaves that client's
+        # list; marketing mail's leaves the firm's marketing list too.
+        client_id=campaign.client_token_id,
+        marketing=campaign.kind == "marketing",
         email_hash=inv.email_hash,
         # Tokens carry a locale for the unsubscribe page; anything else is the fallback.
         locale=locales.or_fallback(locale),

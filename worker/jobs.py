@@ -261,15 +261,15 @@ async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any
         return {"recorded": False}
     try:
         async with ctx["pool"].acquire() as conn:
-            scope = await optouts.add_from_token(conn, claims, source=source)
+            scopes = await optouts.add_from_token(conn, claims, source=source)
     except db.DB_ERRORS as e:
         raise Retry(defer=_retry_delay(ctx)) from e
-    if scope is None:
+    if scopes is None:
         log.warning("opt_out.unknown_client", source=source, job_id=ctx["job_id"])
         return {"recorded": False}
     log.info(
         "opt_out.recorded",
-        scope=optouts.scope_label(scope),
+        scope=optouts.scopes_label(scopes),
         source=source,
         recipient=addresses.recipient_id(claims.email_hash),
         job_id=ctx["job_id"],

@@ -88,34 +88,49 @@ async def audit(
     )
 
 
-async def scope_of(conn: Conn, claims: TokenClaims) -> Scope | None:
-    """The opt-out list a token names, or None if its client no longer exists."""
+async def scopes_of(conn: Conn, claims: TokenClaims) -> list[Scope] | None:
+    """The opt-out lists a token names, or None if its client no longer exists."""
     if claims.client_id is None:
-        return Scope("marketing", "")
+        return [Scope("marketing", "")]
     client_id = await conn.fetchval("SELECT id FROM clients WHERE token_id = $1", claims.client_id)
-    return None if client_id is None else Scope("survey", client_id)
+    if client_id is None:
+        return None
+    return [Scope("survey", client_id)] + ([Scope("marketing", "")] if claims.marketing else [])
 
 
-async def add_from_token(conn: Conn, claims: TokenClaims, *, source: str) -> Scope | None:
-    """Record the opt-out a verified unsubscribe token asks for; return its scope.
+def scopes_label(scopes: list[Scope]) -> str:
+    """How the lists one opt-out was recorded on are named in logs."""
+    return "+".join(scope_label(s) for s in scopes)
+
+
+async def add_from_token(conn: Conn, claims: TokenClaims, *, source: str) -> list[Scope] | None:
+    """Record the opt-out a verified unsubscribe token asks for, on each list it names;
+    return those lists (None: the token's client no longer exists, nothing recorded).
 
     The clear address, when some invitation still holds it, is kept beside the hash so the
     list can be exported to the client; after erasure or retention only the hash remains,
     which is all suppression needs.
     """
-    scope = await scope_of(conn, claims)
-    if scope is None:
+    scopes = await scopes_of(conn, claims)
+    if scopes is None:
         return None
-    email = await conn.fetchval(
-        """SELECT i.email FROM invitations i JOIN campaigns c ON c.id = i.campaign_id
-           WHERE i.email_hash = $1 AND i.email IS NOT NULL
-             AND ($2 = 'marketing' OR c.client_id = $3)
-           LIMIT 1""",
-        claims.email_hash,
-        scope.kind,
-        scope.client_id,
-    )
-    await add(
-        conn, scope, email_hash=claims.email_hash, email=email, source=source, actor="recipient"
-    )
-    return scope
+    async with conn.transaction():
+        for scope in scopes:
+            email = await conn.fetchval(
+                """SELECT i.email FROM invitations i JOIN campaigns c ON c.id = i.campaign_id
+                   WHERE i.email_hash = $1 AND i.email IS NOT NULL
+                     AND ($2 = 'marketing' OR c.client_id = $3)
+                   LIMIT 1""",
+                claims.email_hash,
+                scope.kind,
+                scope.client_id,
+            )
+            await add(
+                conn,
+                scope,
+                email_hash=claims.email_hash,
+                email=email,
+                source=source,
+                actor="recipient",
+            )
+    return scopes

@@ -1,9 +1,10 @@
 """Who must not be mailed: the send-time opt-out check.
 
-`lookup` runs one query for a whole chunk of recipients; `decide` is the pure rule. A
-survey invitation is checked against its own client's opt-out list only, marketing mail
-against the firm's marketing list, and both against the global bounce list; a reminder
-also against the completion of the survey it follows up. `count_contacts` applies
+`lookup` runs one query for a whole chunk of recipients; `decide` is the pure rule. Every
+message carries its client's name and sender, so every message is checked against that
+client's opt-out list (and no other client's), whatever `kind` its launch named; marketing
+mail also against the firm's marketing list; all against the global bounce list; a
+reminder also against the completion of the survey it follows up. `count_contacts` applies
 CONTACT_CAP to the first invitations of a survey chunk.
 """
 
@@ -54,7 +55,7 @@ async def lookup(
     try:
         rows = await conn.fetch(
             """SELECT email_hash, 'client_opt_out' AS reason FROM client_opt_outs
-               WHERE $1 = 'survey' AND client_id = $2 AND email_hash = ANY($3)
+               WHERE client_id = $2 AND email_hash = ANY($3)
                UNION ALL
                SELECT email_hash, 'marketing_opt_out' FROM marketing_opt_outs
                WHERE $1 = 'marketing' AND email_hash = ANY($3)

@@ -1,8 +1,10 @@
 """Unsubscribe tokens: opaque, URL-safe, HMAC-SHA256 signed, never expiring.
 
 A token says "the person whose keyed address hash is H leaves list S" (S is a client's
-survey list or the firm's marketing list), so it keeps working after retention purged
-the invitation it was sent with and never carries the clear address (DESIGN.md §3).
+survey list, the firm's marketing list, or both: marketing mail that carries a client's
+name and sender is left on that client's list as well as the marketing list), so it keeps
+working after retention purged the invitation it was sent with and never carries the clear
+address (DESIGN.md §3).
 
 Binary layout, 66 bytes, base64url without padding (88 characters):
 
@@ -34,6 +36,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{88}")
 _KEY_ID_LABEL = b"survey-worker unsubscribe key id"
 _SCOPE_MARKETING = 0
 _SCOPE_CLIENT = 1
+_SCOPE_CLIENT_MARKETING = 2
 _MAX_CLIENT_ID = 2**64 - 1
 
 
@@ -41,9 +44,16 @@ _MAX_CLIENT_ID = 2**64 - 1
 class TokenClaims:
     """What an unsubscribe token asserts: who leaves which list, and the page's language."""
 
-    client_id: int | None  # None = the firm's marketing list
+    client_id: int | None  # None = the firm's marketing list only
     email_hash: bytes
     locale: str
+    # With a client: marketing mail sent in that client's name, so both lists.
+    marketing: bool = False
+
+    @property
+    def lists_marketing(self) -> bool:
+        """Whether the person leaves the firm's marketing list."""
+        return self.client_id is None or self.marketing
 
 
 @functools.lru_cache(maxsize=64)
@@ -67,6 +77,8 @@ def sign(key: bytes, claims: TokenClaims) -> str:
         raise ValueError("locale must be two lower-case ASCII letters")
     if claims.client_id is None:
         scope, client_id = _SCOPE_MARKETING, 0
+    elif claims.marketing:
+        scope, client_id = _SCOPE_CLIENT_MARKETING, claims.client_id
     else:
         scope, client_id = _SCOPE_CLIENT, claims.client_id
     body = _BODY.pack(
@@ -102,8 +114,13 @@ def verify(keys: Sequence[bytes], token: str) -> TokenClaims | None:
     locale_text = locale.decode("ascii", "replace")
     if not locales.is_locale(locale_text):
         return None
-    if scope == _SCOPE_CLIENT:
-        return TokenClaims(client_id=client_id, email_hash=email_hash, locale=locale_text)
+    if scope in (_SCOPE_CLIENT, _SCOPE_CLIENT_MARKETING):
+        return TokenClaims(
+            client_id=client_id,
+            email_hash=email_hash,
+            locale=locale_text,
+            marketing=scope == _SCOPE_CLIENT_MARKETING,
+        )
     if scope == _SCOPE_MARKETING and client_id == 0:
         return TokenClaims(client_id=None, email_hash=email_hash, locale=locale_text)
     return None

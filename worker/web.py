@@ -265,16 +265,16 @@ async def unsubscribe(request: Request) -> Response:
     try:
         async with web.backends.connection() as conn:
             client_name = None if marketing else await optouts.client_name(conn, claims)
-            scope = None
+            scopes = None
             if marketing or client_name is not None:
-                scope = await optouts.add_from_token(conn, claims, source=source)
+                scopes = await optouts.add_from_token(conn, claims, source=source)
     except DB_ERRORS as e:
         return await _queue_opt_out(web, token, claims, source, error=type(e).__name__)
-    if scope is None:
+    if scopes is None:
         log.info("unsubscribe.unknown_client", method="POST")
         return _page(web, pages.invalid())
     log.info(
-        "opt_out.recorded", scope=optouts.scope_label(scope), recipient=recipient, source=source
+        "opt_out.recorded", scope=optouts.scopes_label(scopes), recipient=recipient, source=source
     )
     return _page(web, pages.done(claims.locale, marketing=marketing, client_name=client_name))
 

@@ -27,7 +27,13 @@ ALPHABET = string.ascii_letters + string.digits + "-_"
 
 claims = st.builds(
     TokenClaims,
-    client_id=st.one_of(st.none(), st.integers(min_value=0, max_value=2**64 - 1)),
+    client_id=st.integers(min_value=0, max_value=2**64 - 1),
+    email_hash=st.binary(min_size=32, max_size=32),
+    locale=st.text(alphabet=string.ascii_lowercase, min_size=2, max_size=2),
+    marketing=st.booleans(),
+) | st.builds(
+    TokenClaims,
+    client_id=st.none(),
     email_hash=st.binary(min_size=32, max_size=32),
     locale=st.text(alphabet=string.ascii_lowercase, min_size=2, max_size=2),
 )
@@ -43,6 +49,16 @@ def test_marketing_and_client_zero_are_different_scopes() -> None:
     client_zero = TokenClaims(client_id=0, email_hash=EMAIL_HASH, locale="de")
     assert verify([NEW_KEY], sign(NEW_KEY, marketing)) == marketing
     assert verify([NEW_KEY], sign(NEW_KEY, client_zero)) == client_zero
+
+
+def test_a_client_s_marketing_mail_leaves_both_lists_and_differs_from_its_surveys() -> None:
+    survey = TokenClaims(client_id=7, email_hash=EMAIL_HASH, locale="de")
+    marketing = TokenClaims(client_id=7, email_hash=EMAIL_HASH, locale="de", marketing=True)
+    assert sign(NEW_KEY, survey) != sign(NEW_KEY, marketing)
+    verified = verify([NEW_KEY], sign(NEW_KEY, marketing))
+    assert verified == marketing
+    assert verified is not None and verified.lists_marketing and verified.client_id == 7
+    assert not survey.lists_marketing
 
 
 @given(st.data())

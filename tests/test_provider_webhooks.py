@@ -759,12 +759,64 @@ async def test_a_signed_ses_bounce_puts_the_address_on_the_bounce_list(
     assert response.json()["accepted"] == 1
     await run_workers(hooks)
 
+    assert await launch_again(pg, hooks, handler) == (
+        [("bob@example.com",)],
+        [("ann@example.com", "bounced")],
+    )
+
+
+async def launch_again(
+    pg: asyncpg.Pool, hooks: Settings, handler: RecordingHandler
+) -> tuple[list[tuple[str, ...]], list[tuple[str, str]]]:
+    """Launch ann and bob once more: who was mailed, and who was suppressed and why."""
     handler.messages.clear()
     second = await launch(pg, hooks, csv_of("ann@example.com", "bob@example.com"))
     await run_workers(hooks)
-    assert [m.recipients for m in handler.messages] == [("bob@example.com",)]
     suppressed = await pg.fetch(
         "SELECT email, reason FROM invitations WHERE campaign_id = $1 AND state = 'suppressed'",
         second.campaign_id,
     )
-    assert [(r["email"], r["reason"]) for r in suppressed] == [("ann@example.com", "bounced")]
+    return [m.recipients for m in handler.messages], [(r["email"], r["reason"]) for r in suppressed]
+
+
+async def test_a_sendgrid_policy_block_with_status_5_0_0_lists_no_one(
+    pg: asyncpg.Pool, settings: Settings, smtp: tuple[RecordingHandler, int]
+) -> None:
+    """SendGrid's `status: 5.0.0` defers to the reason's 5.7.1 (a Spamhaus block, the
+    sender's problem); 5.0.0 beside 550 5.1.1 is still a hard bounce."""
+    hooks = webhook_settings(settings)
+    handler = smtp[0]
+    await add_client(pg, "acme")
+    await launch(pg, hooks, csv_of("ann@example.com", "bob@example.com"))
+    await run_workers(hooks)
+    ids = {m.recipients[0]: str(parse(m)["Message-ID"]) for m in handler.messages}
+    body = json_body(
+        [
+            sendgrid_event(
+                "bounce",
+                type="bounce",
+                status="5.0.0",
+                reason="550 5.7.1 Service unavailable; Client host blocked using Spamhaus",
+                **{"smtp-id": ids["ann@example.com"]},
+            ),
+            sendgrid_event(
+                "bounce",
+                type="bounce",
+                status="5.0.0",
+                reason="550 5.1.1 The email account that you tried to reach does not exist",
+                **{"smtp-id": ids["bob@example.com"]},
+            ),
+        ]
+    )
+    async with serving(hooks) as base, httpx.AsyncClient(base_url=base) as client:
+        response = await client.post(
+            "/webhooks/sendgrid", content=body, headers=sendgrid_headers(SENDGRID_PRIVATE, body)
+        )
+    assert response.json()["accepted"] == 2
+    await run_workers(hooks)
+    assert [r["kind"] for r in await pg.fetch("SELECT kind FROM bounces")] == ["hard"]
+
+    assert await launch_again(pg, hooks, handler) == (
+        [("ann@example.com",)],
+        [("bob@example.com", "bounced")],
+    )

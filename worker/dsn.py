@@ -6,10 +6,12 @@ first of these checks that applies decides:
 1. A delivery status notification, RFC 3464 (a `multipart/report`, RFC 6522, with
    `report-type=delivery-status`). Each per-recipient block (RFC 3464 section 2.3) is read
    from its `Action` and its RFC 3463 `Status` (`Diagnostic-Code` stands in for a status
-   that cannot be read): `failed` with 5.x.x is hard, except 5.7.x (security or policy, the
-   sender's problem), which is policy; 4.x.x or `delayed` is soft (Postfix's final bounce
-   after its queue lifetime says `failed` with 4.x.x); `delivered`, `relayed` and `expanded`
-   are ignored. The most severe block wins: hard > policy > soft > ignore.
+   that cannot be read, and for an X.0.0 "other undefined status": Exim writes
+   `Status: 5.0.0` with the real code in the diagnostic, see `specific_status`): `failed`
+   with 5.x.x is hard, except 5.7.x (security or policy, the sender's problem), which is
+   policy; 4.x.x or `delayed` is soft (Postfix's final bounce after its queue lifetime says
+   `failed` with 4.x.x); `delivered`, `relayed` and `expanded` are ignored. The most severe
+   block wins: hard > policy > soft > ignore.
 2. An abuse report, RFC 5965 (`report-type=feedback-report`), is a complaint whatever its
    Feedback-Type, except `not-spam` (RFC 6430: the opposite of a complaint) and
    `auth-failure` (RFC 6591: our own DKIM/SPF failed, which says nothing of the recipient),
@@ -41,6 +43,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
 from email.utils import collapse_rfc2231_value, getaddresses
+from itertools import chain
 from typing import Literal
 
 from flufl.bounce import all_failures
@@ -214,11 +217,34 @@ def _recipient_verdict(block: Message) -> tuple[VerdictKind, str | None] | None:
     return ("hard", None) if failed else None
 
 
+def specific_status(statuses: Iterable[str]) -> str | None:
+    """The status that says what happened, of RFC 3463 statuses in the order found.
+
+    The first, normalised ("5.01.001" is "5.1.1"), unless it is X.0.0, "other undefined
+    status" (RFC 3463 section 3.1), which says nothing but the class: then the first later
+    status of the same class that says more. Exim writes `Status: 5.0.0` and puts the real
+    code in the Diagnostic-Code (`550 5.7.1 ... blocked using Spamhaus`); SendGrid's
+    `status` is 5.0.0 beside a `reason` that says 5.7.1. None when there is no status.
+    """
+    first: tuple[int, int, int] | None = None
+    for status in statuses:
+        klass, subject, detail = (int(g) for g in status.split("."))
+        if first is None:
+            first = klass, subject, detail
+            if (subject, detail) != (0, 0):
+                break
+        elif klass == first[0] and (subject, detail) != (0, 0):
+            first = klass, subject, detail
+            break
+    return None if first is None else "{}.{}.{}".format(*first)
+
+
 def _status(block: Message) -> tuple[int | None, int | None, str | None]:
     """Class, subject and normalised RFC 3463 status of a block; what is known of each."""
     field = _header(block, "status")
     diagnostic = _header(block, "diagnostic-code")
     found = _STATUS.search(field)
+    later = 0
     if found is None:
         partial = _PARTIAL_STATUS.match(field)
         klass = int(partial[1]) if partial else None
@@ -229,8 +255,12 @@ def _status(block: Message) -> tuple[int | None, int | None, str | None]:
                 klass = int(reply[1])
             subject = int(partial[2]) if partial and partial[2] else None
             return klass, subject, None
-    klass, subject, detail = (int(g) for g in found.groups())
-    return klass, subject, f"{klass}.{subject}.{detail}"
+        later = found.end()
+    # An X.0.0 status defers to a later one in the diagnostic (`specific_status`).
+    diagnosed = (m.group() for m in _STATUS.finditer(diagnostic, later))
+    status = specific_status(chain([found.group()], diagnosed)) or found.group()
+    klass, subject, _ = (int(g) for g in status.split("."))
+    return klass, subject, status
 
 
 def _field_blocks(part: Message) -> list[Message]:
@@ -336,13 +366,21 @@ def _prepare_for_detectors(msg: Message) -> None:
 
 
 def _text_status(texts: Iterable[str], klass: int) -> str | None:
-    """The first RFC 3463 status of class `klass` in a bounce's own text."""
-    for text in texts:
-        copy = _INLINE_COPY.search(text)
-        for found in _STATUS.finditer(text, 0, copy.start() if copy else len(text)):
-            if int(found[1]) == klass:
-                return ".".join(str(int(g)) for g in found.groups())
-    return None
+    """The first RFC 3463 status of class `klass` in a bounce's own text (a later one when
+    it is X.0.0, see `specific_status`)."""
+    found = (
+        m.group()
+        for text in texts
+        for m in _STATUS.finditer(text, 0, _end_of_own_text(text))
+        if int(m[1]) == klass
+    )
+    return specific_status(found)
+
+
+def _end_of_own_text(text: str) -> int:
+    """Where the copy of the returned message starts in a bounce's text, else its end."""
+    copy = _INLINE_COPY.search(text)
+    return copy.start() if copy else len(text)
 
 
 def _inline_copy_id(texts: Iterable[str]) -> str | None:

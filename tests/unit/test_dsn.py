@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.dsn import Verdict, VerdictKind, classify
+from worker.dsn import Verdict, VerdictKind, classify, specific_status
 
 SAMPLES = Path(__file__).parent / "feedback_samples"
 REASONS = {"dsn", "arf", "detector", "auto_reply", "unrecognised", "malformed"}
@@ -45,6 +45,8 @@ SAMPLE_VERDICTS: list[tuple[str, VerdictKind, str | None, str | None, str]] = [
     ("gmail_hard", "hard", "5.1.1", "invitation-4@client.example", "dsn"),
     ("exchange_hard", "hard", "5.1.10", "invitation-5@client.example", "dsn"),
     ("exchange_policy", "policy", "5.7.1", "invitation-6@client.example", "dsn"),
+    # Exim: Status 5.0.0, the real code (a Spamhaus block, 5.7.1) in the Diagnostic-Code.
+    ("exim_dsn_policy", "policy", "5.7.1", "invitation-10@client.example", "dsn"),
     ("yahoo_plain", "hard", None, "invitation-7@client.example", "detector"),
     ("exim_plain", "hard", "5.1.1", "invitation-8@client.example", "detector"),
     ("arf_abuse", "complaint", None, "invitation-9@client.example", "arf"),
@@ -82,7 +84,8 @@ def test_every_sample_is_tested() -> None:
         ("failed", "5.7.26", "policy", "5.7.26"),
         ("failed", "4.7.0", "soft", "4.7.0"),
         ("delayed", "4.4.7", "soft", "4.4.7"),
-        ("delayed", "5.0.0", "soft", "5.0.0"),
+        # 5.0.0 says only the class: the Diagnostic-Code's 5.1.1 says more.
+        ("delayed", "5.0.0", "soft", "5.1.1"),
         ("delivered", "2.0.0", "ignore", "2.0.0"),
         ("relayed", "2.0.0", "ignore", "2.0.0"),
         ("expanded", "2.0.0", "ignore", "2.0.0"),
@@ -392,3 +395,79 @@ def test_a_valid_dsn_is_read_by_its_status(
         f"Action: {action}\r\nStatus: {status}{suffix}\r\n".encode(),
     )
     assert classify(raw) == Verdict(kind, status, "invitation-5@client.example", "dsn")
+
+
+# --- X.0.0 statuses defer to the diagnostic's -----------------------------------------------
+
+EXIM_DIAGNOSTIC = (
+    b"Diagnostic-Code: smtp; 550 5.7.1 Service unavailable; Client host [198.51.100.7] blocked"
+    b" using zen.spamhaus.org"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "kind", "found"),
+    [
+        ("5.0.0", "smtp; 550 5.1.1 <blocked@example.net>: User unknown", "hard", "5.1.1"),
+        ("5.0.0", "smtp; 550 5.7.26 Unauthenticated email", "policy", "5.7.26"),
+        ("5.0.0", "smtp; 550 5.0.0 then 5.7.1 policy", "policy", "5.7.1"),
+        ("5.0.0", "smtp; 550 Service unavailable", "hard", "5.0.0"),
+        # Only a status of the same class says more of a 5.0.0.
+        ("5.0.0", "smtp; 450 4.7.1 Try later", "hard", "5.0.0"),
+        ("4.0.0", "smtp; 450 4.7.1 Greylisted", "soft", "4.7.1"),
+        # A specific Status stands, whatever the diagnostic says.
+        ("5.1.1", "smtp; 550 5.7.1 blocked", "hard", "5.1.1"),
+        ("5.7.1", "smtp; 550 5.1.1 unknown", "policy", "5.7.1"),
+    ],
+)
+def test_an_unspecified_status_defers_to_the_diagnostic(
+    status: str, diagnostic: str, kind: VerdictKind, found: str
+) -> None:
+    raw = edit(sample("exim_dsn_policy"), b"Status: 5.0.0\n", f"Status: {status}\n".encode())
+    raw = edit(raw, EXIM_DIAGNOSTIC, f"Diagnostic-Code: {diagnostic}".encode())
+    assert classify(raw) == Verdict(kind, found, "invitation-10@client.example", "dsn")
+
+
+def test_an_exim_plain_bounce_with_an_unspecified_status_reads_the_specific_one() -> None:
+    raw = edit(
+        sample("exim_plain"),
+        b"550 5.1.1",
+        b"550 5.0.0 refused: 5.7.1 blocked using zen.spamhaus.org",
+    )
+    assert classify(raw).kind == "policy"
+
+
+STATUSES = st.builds(
+    "{}.{}.{}".format, st.sampled_from("245"), st.integers(0, 999), st.integers(0, 999)
+)
+
+
+@given(st.lists(STATUSES, max_size=6))
+def test_specific_status_is_the_first_unless_it_is_unspecified(statuses: list[str]) -> None:
+    found = specific_status(statuses)
+    if not statuses:
+        assert found is None
+        return
+    first = statuses[0]
+    klass = first[0]
+    better = [s for s in statuses[1:] if s[0] == klass and not s.endswith(".0.0")]
+    if first.endswith(".0.0") and better:
+        assert found == better[0]
+    else:
+        assert found == first
+
+
+@given(
+    st.sampled_from(["5", "4"]),
+    st.integers(1, 999),
+    st.integers(0, 999),
+    st.sampled_from(["smtp; 550 ", "smtp;550-", "X-Postfix; ", ""]),
+)
+def test_a_dsn_with_an_unspecified_status_is_classified_by_the_diagnostic(
+    klass: str, subject: int, detail: int, prefix: str
+) -> None:
+    specific = f"{klass}.{subject}.{detail}"
+    raw = edit(sample("exim_dsn_policy"), b"Status: 5.0.0\n", f"Status: {klass}.0.0\n".encode())
+    raw = edit(raw, EXIM_DIAGNOSTIC, f"Diagnostic-Code: {prefix}{specific} text".encode())
+    kind: VerdictKind = "soft" if klass == "4" else "policy" if subject == 7 else "hard"
+    assert classify(raw) == Verdict(kind, specific, "invitation-10@client.example", "dsn")

@@ -116,6 +116,13 @@ def test_verp_addresses_are_ours_only_at_the_bounce_domain() -> None:
         (("version 10.5.1.2",), None),
         (("no status here",), None),
         ((550,), None),
+        # 5.0.0 ("other undefined status") defers to a later status of its class.
+        (("5.0.0", "550 5.7.1 blocked using zen.spamhaus.org"), "5.7.1"),
+        (("5.0.0", "550 5.1.1 user unknown"), "5.1.1"),
+        (("5.0.0", None, "smtp; 550 5.0.0 refused 5.7.26"), "5.7.26"),
+        (("5.0.0", "450 4.7.1 later"), "5.0.0"),
+        (("5.0.0", "blocked by list"), "5.0.0"),
+        (("5.1.1", "550 5.7.1 blocked"), "5.1.1"),
     ],
 )
 def test_status_in_finds_rfc_3463_statuses(texts: tuple[object, ...], expected: str | None) -> None:
@@ -433,6 +440,28 @@ def test_sendgrid_events_map_to_feedback() -> None:
     )
     # Two policy 5.7.1 events (bounce and blocked) are one; the repeated open is a duplicate.
     assert (batch.skipped, batch.ignored, batch.duplicates) == (1, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        # SendGrid relays Spamhaus's refusal as status 5.0.0: a policy block, not a bad address.
+        (
+            {"status": "5.0.0", "reason": "550 5.7.1 Service unavailable; blocked using Spamhaus"},
+            ours("policy", "sendgrid", status="5.7.1"),
+        ),
+        (
+            {"status": "5.0.0", "reason": "550 5.1.1 The email account does not exist"},
+            ours("hard", "sendgrid", status="5.1.1"),
+        ),
+        ({"status": "5.0.0", "reason": "550 rejected"}, ours("hard", "sendgrid", status="5.0.0")),
+    ],
+)
+def test_a_sendgrid_unspecified_status_defers_to_the_reason(
+    fields: dict[str, str], expected: Event
+) -> None:
+    batch = sendgrid.events(orjson.dumps([sendgrid_event("bounce", type="bounce", **fields)]))
+    assert batch.events == (expected,)
 
 
 SENDGRID_FIELDS = ["event", "type", "status", "reason", "response", "smtp-id", "sg_event_id"]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from worker.dsn import specific_status
 from worker.errors import SurveyWorkerError
 from worker.feedback import Event, FeedbackKind
 
@@ -176,16 +177,20 @@ def our_verp(value: object, bounce_domain: str | None) -> str | None:
 
 def status_in(*texts: object) -> str | None:
     """The first RFC 3463 status (e.g. "5.1.1") found in `texts`, exactly or within words
-    (a diagnostic such as "smtp; 550 5.1.1 user unknown")."""
+    (a diagnostic such as "smtp; 550 5.1.1 user unknown"); an X.0.0 defers to a later one
+    of the same class (`dsn.specific_status`: SendGrid's `status: 5.0.0` beside a `reason`
+    that says 5.7.1)."""
+    return specific_status(_statuses(texts))
+
+
+def _statuses(texts: Iterable[object]) -> Iterator[str]:
     for value in texts:
         if not isinstance(value, str):
             continue
         if _STATUS_ONLY.fullmatch(value.strip()):
-            return value.strip()
-        found = _STATUS.search(value[:4096])
-        if found:
-            return found.group(1)
-    return None
+            yield value.strip()
+        else:
+            yield from (m.group(1) for m in _STATUS.finditer(value[:4096]))
 
 
 def bounce_kind(status: str | None, *, permanent: bool) -> FeedbackKind:

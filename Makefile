@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install demo test bench lint format docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
@@ -46,6 +46,9 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix worker tests
 	$(BIN)/ruff format worker tests
 
+docs: $(STAMP)  ## build the documentation site into .site/ (strict: a broken link fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .site
+
 clean:  ## stop embedded services and delete .venv, .data and demo output
 	-$(BIN)/python -c 'from pathlib import Path; from worker.dev import embedded; [embedded.discard(Path(d)) for d in (".data", ".data/test", ".data/bench")]'
-	rm -rf $(VENV) .data demo-mail *.egg-info
+	rm -rf $(VENV) .data demo-mail .site *.egg-info

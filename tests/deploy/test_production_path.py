@@ -1,9 +1,9 @@
 """The path production users take, run as they run it.
 
-The README's production section and `compose.yaml` are executed, not paraphrased: the SQL
-block runs as the administrator, each line of the shell block runs as written (the
-installed `survey-worker`, variables exported or given per command, a `.env` made from
-`.env.example`), and each compose service's command runs with that service's
+The production section of docs/getting-started.md and `compose.yaml` are executed, not
+paraphrased: the SQL block runs as the administrator, each line of the shell block runs as
+written (the installed `survey-worker`, variables exported or given per command, a `.env`
+made from `.env.example`), and each compose service's command runs with that service's
 environment, against Debian's Postgres and Redis and a real SMTP server. A step the test
 cannot follow fails it, so the documents cannot drift from what works.
 """
@@ -28,7 +28,7 @@ from tests.deploy.servers import ROOT, Installation, Postgres, Result, Shell, fr
 from tests.support.commands import wait_listening
 from tests.support.smtp import RecordedMessage, RecordingHandler
 
-README = (ROOT / "README.md").read_text()
+GUIDE = (ROOT / "docs" / "getting-started.md").read_text()
 RECIPIENTS = ["ada@customers.example", "grace@customers.example", "alan@customers.example"]
 # A second campaign after the documented steps, to the same file.
 LAUNCH = shlex.split(
@@ -43,10 +43,10 @@ SECRETS = {
 }
 
 
-def readme_block(name: str) -> str:
-    """The fenced block after `<!-- deploy: NAME -->` in the README."""
-    found = re.search(rf"<!-- deploy: {name} -->\n```\w+\n(.*?)```", README, re.S)
-    assert found, f"README has no deploy block {name!r}"
+def guide_block(name: str) -> str:
+    """The fenced block after `<!-- deploy: NAME -->` in docs/getting-started.md."""
+    found = re.search(rf"<!-- deploy: {name} -->\n```\w+\n(.*?)```", GUIDE, re.S)
+    assert found, f"docs/getting-started.md has no deploy block {name!r}"
     return found.group(1)
 
 
@@ -133,7 +133,7 @@ async def stop(process: asyncio.subprocess.Process) -> int:
     return await asyncio.wait_for(process.wait(), 30)
 
 
-async def test_readme_production_steps(
+async def test_documented_production_steps(
     installation: Installation,
     postgres: Postgres,
     redis_port: int,
@@ -151,7 +151,7 @@ async def test_readme_production_steps(
     assert loaded.strip() == "[]"
     # 1. The administrator's SQL, statement by statement (CREATE DATABASE cannot share a
     #    transaction).
-    await postgres.execute(*(s for s in readme_block("roles").split(";\n") if s.strip()))
+    await postgres.execute(*(s for s in guide_block("roles").split(";\n") if s.strip()))
 
     # 2. The shell steps, line by line.
     write_recipients(tmp_path)
@@ -162,14 +162,14 @@ async def test_readme_production_steps(
     def expand(line: str) -> str:
         return re.sub(r"\$(\w+)", lambda m: {**variables, **shell.env}[m.group(1)], line)
 
-    for line in readme_block("steps").splitlines():
+    for line in guide_block("steps").splitlines():
         words = shlex.split(expand(line), comments=True)
         if not words:
             continue
         background = words[-1] == "&"
         words = words[:-1] if background else words
         if words[:2] == ["pip", "install"]:
-            assert words[2:] == [installation.wheel.name], "README names another wheel"
+            assert words[2:] == [installation.wheel.name], "the guide names another wheel"
             continue
         if words == ["cp", ".env.example", ".env"]:
             write_env_file(
@@ -190,13 +190,13 @@ async def test_readme_production_steps(
         while "=" in words[0] and re.fullmatch(r"[A-Z_]+", words[0].partition("=")[0]):
             key, _, value = words.pop(0).partition("=")
             env[key] = value
-        assert words[0] == "survey-worker", f"a README step the deploy test cannot run: {line}"
+        assert words[0] == "survey-worker", f"a documented step the deploy test cannot run: {line}"
         args = words[1:]
         if args[0] == "worker":
-            assert background, "the README runs the worker in the background"
+            assert background, "the guide runs the worker in the background"
             outputs["worker"] = ok(await shell.run([*args, "--burst"], env))
         elif args[0] == "web":
-            assert background, "the README runs the web app in the background"
+            assert background, "the guide runs the web app in the background"
             port = free_port()
             args[args.index("--port") + 1] = str(port)
             web = (await shell.start(args, env), port)
@@ -204,7 +204,7 @@ async def test_readme_production_steps(
         else:
             outputs[args[0]] = ok(await shell.run(args, env))
 
-    # Each step did what the README says.
+    # Each step did what the guide says.
     assert outputs["migrate"].stdout.splitlines()[0] == "applied 001_schema.sql"
     assert "imported" in outputs["launch"].stdout
     assert received(handler) == sorted(RECIPIENTS)

@@ -4,11 +4,13 @@ officer only, audited, and read through indexes."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from tests.support.commands import REFUSED_OUTPUTS, assert_output_refused, output_path
 from tests.support.pipeline import add_client, csv_of, launch
 from tests.support.web import cli, email_hash
 from worker import access, optouts, privacy
@@ -82,12 +84,26 @@ async def test_after_erasure_only_the_hashes_are_left(pg: asyncpg.Pool, settings
     assert all(row.get("email") is None for row in rows)
     assert all(i["vars"] == {} for i in held["invitations"])
     assert [f["kind"] for f in held["opt_out_feed"]] == ["erase"]
-    assert ANN not in json.dumps(held)
+    # Only the hashes still held: the address asked about is not written either.
+    assert ANN not in done.stdout.lower()
+    assert "email" not in document["request"]
+    assert document["request"]["email_hash"] == email_hash(settings, ANN).hex()
+
+
+@pytest.mark.parametrize(("output", "error"), REFUSED_OUTPUTS)
+async def test_an_output_that_cannot_be_written_is_refused_before_the_audit(
+    pg: asyncpg.Pool, settings: Settings, tmp_path: Path, output: str, error: str
+) -> None:
+    await setup_ann(pg, settings)
+    path = output_path(tmp_path, output)
+    done = await cli(settings, "access-request", ANN, "--actor", "anna", "--output", path)
+    assert_output_refused(done, tmp_path, error)
+    assert await pg.fetchval("SELECT count(*) FROM opt_out_audit WHERE action = 'access'") == 0
 
 
 @pytest.mark.parametrize("role", ["privacy_officer", "survey_worker", "survey_web"])
 async def test_only_the_privacy_officer_may(
-    pg: asyncpg.Pool, settings: Settings, database_url: str, role: str
+    pg: asyncpg.Pool, settings: Settings, database_url: str, role: str, tmp_path: Path
 ) -> None:
     await setup_ann(pg, settings)
     user = f"t_{role}_access"
@@ -95,7 +111,16 @@ async def test_only_the_privacy_officer_may(
     try:
         scheme, _, rest = database_url.partition("://")
         url = f"{scheme}://{user}@{rest.partition('@')[2]}"
-        done = await cli(settings, "access-request", ANN, "--actor", "x", env={"DATABASE_URL": url})
+        done = await cli(
+            settings,
+            "access-request",
+            ANN,
+            "--actor",
+            "x",
+            "--output",
+            str(tmp_path / "ann.json"),
+            env={"DATABASE_URL": url},
+        )
     finally:
         await pg.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", user
@@ -105,13 +130,16 @@ async def test_only_the_privacy_officer_may(
     if role == "privacy_officer":
         # Its grants alone reach every table that holds an address.
         assert done.code == 0, done.stderr
-        assert len(json.loads(done.stdout)["held"]["invitations"]) == 2
+        document = json.loads((tmp_path / "ann.json").read_text())
+        assert len(document["held"]["invitations"]) == 2
         assert audited == 1
         return
     assert done.code == 1
     assert done.stderr.strip().endswith("access-request needs the privacy_officer role")
     assert done.stdout == ""
     assert audited == 0
+    # A refused request leaves no document behind, not even an empty one.
+    assert os.listdir(tmp_path) == []
 
 
 async def test_actor_is_required_and_a_bad_address_is_one_line(settings: Settings) -> None:

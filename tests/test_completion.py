@@ -604,6 +604,29 @@ async def test_complete_refuses_bad_usage_in_one_line(settings: Settings, tmp_pa
     assert "REF" in nothing.stderr
 
 
+async def test_complete_with_no_reference_read_is_an_error(
+    pg: asyncpg.Pool, settings: Settings, smtp: tuple[RecordingHandler, int], tmp_path: Path
+) -> None:
+    refs = await sent_campaign(pg, settings, smtp[0], *PEOPLE)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"not a reference\n\n")
+    empty = await cli(settings, "complete", "")
+    devnull = await cli(settings, "complete", "--file", "/dev/null")
+    rejected = await cli(settings, "complete", "--file", str(bad), "--json")
+    blank_and_good = await cli(settings, "complete", refs["ann@example.com"], " ")
+    for result in (empty, devnull, rejected, blank_and_good):
+        assert result.code == 1, result.stderr
+        assert result.stdout == ""
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert empty.stderr.strip() == "Error: a REF is empty; nothing was recorded"
+    assert devnull.stderr.strip() == "Error: no survey reference in /dev/null"
+    assert rejected.stderr.strip() == (
+        f"Error: no survey reference in {bad}; line 1: not a survey reference"
+    )
+    # Nothing was recorded by the command that also held a blank REF.
+    assert await pg.fetchval("SELECT count(*) FROM invitations WHERE completed_at IS NOT NULL") == 0
+
+
 # --- The installed command, configured from the environment --------------------------------
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from tests.support.pipeline import add_client
 from tests.support.web import cli, email_hash
@@ -91,6 +92,19 @@ async def test_feed_refuses_an_unknown_client_and_an_unwritable_directory(
     unwritable = await cli(settings, "feed", "acme", "--output", str(blocker / "sub"))
     assert unknown.code == 1 and unknown.stderr.strip().endswith("unknown client 'nobody'")
     assert unwritable.code == 1 and "cannot create" in unwritable.stderr
+    assert await pg.fetchval("SELECT count(*) FROM feed_drops") == 0
+
+
+@pytest.mark.parametrize("output", ["", "  "])
+async def test_feed_refuses_an_empty_output_and_registers_nothing(
+    pg: asyncpg.Pool, settings: Settings, output: str
+) -> None:
+    """An empty --output would be the current folder: refused before anything is written."""
+    await add_client(pg, "acme")
+    refused = await cli(settings, "feed", "acme", "--output", output, "--daily")
+    assert refused.code == 1
+    assert "--output" in refused.stderr and "must not be empty" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert await pg.fetchval("SELECT count(*) FROM feed_drops") == 0
 
 

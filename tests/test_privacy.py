@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.support.commands import REFUSED_OUTPUTS, assert_output_refused, output_path
 from tests.support.pipeline import add_client, csv_of, launch, opt_out, received_by, run_workers
 from tests.support.smtp import RecordingHandler
 from tests.support.web import (
@@ -201,6 +203,27 @@ async def test_export_of_an_unknown_client_writes_nothing(settings: Settings) ->
     assert unknown.code == 1
     assert unknown.stderr.strip() == "Error: unknown client 'initech'"
     assert unknown.stdout == ""
+
+
+@pytest.mark.parametrize(("output", "error"), REFUSED_OUTPUTS)
+async def test_export_output_is_checked_before_anything_is_read(
+    pg: asyncpg.Pool, settings: Settings, tmp_path: Path, output: str, error: str
+) -> None:
+    await add_client(pg, "acme")
+    await opt_out(pg, settings, "ann@example.com", ACME)
+    path = output_path(tmp_path, output)
+    refused = await cli(settings, "export-opt-outs", "--client", "acme", "--output", path)
+    assert_output_refused(refused, tmp_path, error)
+
+
+async def test_a_refused_export_leaves_no_file(
+    pg: asyncpg.Pool, settings: Settings, tmp_path: Path
+) -> None:
+    output = tmp_path / "initech.csv"
+    unknown = await cli(settings, "export-opt-outs", "--client", "initech", "--output", str(output))
+    assert unknown.code == 1
+    assert unknown.stderr.strip() == "Error: unknown client 'initech'"
+    assert os.listdir(tmp_path) == []
 
 
 async def test_export_streams_a_long_list(pg: asyncpg.Pool) -> None:

@@ -7,7 +7,8 @@ that identifies a person by keyed hash (`email_hash`) is read, found in the cata
 than listed here, so a table added later is never forgotten; each is read through an index
 on that column (tests/test_access_request.py proves there is one for every such table).
 Invitations come with their campaign and client. After an erasure, what is left is what
-the document shows: rows without the address, the hashes that keep the person suppressed.
+the document shows: rows without the address, the hashes that keep the person suppressed;
+the address asked about appears only while some row still holds it.
 """
 
 from __future__ import annotations
@@ -100,9 +101,12 @@ async def request(conn: Conn, *, email: str, email_hash: bytes, actor: str) -> A
     clear_address_held = any(
         isinstance(row, dict) and row.get("email") for rows in held.values() for row in rows
     )
+    # The address asked about is shown only while something still holds it in clear:
+    # after an erasure the document holds the hashes left, never the address again.
+    asked = {"email": email} if clear_address_held else {}
     document = {
         "request": {
-            "email": email,
+            **asked,
             "email_hash": email_hash.hex(),
             "actor": actor,
             "generated_at": datetime.now(UTC).isoformat(),

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
@@ -64,6 +66,58 @@ def _clear_errors() -> Iterator[None]:
         raise click.ClickException(str(e)) from None
     except (*db.DB_ERRORS, *queue.ERRORS) as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from None
+
+
+class OutputPath(click.Path):
+    """An --output path, checked when the command line is read, before anything is read,
+    written or audited: never blank (an empty path is the current folder); a file's folder
+    must exist and be writable (a folder given for a drop is created when missing)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("must not be empty", param, ctx)
+        path = super().convert(value, param, ctx)
+        if self.dir_okay:
+            return path
+        folder = Path(os.fsdecode(path)).parent
+        if not folder.is_dir():
+            self.fail(f"the folder {folder} does not exist", param, ctx)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            self.fail(f"the folder {folder} cannot be written", param, ctx)
+        return path
+
+
+@contextmanager
+def output_file(path: Path | None, *, binary: bool = False) -> Iterator[IO[Any]]:
+    """Standard output, or `path` written atomically: a temporary file in its folder,
+    created on entry (before the command reads or audits anything), which becomes `path`
+    only when the block succeeds and is removed when it fails. Errors name `path`, never
+    the temporary file."""
+    if path is None:
+        with click.open_file(
+            "-", "wb" if binary else "w", encoding=None if binary else "utf-8"
+        ) as std:
+            yield std
+        return
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror}") from None
+    out = os.fdopen(handle, "wb") if binary else os.fdopen(handle, "w", encoding="utf-8")
+    done = False
+    try:
+        yield out
+        try:
+            out.close()
+            os.replace(temporary, path)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {path}: {e.strerror}") from None
+        done = True
+    finally:
+        out.close()
+        if not done:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
 
 
 class Env:
@@ -598,7 +652,8 @@ def complete(refs: tuple[str, ...], ref_file: Path | None, as_json: bool) -> Non
                 lines = completion.read_ref_lines(stream)
         except OSError as e:
             raise click.ClickException(f"cannot read {ref_file}: {e.strerror}") from None
-    wanted = list(dict.fromkeys([*refs, *lines.refs]))
+    with _clear_errors():
+        wanted = completion.command_refs(refs, lines, str(ref_file) if ref_file else None)
 
     async def work(conn: asyncpg.Connection) -> completion.CompletionReport:
         report = completion.CompletionReport()
@@ -870,7 +925,7 @@ def resubscribe(
 @click.option("--marketing", is_flag=True, help="Export the marketing opt-out list.")
 @click.option(
     "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=OutputPath(path_type=Path, dir_okay=False),
     help="CSV file to write (default: standard output).",
 )
 def export_opt_outs(client_id: str | None, marketing: bool, output: Path | None) -> None:
@@ -880,9 +935,7 @@ def export_opt_outs(client_id: str | None, marketing: bool, output: Path | None)
         environment() as env,
         _clear_errors(),
         # Atomic: a failed export leaves no half-written file behind.
-        click.open_file(
-            str(output or "-"), "w", encoding="utf-8", atomic=output is not None
-        ) as out,
+        output_file(output) as out,
     ):
         report = run(env, lambda conn: privacy.export_opt_outs(conn, scope, out))
     if report.without_address:

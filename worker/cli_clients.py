@@ -10,7 +10,17 @@ from pathlib import Path
 import click
 
 from worker import access, apikeys, feed
-from worker.cli import _address, _clear_errors, _emit, _not_blank, client, environment, main, run
+from worker.cli import (
+    OutputPath,
+    _address,
+    _emit,
+    _not_blank,
+    client,
+    environment,
+    main,
+    output_file,
+    run,
+)
 
 
 @client.group("key")
@@ -67,7 +77,7 @@ def key_revoke(key_id: int) -> None:
 @click.option(
     "--output",
     required=True,
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OutputPath(path_type=Path, file_okay=False),
     help="Directory of the drop (created if missing).",
 )
 @click.option(
@@ -92,13 +102,18 @@ def feed_drop(client_id: str, output: Path, daily: bool | None, as_json: bool) -
 @click.option("--actor", required=True, callback=_not_blank, help="Who answers the request.")
 @click.option(
     "--output",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=OutputPath(path_type=Path, dir_okay=False),
     help="JSON file to write (default: standard output).",
 )
 def access_request(email: str, actor: str, output: Path | None) -> None:
     """Everything held about EMAIL across all clients, as one JSON document (privacy
     contact; audited; privacy_officer role)."""
-    with environment(secrets=True) as env:
+    with (
+        environment(secrets=True) as env,
+        # Opened first, atomic: no access is audited unless the document can be written,
+        # and the file appears only once complete.
+        output_file(output, binary=True) as out,
+    ):
         normalised, email_hash = _address(env, email)
         started = time.perf_counter()
         report = run(
@@ -106,11 +121,6 @@ def access_request(email: str, actor: str, output: Path | None) -> None:
             lambda conn: access.request(conn, email=normalised, email_hash=email_hash, actor=actor),
         )
         seconds = time.perf_counter() - started
-    with (
-        _clear_errors(),
-        # Atomic: the file appears only once complete.
-        click.open_file(str(output or "-"), "wb", atomic=output is not None) as out,
-    ):
         out.write(report.as_bytes() + b"\n")
     held = ", ".join(f"{n} {table}" for table, n in report.counts().items() if n)
     click.echo(f"access request answered in {seconds:.2f} s: {held or 'nothing held'}", err=True)

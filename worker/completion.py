@@ -195,6 +195,26 @@ def read_ref_lines(lines: Iterable[bytes]) -> RefLines:
     return RefLines(refs, rejected)
 
 
+class NoReference(SurveyWorkerError):
+    """A `complete` command that was given no reference to record; nothing is recorded."""
+
+
+def command_refs(args: Sequence[str], lines: RefLines | None, source: str | None) -> list[str]:
+    """The references a `complete` command records: its arguments, then those of the file
+    `source` (`lines`), each once. NoReference for an empty argument (an unset shell
+    variable, say), and when there is none at all (an empty file, or one whose every line
+    was rejected, the first of which it names)."""
+    if any(not arg.strip() for arg in args):
+        raise NoReference("a REF is empty; nothing was recorded")
+    refs = list(dict.fromkeys([*args, *(lines.refs if lines else [])]))
+    if refs:
+        return refs
+    rejected = lines.rejected if lines else []
+    shown = "".join(f"; line {n}: {reason}" for n, reason in rejected[:3])
+    more = f"; {len(rejected) - 3} more rejected" if len(rejected) > 3 else ""
+    raise NoReference(f"no survey reference in {source or 'the command'}{shown}{more}")
+
+
 def ref_prefix(digest: bytes) -> int:
     """The signed bigint `survey_refs` stores for a reference: its first 8 bytes."""
     return int.from_bytes(digest[:8], "big", signed=True)

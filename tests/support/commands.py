@@ -12,13 +12,15 @@ with SIGTERM as a service manager stops them, their logs checked for addresses a
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.faults.harness import wait_until
-from tests.support.web import assert_private, start_cli
+from tests.support.web import CliResult, assert_private, start_cli
 from worker.dev.embedded import free_port
 from worker.settings import Settings
 
@@ -84,3 +86,25 @@ async def inbound(
     ):
         await wait_listening(port)
         yield port
+
+
+# --output values a command refuses before it reads, writes or audits anything, and the
+# error naming why (`{tmp}`: the test's folder); `output_path` makes the argument.
+REFUSED_OUTPUTS = [
+    ("missing/out.file", "the folder {tmp}/missing does not exist"),
+    ("", "must not be empty"),
+]
+
+
+def output_path(folder: Path, output: str) -> str:
+    return str(folder / output) if output else ""
+
+
+def assert_output_refused(result: CliResult, folder: Path, error: str) -> None:
+    """`result` refused its --output in one line naming `error`, never a temporary file,
+    and left `folder` empty."""
+    assert result.code == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "'--output'" in result.stderr and error.format(tmp=folder) in result.stderr
+    assert "atomic" not in result.stderr and ".tmp" not in result.stderr
+    assert os.listdir(folder) == []

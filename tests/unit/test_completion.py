@@ -276,3 +276,35 @@ def test_any_file_gives_refs_or_numbered_rejections(data: bytes) -> None:
     assert numbers == sorted(set(numbers))
     assert all(1 <= n <= len(lines) for n in numbers)
     assert len(found.refs) + len(found.rejected) <= len(lines)
+
+
+REF = "AAAAAAAAAAAAAAAA"
+OTHER_REF = "BBBBBBBBBBBBBBBB"
+
+
+def test_a_command_records_its_arguments_then_its_files_refs_once() -> None:
+    lines = completion.RefLines([OTHER_REF, REF], [(3, "not UTF-8")])
+    assert completion.command_refs([REF], lines, "done.txt") == [REF, OTHER_REF]
+    assert completion.command_refs([REF, REF], None, None) == [REF]
+
+
+@pytest.mark.parametrize(
+    ("args", "lines", "message"),
+    [
+        ([""], None, "a REF is empty; nothing was recorded"),
+        ([REF, "  "], None, "a REF is empty; nothing was recorded"),
+        ([], completion.RefLines([], []), "no survey reference in /dev/null"),
+        (
+            [],
+            completion.RefLines([], [(n, "not a survey reference") for n in range(1, 6)]),
+            "no survey reference in /dev/null; line 1: not a survey reference; line 2: not a"
+            " survey reference; line 3: not a survey reference; 2 more rejected",
+        ),
+    ],
+)
+def test_a_command_with_nothing_to_record_is_refused(
+    args: list[str], lines: completion.RefLines | None, message: str
+) -> None:
+    with pytest.raises(completion.NoReference) as refused:
+        completion.command_refs(args, lines, "/dev/null")
+    assert str(refused.value) == message

@@ -67,7 +67,7 @@ async def test_a_client_launches_watches_and_controls_only_its_own_campaigns(
         assert answer == {
             "campaign_id": campaign_id,
             "imported": 2,
-            "rejected": [{"line": 3, "reason": answer["rejected"][0]["reason"]}],
+            "rejected": [{"recipient": 3, "reason": answer["rejected"][0]["reason"]}],
             "existing": False,
             "queued": True,
         }
@@ -321,7 +321,9 @@ async def test_an_upload_over_the_limit_is_413_declared_or_streamed(
             yield big[start : start + 1000]
 
     async with (
-        serving(settings.model_copy(update={"api_max_upload_bytes": 5000})) as base,
+        serving(
+            settings.model_copy(update={"api_max_upload_bytes": 5000, "api_json_max_bytes": 5000})
+        ) as base,
         httpx.AsyncClient(base_url=base) as http,
     ):
         declared = await http.post(

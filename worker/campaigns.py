@@ -20,6 +20,7 @@ from worker.errors import (
     LaunchConflict,
     LaunchProblem,
     NotFound,
+    NoValidRecipient,
     TemplateProblem,
 )
 from worker.render import TemplateStore
@@ -46,10 +47,24 @@ class LaunchRequest:
 
 # At most this many reminder rounds (a survey, not a drip campaign).
 MAX_REMINDERS = 10
+# The longest campaign name (`--name`, or the recipients file's name, cut to fit).
+MAX_CAMPAIGN_NAME = 200
+
+
+def name_of_file(filename: str) -> str:
+    """A campaign name from a recipients file's name: the name itself, or when it is over
+    MAX_CAMPAIGN_NAME characters its beginning, "…" and its extension (`.csv`)."""
+    if len(filename) <= MAX_CAMPAIGN_NAME:
+        return filename
+    _, dot, extension = filename.rpartition(".")
+    ending = "…" + (dot + extension if dot and len(extension) <= 10 else "")
+    return filename[: MAX_CAMPAIGN_NAME - len(ending)] + ending
 
 
 def check_request(request: LaunchRequest) -> None:
     """Refuse a launch request that can never work, before anything is read or written."""
+    if len(request.name) > MAX_CAMPAIGN_NAME:
+        raise LaunchProblem(f"--name must be at most {MAX_CAMPAIGN_NAME} characters")
     if not 0 <= request.reminders <= MAX_REMINDERS:
         raise LaunchProblem(f"--reminders must be from 0 to {MAX_REMINDERS}")
     if request.reminders and request.reminder_interval is None:
@@ -248,11 +263,8 @@ async def launch(
         )
         if report.imported == 0:
             report.rejected.sort(key=lambda r: r.line)
-            lines = "; ".join(f"line {r.line}: {r.reason}" for r in report.rejected[:3])
-            more = len(report.rejected) - 3
-            raise LaunchProblem(
-                "no valid recipient in the file; nothing was launched"
-                + (f" ({lines}" + (f"; {more} more" if more > 0 else "") + ")" if lines else "")
+            raise NoValidRecipient(
+                [(r.line, r.reason) for r in report.rejected[:3]], len(report.rejected) - 3
             )
         if digest is not None:
             await conn.execute(

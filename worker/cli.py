@@ -476,7 +476,7 @@ def launch(
         template=template,
         kind=kind,
         survey_url=survey_url,
-        name=name or recipients.name,
+        name=name or campaigns.name_of_file(recipients.name),
         locale=locale.lower(),
         idempotency_key=idempotency_key,
         reminders=reminders,

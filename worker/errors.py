@@ -7,6 +7,7 @@ will never work, record the reason". Each carries what an operator needs to act 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 
 class SurveyWorkerError(Exception):
@@ -34,14 +35,42 @@ class LaunchProblem(SurveyWorkerError):
     """
 
     def api_message(self) -> str:
-        return _FLAG.sub(lambda m: m[1].replace("-", "_"), str(self))
+        return api_names(str(self))
 
 
 class LaunchConflict(LaunchProblem):
     """A launch reuses an idempotency key for something else than the key's first launch."""
 
 
+class NoValidRecipient(LaunchProblem):
+    """Not one recipient could be imported, so nothing was launched.
+
+    `first` holds the first rejected lines' (line, reason) and `more` how many others
+    there were, so that an API caller can name them as it gave them (`recipient 2`
+    instead of the CSV's `line 3`); the message names the file's lines.
+    """
+
+    def __init__(self, first: list[tuple[int, str]], more: int) -> None:
+        self.first = first
+        self.more = more
+        super().__init__(self.naming("line {}".format, "in the file"))
+
+    def naming(self, where: Callable[[int], str], source: str) -> str:
+        """The message, with `where(line)` naming each line and `source` what was read."""
+        shown = "; ".join(f"{where(line)}: {reason}" for line, reason in self.first)
+        if shown and self.more > 0:
+            shown += f"; {self.more} more"
+        return f"no valid recipient {source}; nothing was launched" + (
+            f" ({shown})" if shown else ""
+        )
+
+
 _FLAG = re.compile(r"(?<![\w-])--([a-z]+(?:-[a-z]+)*)")
+
+
+def api_names(text: str) -> str:
+    """`text` with the command line's flags (`--survey-url`) named as the API's fields."""
+    return _FLAG.sub(lambda m: m[1].replace("-", "_"), text)
 
 
 class QueueUnavailable(SurveyWorkerError):

@@ -17,10 +17,13 @@ from worker import addresses, links, locales
 from worker.errors import CsvProblem, InvalidAddress, InvalidUrl
 
 MAX_VALUE_LENGTH = 1000
-# C0 controls but tab, and DEL: no message can carry NUL, CR and LF would break a header,
-# and no value needs the others. What only a header cannot carry (C1 controls, U+2028,
-# U+2029) fails only the message that puts it in one.
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Columns of a file (email and locale included), and fields of a JSON recipient: every one
+# is kept for every row, so the width of a row is bounded as its values are.
+MAX_COLUMNS = 100
+# Control characters but tab (C0, DEL, C1 such as NEL U+0085) and the line and paragraph
+# separators U+2028 and U+2029: no message can carry NUL, the others would break a header
+# (the send would then fail that invitation), and no value needs them.
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 RESERVED = frozenset({"client_name", "unsubscribe_url"})
 
 
@@ -88,6 +91,8 @@ def read_recipients(
         raise CsvProblem("the header row is not valid UTF-8")
     if "email" not in header:
         raise CsvProblem("the header row has no `email` column")
+    if len(header) > MAX_COLUMNS:
+        raise CsvProblem(f"the header row has {len(header)} columns; at most {MAX_COLUMNS}")
     if len(set(header)) != len(header):
         raise CsvProblem("two columns have the same name")
     columns = [h for h in header if h not in ("email", "locale")]

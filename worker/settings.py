@@ -181,8 +181,10 @@ class Settings(BaseSettings):
     # The client API at /v1. Its database user launches and controls campaigns as
     # `launch` does (a login in the survey_worker role); unset: the web app's DATABASE_URL.
     api_database_url: str | None = None
-    # A request body (JSON or a CSV upload) larger than this is refused with 413.
+    # A CSV upload larger than this is refused with 413.
     api_max_upload_bytes: int = Field(default=100_000_000, ge=1_000)
+    # A JSON body (parsed whole, ~20x its size in memory) larger than this: 413.
+    api_json_max_bytes: int = Field(default=5_000_000, ge=1_000)
     # Requests per minute per key; more get 429. 0: no limit.
     api_rate_limit: int = Field(default=600, ge=0)
 

@@ -8,9 +8,9 @@
 
 Every request is authenticated (`Authorization: Bearer KEY`) and rate-limited per key
 before its body is read; it sees only the key's client, and another client's campaign is a
-404. Errors are `{"error": "..."}`: 400 bad input, 401 no valid key, 404, 413 a body over
-API_MAX_UPLOAD_BYTES, 429 over API_RATE_LIMIT, 503 when Postgres is unavailable; bad input
-is never a 500.
+404. Errors are `{"error": "..."}`: 400 bad input, 401 no valid key, 404, 413 a JSON body
+over API_JSON_MAX_BYTES or an upload over API_MAX_UPLOAD_BYTES, 429 over API_RATE_LIMIT,
+503 when Postgres is unavailable; bad input is never a 500.
 """
 
 from __future__ import annotations
@@ -53,7 +53,15 @@ from worker.api.uploads import (
     recipients_csv,
 )
 from worker.apikeys import Caller
-from worker.errors import CsvProblem, LaunchConflict, LaunchProblem, NotFound, UnusableUrl
+from worker.errors import (
+    CsvProblem,
+    LaunchConflict,
+    LaunchProblem,
+    NotFound,
+    NoValidRecipient,
+    UnusableUrl,
+    api_names,
+)
 from worker.render import TemplateStore
 from worker.settings import Settings, postgres_url_problem
 
@@ -292,29 +300,45 @@ class CampaignInput:
     name: str
 
 
-async def _campaign_input(body: Request) -> CampaignInput:
-    """Read and check `POST /v1/campaigns`'s body, JSON or multipart/form-data."""
-    media_type = body.headers.get("content-type", "").partition(";")[0].strip().lower()
+def _json_input(body: bytes) -> CampaignInput:
+    """Parse and check a JSON launch, and write its recipients out as the import's CSV.
+    Run in a thread: for a body of a few MB this takes a while and about 20 times the
+    body's size in memory, which must not stall the unsubscribe pages and /healthz."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise ApiError(400, f"malformed JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    given = _fields(data, CampaignJson)
+    del data
+    assert isinstance(given, CampaignJson)
+    mapping = recipients_csv(given.recipients)
+    # Only the CSV is needed from here on: the parsed recipients are let go.
+    fields = CampaignFields.model_validate(given.model_dump(exclude={"recipients"}))
+    stream: BinaryIO = mapping.file  # type: ignore[assignment]
+    return CampaignInput(fields, stream, mapping, fields.name or "api")
+
+
+async def _campaign_input(request: Request, settings: Settings) -> CampaignInput:
+    """Read and check `POST /v1/campaigns`'s body, JSON (within API_JSON_MAX_BYTES) or
+    multipart/form-data (within API_MAX_UPLOAD_BYTES)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type == "application/json":
-        try:
-            data = orjson.loads(await body.body())
-        except orjson.JSONDecodeError as e:
-            raise ApiError(400, f"malformed JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise ApiError(400, "the body must be a JSON object")
-        fields = _fields(data, CampaignJson)
-        assert isinstance(fields, CampaignJson)
-        mapping = recipients_csv(fields.recipients)
-        stream: BinaryIO = mapping.file  # type: ignore[assignment]
-        return CampaignInput(fields, stream, mapping, fields.name or "api")
+        body = await limited_request(
+            request,
+            settings.api_json_max_bytes,
+            hint=" (API_JSON_MAX_BYTES): send more recipients as a CSV upload",
+        ).body()
+        return await asyncio.to_thread(_json_input, body)
     if media_type == "multipart/form-data":
-        upload = await read_upload(body)
+        upload = await read_upload(limited_request(request, settings.api_max_upload_bytes))
         try:
             fields = _fields(dict(upload.fields), CampaignFields)
         except ApiError:
             upload.file.close()
             raise
-        name = fields.name or upload.filename or "api upload"
+        name = fields.name or campaigns.name_of_file(upload.filename or "api upload")
         return CampaignInput(fields, upload.file, None, name)
     raise ApiError(400, "Content-Type must be application/json or multipart/form-data")
 
@@ -334,7 +358,7 @@ async def create_campaign(
     """Launch a campaign: `launch`'s options and recipients, as JSON or as a CSV upload
     (`multipart/form-data`, field `recipients`); the answer is `launch --json`'s."""
     api = _api(request)
-    given = await _campaign_input(limited_request(request, api.settings.api_max_upload_bytes))
+    given = await _campaign_input(request, api.settings)
     fields, stream, mapping = given.fields, given.stream, given.mapping
     try:
         interval = (
@@ -358,6 +382,11 @@ async def create_campaign(
         report = await asyncio.to_thread(_launch_blocking, api, launch, stream)
     except LaunchConflict as e:
         raise ApiError(422, e.api_message()) from e
+    except NoValidRecipient as e:
+        if mapping is None:
+            raise ApiError(400, e.api_message()) from e
+        named = e.naming(lambda line: f"recipient {mapping.position(line)}", "in `recipients`")
+        raise ApiError(400, api_names(named)) from e
     except LaunchProblem as e:
         raise ApiError(400, e.api_message()) from e
     except CsvProblem as e:
@@ -366,7 +395,9 @@ async def create_campaign(
         stream.close()
     queued = await _enqueue(api, report.campaign_id)
     rejected = [
-        {"line": mapping.position(r.line) if mapping else r.line, "reason": r.reason}
+        {"recipient": mapping.position(r.line), "reason": api_names(r.reason)}
+        if mapping
+        else {"line": r.line, "reason": api_names(r.reason)}
         for r in report.rejected
     ]
     log.info(
@@ -523,7 +554,11 @@ def create_app() -> FastAPI:
         responses={
             201: {"model": LaunchAnswer, "description": "Created."},
             200: {"model": LaunchAnswer, "description": "Launched before (Idempotency-Key)."},
-            413: {"model": ErrorAnswer, "description": "Over API_MAX_UPLOAD_BYTES."},
+            413: {
+                "model": ErrorAnswer,
+                "description": "A JSON body over API_JSON_MAX_BYTES, or a CSV upload over "
+                "API_MAX_UPLOAD_BYTES.",
+            },
             422: {
                 "model": ErrorAnswer,
                 "description": "The Idempotency-Key was used for another launch.",

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.campaigns import MAX_REMINDERS
+from worker.campaigns import MAX_CAMPAIGN_NAME, MAX_REMINDERS
+from worker.imports import MAX_COLUMNS
+from worker.states import CampaignStatus
 
 # `launch --idempotency-key`'s rule: 1-200 printable ASCII characters, no spaces.
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"
@@ -26,7 +28,11 @@ class CampaignFields(BaseModel):
         "survey_url column).",
     )
     name: str | None = Field(
-        default=None, min_length=1, max_length=200, description="Campaign name."
+        default=None,
+        min_length=1,
+        max_length=MAX_CAMPAIGN_NAME,
+        description="Campaign name; default: the uploaded file's name (cut to "
+        f"{MAX_CAMPAIGN_NAME} characters), `api` for JSON.",
     )
     locale: str = Field(
         default="en", pattern=r"^[a-zA-Z]{2}$", description="Locale for recipients without one."
@@ -47,45 +53,87 @@ class CampaignFields(BaseModel):
 class CampaignJson(CampaignFields):
     """`POST /v1/campaigns` as JSON: `launch`'s options and the recipients."""
 
-    recipients: list[dict[str, str]] = Field(
+    # At most MAX_COLUMNS fields each: declared here, checked by `recipients_csv` (which
+    # names the recipient by its position, as the rejections do).
+    recipients: list[
+        Annotated[dict[str, str], Field(json_schema_extra={"maxProperties": MAX_COLUMNS})]
+    ] = Field(
         min_length=1,
         description="One object per recipient: `email`, optional `locale`, any template "
-        "variables (the CSV's columns).",
+        f"variables (the CSV's columns); at most {MAX_COLUMNS} fields each, and at most "
+        f"{MAX_COLUMNS} distinct field names in all.",
     )
 
 
 class RejectedLine(BaseModel):
-    line: int = Field(
-        description="CSV: the file's line; JSON: the recipient's 1-based position in `recipients`."
-    )
+    """A rejected line of an uploaded CSV."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    line: int = Field(description="The file's line, as `launch` reports it.")
+    reason: str
+
+
+class RejectedRecipient(BaseModel):
+    """A rejected recipient of a JSON launch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipient: int = Field(description="The recipient's 1-based position in `recipients`.")
     reason: str
 
 
 class LaunchAnswer(BaseModel):
     """What `launch --json` prints, and whether the workers were told at once."""
 
+    model_config = ConfigDict(extra="forbid")
+
     campaign_id: int
     imported: int
-    rejected: list[RejectedLine]
+    rejected: list[RejectedLine] | list[RejectedRecipient] = Field(
+        description="CSV upload: by line; JSON: by the recipient's position."
+    )
     existing: bool = Field(description="True: an earlier request with the Idempotency-Key.")
     queued: bool = Field(
         description="False: Redis could not take the job; the reconcile cron starts it."
     )
 
 
+class ReminderRound(BaseModel):
+    """A reminder round: when it is due, and its invitations by state."""
+
+    # Besides `sent` and `suppressed`, a count for each other state the round has.
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"additionalProperties": {"type": "integer"}}
+    )
+
+    round: int = Field(ge=1)
+    due_at: str | None = Field(
+        description="UTC, ISO 8601; null until the campaign's first message was accepted."
+    )
+    sent: int
+    suppressed: int
+
+
 class StatusAnswer(BaseModel):
     """What `status --json` prints."""
 
+    model_config = ConfigDict(extra="forbid")
+
     campaign_id: int
-    status: str
+    status: CampaignStatus
     total: int
     counts: dict[str, int]
     reasons: dict[str, int]
     status_reason: str | None
     feedback: dict[str, int]
+    reminders: list[ReminderRound] = Field(description="One per round, in order.")
+    completed: int = Field(description="Invitations the survey platform reported answered.")
 
 
 class ControlAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     campaign_id: int
     status: str
     changed: bool = Field(description="False: the campaign already was so, or could not move.")

@@ -1,10 +1,11 @@
-"""Request bodies of `POST /v1/campaigns`, read within API_MAX_UPLOAD_BYTES.
+"""Request bodies of `POST /v1/campaigns`, read within their limits.
 
-A CSV upload (`multipart/form-data`, field `recipients`) is streamed into a spooled
-temporary file (1 MB in memory, the rest on disk) as it arrives, never held in memory; the
-import then streams it into Postgres as `launch` does. A JSON body is parsed whole (it has
-to be, to be JSON), and its recipients are written out as the same CSV, so both go through
-one import with one set of rules.
+A CSV upload (`multipart/form-data`, field `recipients`, within API_MAX_UPLOAD_BYTES) is
+streamed into a spooled temporary file (1 MB in memory, the rest on disk) as it arrives,
+never held in memory; the import then streams it into Postgres as `launch` does. A JSON
+body is parsed whole (it has to be, to be JSON: about 20 times its size in memory), so it
+has its own, much lower limit (API_JSON_MAX_BYTES); its recipients are written out as the
+same CSV, so both go through one import with one set of rules.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive
 
 from worker.errors import SurveyWorkerError
+from worker.imports import MAX_COLUMNS
 
 # Bytes of a spooled upload kept in memory before it moves to a temporary file.
 SPOOL_BYTES = 1024 * 1024
@@ -36,7 +38,7 @@ class BadBody(SurveyWorkerError):
     """A request body that cannot be read as what it claims to be: 400."""
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
+def _limited(receive: Receive, limit: int, hint: str) -> Receive:
     """`receive`, raising BodyTooLarge once the body passes `limit` bytes."""
     seen = 0
 
@@ -46,18 +48,19 @@ def _limited(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise BodyTooLarge(f"the request body is over {limit} bytes")
+                raise BodyTooLarge(f"the request body is over {limit} bytes{hint}")
         return message
 
     return limited
 
 
-def limited_request(request: Request, limit: int) -> Request:
-    """The request, refusing (BodyTooLarge) a declared or actual body over `limit` bytes."""
+def limited_request(request: Request, limit: int, *, hint: str = "") -> Request:
+    """The request, refusing (BodyTooLarge) a declared or actual body over `limit` bytes;
+    `hint` follows the refusal's message."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"the request body is over {limit} bytes")
-    return Request(request.scope, _limited(request.receive, limit))
+        raise BodyTooLarge(f"the request body is over {limit} bytes{hint}")
+    return Request(request.scope, _limited(request.receive, limit, hint))
 
 
 @dataclass
@@ -113,10 +116,23 @@ class JsonRecipients:
 
 def recipients_csv(recipients: list[dict[str, str]]) -> JsonRecipients:
     """A recipients CSV of `recipients`: the header is `email` and every other key in
-    the order they first appear; a recipient without a key gets an empty cell."""
+    the order they first appear; a recipient without a key gets an empty cell.
+
+    BadBody, before anything is written, when a recipient has more than MAX_COLUMNS
+    fields or all of them name more than MAX_COLUMNS (every row gets every column).
+    """
     columns: dict[str, None] = {"email": None}
-    for recipient in recipients:
+    for position, recipient in enumerate(recipients, start=1):
+        if len(recipient) > MAX_COLUMNS:
+            raise BadBody(
+                f"recipient {position} has {len(recipient)} fields; at most {MAX_COLUMNS}"
+            )
         columns.update(dict.fromkeys(recipient))
+        if len(columns) > MAX_COLUMNS:
+            raise BadBody(
+                f"the recipients name more than {MAX_COLUMNS} distinct fields "
+                f"(from recipient {position} on)"
+            )
     header = list(columns)
     out: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
     text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from worker.db import Conn
@@ -128,10 +128,12 @@ async def revoke(conn: Conn, key_id: int) -> bool:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who an API request comes from."""
+    """Who an API request comes from, and the key it presented (which Postgres checks
+    again where a client's list is read; never shown in a repr or a log)."""
 
     key_id: int
     client_id: str
+    key: str = field(repr=False)
 
 
 async def authenticate(conn: Conn, key: str) -> Caller | None:
@@ -151,7 +153,7 @@ async def authenticate(conn: Conn, key: str) -> Caller | None:
              AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')""",
         row["id"],
     )
-    return Caller(row["id"], row["client_id"])
+    return Caller(row["id"], row["client_id"], key)
 
 
 async def owns_campaign(conn: Conn, client_id: str, campaign_id: int) -> bool:

@@ -13,6 +13,10 @@ the directories registered with `--daily`) writes the events since the directory
 drop as a CSV file and a JSON manifest (`count`, `cursor`, `sha256` of the CSV), then moves
 the directory's cursor on. A crash between the files and the cursor repeats those events
 in the next drop (at least once), never skips them.
+
+Who reads a feed (sql/013_feed_secrecy.sql): the client API only with the client's own
+active key, which Postgres checks (`page_for_key`); drops only as a login in the
+`feed_dropper` role (`page`, `drop`). The worker's and the web app's logins read no list.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 
 from worker.db import Conn
-from worker.errors import NotFound, SurveyWorkerError
-from worker.privacy import spreadsheet_safe
+from worker.errors import NotFound, PermissionDenied, SurveyWorkerError
+from worker.privacy import in_role, spreadsheet_safe
 
 log = structlog.get_logger("worker.feed")
 
@@ -45,10 +50,16 @@ DROP_PAGE = 1000
 CSV_HEADER = ("kind", "email", "at")
 _CURSOR = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
 _MAX_BIGINT = 2**63 - 1
+# The group role that drops run as (sql/013_feed_secrecy.sql).
+FEED_ROLE = "feed_dropper"
 
 
 class BadCursor(SurveyWorkerError):
     """A cursor the feed never handed out."""
+
+
+class KeyRefused(SurveyWorkerError):
+    """Postgres found no active key of the client matching the presented one."""
 
 
 @dataclass(frozen=True, order=True)
@@ -112,18 +123,43 @@ def iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat()
 
 
+_PAGE_COLUMNS = "xid, id, kind, email, at"
+
+
+def _page(rows: list[Any], after: Cursor) -> Page:
+    events = [Event(r["kind"], r["email"], r["at"]) for r in rows]
+    last = Cursor(rows[-1]["xid"], rows[-1]["id"]) if rows else after
+    return Page(events, last)
+
+
 async def page(conn: Conn, client_id: str, after: Cursor, limit: int) -> Page:
-    """The client's events after `after`, oldest first, at most `limit` of them."""
+    """The client's events after `after`, oldest first, at most `limit` of them. Only for
+    the `feed_dropper` and `privacy_officer` roles (drops)."""
     rows = await conn.fetch(
-        "SELECT xid, id, kind, email, at FROM opt_out_feed_page($1, $2, $3, $4)",
+        f"SELECT {_PAGE_COLUMNS} FROM opt_out_feed_page($1, $2, $3, $4)",
         client_id,
         after.xid,
         after.event_id,
         limit,
     )
-    events = [Event(r["kind"], r["email"], r["at"]) for r in rows]
-    last = Cursor(rows[-1]["xid"], rows[-1]["id"]) if rows else after
-    return Page(events, last)
+    return _page(rows, after)
+
+
+async def page_for_key(conn: Conn, client_id: str, api_key: str, after: Cursor, limit: int) -> Page:
+    """As `page`, for a request that presented `api_key`: Postgres returns the events only
+    if the key is an active key of `client_id`; KeyRefused otherwise."""
+    try:
+        rows = await conn.fetch(
+            f"SELECT {_PAGE_COLUMNS} FROM opt_out_feed_page_by_key($1, $2, $3, $4, $5)",
+            client_id,
+            api_key,
+            after.xid,
+            after.event_id,
+            limit,
+        )
+    except asyncpg.InvalidAuthorizationSpecificationError as e:
+        raise KeyRefused("not an active API key of this client") from e
+    return _page(rows, after)
 
 
 # --- drops -------------------------------------------------------------------------------
@@ -194,7 +230,20 @@ def _write_files(csv_path: Path, data: bytes, manifest_path: Path, manifest: byt
 async def drop(conn: Conn, client_id: str, directory: Path, *, daily: bool | None = None) -> Drop:
     """Write the events since this directory's last drop for the client, then move the
     directory's cursor on. `daily` registers (True) or unregisters (False) the directory
-    for the daily cron; None leaves that as it is. NotFound for an unknown client."""
+    for the daily cron; None leaves that as it is. NotFound for an unknown client.
+
+    Runs in the `feed_dropper` role: PermissionDenied, before anything is written, for a
+    login that is not in it (the worker's and the web app's are not)."""
+    async with in_role(conn, FEED_ROLE, "feed"):
+        if not await conn.fetchval(
+            "SELECT has_function_privilege('opt_out_feed_page(text, bigint, bigint, integer)',"
+            " 'EXECUTE')"
+        ):
+            raise PermissionDenied(f"feed needs the {FEED_ROLE} role")
+        return await _drop(conn, client_id, directory, daily=daily)
+
+
+async def _drop(conn: Conn, client_id: str, directory: Path, *, daily: bool | None) -> Drop:
     if not await conn.fetchval("SELECT true FROM clients WHERE id = $1", client_id):
         raise NotFound(f"unknown client {client_id!r}")
     directory = await asyncio.to_thread(_prepare, directory)
@@ -258,17 +307,32 @@ async def scheduled(conn: Conn) -> list[tuple[str, Path]]:
 async def drop_feeds(ctx: Any) -> dict[str, Any]:
     """The daily cron job: a drop for every directory registered with `--daily`.
 
-    Safe to run twice: a second run writes the events since the first (often none). One
-    directory that cannot be written is logged and skipped; the others still get theirs.
+    Runs as FEED_DATABASE_URL's login (a member of `feed_dropper`), else as the worker's
+    own, which a role-separated deployment does not let read a list: each drop is then
+    logged as failed. Safe to run twice: a second run writes the events since the first
+    (often none). One directory that cannot be written is logged and skipped; the others
+    still get theirs.
     """
+    settings = ctx.get("settings")
+    url = settings.feed_database_url if settings is not None else None
+    if url is None:
+        async with ctx["pool"].acquire() as conn:
+            return await _drop_scheduled(conn)
+    conn = await asyncpg.connect(url)
+    try:
+        return await _drop_scheduled(conn)
+    finally:
+        await conn.close()
+
+
+async def _drop_scheduled(conn: Conn) -> dict[str, Any]:
     done = failed = 0
-    async with ctx["pool"].acquire() as conn:
-        for client_id, directory in await scheduled(conn):
-            try:
-                await drop(conn, client_id, directory)
-            except SurveyWorkerError as e:
-                failed += 1
-                log.error("feed.drop_failed", client_id=client_id, error=str(e))
-            else:
-                done += 1
+    for client_id, directory in await scheduled(conn):
+        try:
+            await drop(conn, client_id, directory)
+        except SurveyWorkerError as e:
+            failed += 1
+            log.error("feed.drop_failed", client_id=client_id, error=str(e))
+        else:
+            done += 1
     return {"drops": done, "failed": failed}

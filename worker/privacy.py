@@ -90,16 +90,15 @@ async def act_as(conn: Conn, role: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _as_privacy_officer(conn: Conn, command: str) -> AsyncIterator[None]:
-    """A transaction in the privacy role (`act_as`); when Postgres refuses the user a
-    statement in it, `PermissionDenied` in one sentence naming `command`, and nothing is
-    written."""
+async def in_role(conn: Conn, role: str, command: str) -> AsyncIterator[None]:
+    """A transaction in `role` (`act_as`); when Postgres refuses the user a statement in
+    it, `PermissionDenied` in one sentence naming `command`, and nothing is written."""
     try:
         async with conn.transaction():
-            await act_as(conn, PRIVACY_ROLE)
+            await act_as(conn, role)
             yield
     except asyncpg.InsufficientPrivilegeError:
-        raise PermissionDenied(f"{command} needs the {PRIVACY_ROLE} role") from None
+        raise PermissionDenied(f"{command} needs the {role} role") from None
 
 
 async def resubscribe(
@@ -112,7 +111,7 @@ async def resubscribe(
     """
     actor = _required(actor, "the actor")
     reason = _required(reason, "the reason")
-    async with _as_privacy_officer(conn, "resubscribe"):
+    async with in_role(conn, PRIVACY_ROLE, "resubscribe"):
         await optouts.require_client(conn, scope)
         if scope.kind == "marketing":
             removed = await conn.fetchval(
@@ -194,7 +193,7 @@ async def erase(conn: Conn, *, email_hash: bytes, actor: str) -> ErasureReport:
     not sent yet can no longer be sent. Writes an audit row and logs `address.erased`.
     """
     actor = _required(actor, "the actor")
-    async with _as_privacy_officer(conn, "erase"):
+    async with in_role(conn, PRIVACY_ROLE, "erase"):
         invitations = await conn.execute(
             """UPDATE invitations SET email = NULL, vars = '{}', updated_at = now()
                WHERE email_hash = $1 AND (email IS NOT NULL OR vars <> '{}')""",

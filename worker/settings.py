@@ -181,6 +181,9 @@ class Settings(BaseSettings):
     # The client API at /v1. Its database user launches and controls campaigns as
     # `launch` does (a login in the survey_worker role); unset: the web app's DATABASE_URL.
     api_database_url: str | None = None
+    # The login of the worker's daily feed drops (a member of feed_dropper, which alone
+    # reads a client's list for a drop); unset: the worker's DATABASE_URL.
+    feed_database_url: str | None = None
     # A CSV upload larger than this is refused with 413.
     api_max_upload_bytes: int = Field(default=100_000_000, ge=1_000)
     # A JSON body (parsed whole, ~20x its size in memory) larger than this: 413.
@@ -194,13 +197,15 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     ops_users: SecretStr | None = None
 
-    @field_validator("database_url", "redis_url", "api_database_url", mode="before")
+    @field_validator(
+        "database_url", "redis_url", "api_database_url", "feed_database_url", mode="before"
+    )
     @classmethod
     def _unset_when_blank(cls, value: object) -> object:
         # A blank URL means unset (embedded servers), as it did before URLs were checked.
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("database_url", "api_database_url")
+    @field_validator("database_url", "api_database_url", "feed_database_url")
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
         problem = None if value is None else postgres_url_problem(value)

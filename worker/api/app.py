@@ -492,7 +492,11 @@ async def opt_out_feed(
     except feed.BadCursor as e:
         raise ApiError(400, str(e)) from e
     async with _api(request).connection() as conn:
-        page = await feed.page(conn, caller.client_id, cursor, limit)
+        try:
+            page = await feed.page_for_key(conn, caller.client_id, caller.key, cursor, limit)
+        except feed.KeyRefused as e:
+            # Revoked since it was authenticated a moment ago.
+            raise unauthorized() from e
     return JSONResponse(page.as_json())
 
 

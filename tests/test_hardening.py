@@ -101,7 +101,7 @@ async def test_a_bad_survey_url_cell_rejects_its_line_alone(
         (4, "survey_url contains a space or control character"),
         (5, "a value contains a line break or control character"),
         # Line 5's quoted value takes two lines of the file.
-        (7, "survey_url contains a space or control character"),
+        (7, "a value contains a line break or control character"),
         (8, "survey_url has no host"),
         (9, "survey_url is empty and no --survey-url was given"),
     ]

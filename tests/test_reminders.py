@@ -27,6 +27,7 @@ from tests.support.pipeline import (
 from tests.support.smtp import RecordedMessage, RecordingHandler
 from tests.support.web import cli, email_hash, launch_args, private_logs
 from worker import completion, db, ledger, suppression
+from worker.errors import LaunchProblem
 from worker.settings import Settings
 from worker.suppression import Scope
 
@@ -371,6 +372,10 @@ async def test_launch_takes_reminders_from_the_command_line(
         (["--reminders", "11", "--reminder-interval", "3d"], "--reminders"),
         (["--reminders", "1", "--reminder-interval", "3 days"], "duration such as"),
         (["--reminders", "1", "--reminder-interval", "0s"], "more than nothing"),
+        (
+            ["--kind", "marketing", "--reminders", "1", "--reminder-interval", "3d"],
+            "Error: --reminders is only for survey campaigns; --kind marketing sends no reminders",
+        ),
     ],
 )
 async def test_launch_refuses_reminder_options_that_cannot_work(
@@ -383,6 +388,27 @@ async def test_launch_refuses_reminder_options_that_cannot_work(
     assert done.code != 0
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
+    assert await pg.fetchval("SELECT count(*) FROM campaigns") == 0
+
+
+async def test_a_marketing_campaign_with_reminders_is_refused_for_the_api_too(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    """The refusal lives in `campaigns.launch`, which the client API's launch runs."""
+    await add_client(pg, "acme")
+    with pytest.raises(LaunchProblem) as refused:
+        await launch(
+            pg,
+            settings,
+            csv_of("ann@example.com"),
+            kind="marketing",
+            reminders=2,
+            reminder_interval=timedelta(days=3),
+            enqueue=False,
+        )
+    assert refused.value.api_message() == (
+        "reminders is only for survey campaigns; kind marketing sends no reminders"
+    )
     assert await pg.fetchval("SELECT count(*) FROM campaigns") == 0
 
 

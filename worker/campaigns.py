@@ -67,6 +67,11 @@ def check_request(request: LaunchRequest) -> None:
         raise LaunchProblem(f"--name must be at most {MAX_CAMPAIGN_NAME} characters")
     if not 0 <= request.reminders <= MAX_REMINDERS:
         raise LaunchProblem(f"--reminders must be from 0 to {MAX_REMINDERS}")
+    if request.reminders and request.kind == "marketing":
+        # A reminder asks again for an answer that marketing mail never asks for.
+        raise LaunchProblem(
+            "--reminders is only for survey campaigns; --kind marketing sends no reminders"
+        )
     if request.reminders and request.reminder_interval is None:
         raise LaunchProblem("--reminders needs --reminder-interval, e.g. 3d")
     if not request.reminders and request.reminder_interval is not None:

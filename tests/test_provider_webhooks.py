@@ -220,6 +220,13 @@ def _ses_refusals(host: SnsHost, signer: SnsSigner) -> dict[str, dict[str, str]]
         "http cert URL": signer.sign(
             {**good, "SigningCertURL": cert.replace("https://", "http://")}
         ),
+        # urlsplit drops the tab and sees the stand-in's host; httpx would refuse the URL.
+        "tab in cert URL host": signer.sign(
+            {**good, "SigningCertURL": cert.replace("localhost", "local\thost")}
+        ),
+        "tab in cert URL path": signer.sign(
+            {**good, "SigningCertURL": cert.replace(".pem", "\t.pem")}
+        ),
         "no certificate there": signer.sign(
             {**good, "SigningCertURL": host.cert_url("missing.pem")}
         ),
@@ -236,6 +243,8 @@ def _ses_refusals(host: SnsHost, signer: SnsSigner) -> dict[str, dict[str, str]]
         "wrong topic",
         "cert host not matching",
         "http cert URL",
+        "tab in cert URL host",
+        "tab in cert URL path",
         "no certificate there",
         "unknown signature version",
         "signature not base64",
@@ -253,7 +262,7 @@ async def test_ses_refuses_what_sns_did_not_sign_for_our_topics(
     assert response.status_code == 401
     assert set(response.json()) == {"error"}
     assert await feedback_jobs(settings.redis_url or "") == {}
-    if case in ("wrong topic", "cert host not matching", "http cert URL"):
+    if case in ("wrong topic", "cert host not matching", "http cert URL") or "tab" in case:
         assert sns.fetches == []  # refused before anything was fetched
 
 

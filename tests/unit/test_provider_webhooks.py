@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -197,16 +198,32 @@ def test_a_signature_by_another_key_or_version_fails() -> None:
         ("https://sns.eu-west-1.amazonaws.com.evil.example/cert.pem", "not an SNS host"),
         ("https://evil.example/sns.eu-west-1.amazonaws.com/cert.pem", "not an SNS host"),
         ("https://user@sns.eu-west-1.amazonaws.com/cert.pem", "not an SNS host"),
+        ("https://sns.eu-west-1.amazonaws.com\\@evil.example/cert.pem", "not an SNS host"),
         ("https://s3.amazonaws.com/cert.pem", "not an SNS host"),
         ("https://sns.eu-west-1.amazonaws.com:x/cert.pem", "not a URL"),
         ("https://[::1/cert.pem", "not a URL"),
+        # Parsers disagree about whitespace and control characters: none is fetched.
+        ("https://sns.eu-west-1.amazon\taws.com/cert.pem", "not a URL"),
+        ("https://sns.eu-west-1.amazonaws.com/cert\t.pem", "not a URL"),
+        ("https://sns.eu-west-1.amazonaws.com\n.evil.example/cert.pem", "not a URL"),
+        (" https://sns.eu-west-1.amazonaws.com/cert.pem", "not a URL"),
+        ("https://sns.eu-west-1.amazonaws.com/cert.pem\x00", "not a URL"),
+        ("https://sns.eu-west-1.amazonaws.com/ce\u2028rt.pem", "not a URL"),
         ("", "not https"),
     ],
 )
 def test_certificate_and_subscribe_urls_must_be_https_on_an_sns_host(
     url: str, problem: str | None
 ) -> None:
-    assert ses.url_problem(url, re.compile(SNS_CERT_HOSTS)) == problem
+    if problem is None:
+        checked = ses.sns_url(url, re.compile(SNS_CERT_HOSTS), field="SigningCertURL")
+        # What is fetched is what was checked.
+        assert checked == httpx.URL(url)
+        assert re.fullmatch(SNS_CERT_HOSTS, checked.host)
+    else:
+        with pytest.raises(Unauthenticated) as refused:
+            ses.sns_url(url, re.compile(SNS_CERT_HOSTS), field="SigningCertURL")
+        assert str(refused.value) == f"SigningCertURL: {problem}"
 
 
 def test_certificates_are_checked_for_validity_and_kind() -> None:

@@ -139,10 +139,10 @@ class Webhooks:
         message = ses.parse(await _body(request))
         if message.topic_arn not in self.config.topic_arns:
             raise Unauthenticated("TopicArn is not in SES_TOPIC_ARNS")
-        problem = ses.url_problem(message.signing_cert_url, self.config.cert_host_pattern)
-        if problem:
-            raise Unauthenticated(f"SigningCertURL: {problem}")
-        ses.verify(message, await self._signing_key(message.signing_cert_url))
+        cert_url = ses.sns_url(
+            message.signing_cert_url, self.config.cert_host_pattern, field="SigningCertURL"
+        )
+        ses.verify(message, await self._signing_key(cert_url))
         if message.type == "SubscriptionConfirmation":
             await self._confirm(message.subscribe_url or "")
             log.info("webhook.subscription_confirmed", provider="ses")
@@ -206,17 +206,17 @@ class Webhooks:
                 raise Unavailable(f"the queue is unavailable ({e})") from e
         return batch
 
-    async def _signing_key(self, url: str) -> rsa.RSAPublicKey:
+    async def _signing_key(self, url: httpx.URL) -> rsa.RSAPublicKey:
         """The key of the SNS signing certificate at `url` (fetched once, then kept)."""
-        certificate = self._certificates.get(url)
+        certificate = self._certificates.get(str(url))
         if certificate is None:
             certificate = ses.load_certificate(await self._fetch_certificate(url))
             if len(self._certificates) >= CERTIFICATE_CACHE_SIZE:
                 self._certificates.pop(next(iter(self._certificates)))
-            self._certificates[url] = certificate
+            self._certificates[str(url)] = certificate
         return ses.public_key(certificate, now=datetime.now(UTC))
 
-    async def _fetch_certificate(self, url: str) -> bytes:
+    async def _fetch_certificate(self, url: httpx.URL) -> bytes:
         try:
             async with self.http.stream("GET", url) as response:
                 if response.status_code >= 500:
@@ -234,11 +234,9 @@ class Webhooks:
 
     async def _confirm(self, url: str) -> None:
         """Confirm an SNS subscription by GETting its SubscribeURL."""
-        problem = ses.url_problem(url, self.config.cert_host_pattern)
-        if problem:
-            raise Unauthenticated(f"SubscribeURL: {problem}")
+        checked = ses.sns_url(url, self.config.cert_host_pattern, field="SubscribeURL")
         try:
-            response = await self.http.get(url)
+            response = await self.http.get(checked)
         except httpx.HTTPError as e:
             raise Unavailable(f"the subscription was not confirmed ({type(e).__name__})") from e
         if not response.is_success:

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
+import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -131,21 +131,28 @@ def string_to_sign(message: SnsMessage) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def url_problem(url: str, host_pattern: re.Pattern[str]) -> str | None:
-    """Why SNS cannot have sent `url` (a SigningCertURL or SubscribeURL), or None: it must
-    be https, on a host SNS_CERT_HOST_PATTERN matches as a whole, with no user or
-    password."""
+# Whitespace and control characters: URL parsers disagree about them (urlsplit drops a tab
+# that httpx refuses, and httpx keeps a leading space as part of a relative path), so a URL
+# holding one is refused before any parser reads it.
+_NOT_IN_URL = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
+
+
+def sns_url(url: str, host_pattern: re.Pattern[str], *, field: str) -> httpx.URL:
+    """`url` (the message's `field`, a SigningCertURL or SubscribeURL) exactly as httpx
+    will fetch it, once SNS can have sent it: https, on a host SNS_CERT_HOST_PATTERN
+    matches as a whole, with no user or password, no whitespace or control character.
+    Unauthenticated, naming `field` and the reason, otherwise."""
+    if _NOT_IN_URL.search(url):
+        raise Unauthenticated(f"{field}: not a URL")
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # raises ValueError for a port that is not a number
-    except ValueError:
-        return "not a URL"
-    if parts.scheme != "https":
-        return "not https"
-    if not host or parts.username is not None or not host_pattern.fullmatch(host):
-        return "not an SNS host"
-    return None
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        raise Unauthenticated(f"{field}: not a URL") from None
+    if parsed.scheme != "https":
+        raise Unauthenticated(f"{field}: not https")
+    if not parsed.host or parsed.userinfo or not host_pattern.fullmatch(parsed.host):
+        raise Unauthenticated(f"{field}: not an SNS host")
+    return parsed
 
 
 def load_certificate(data: bytes) -> x509.Certificate:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 
 import pytest
+import redis
 import redis.asyncio
 
 from tests.deploy.servers import free_port
@@ -69,7 +71,7 @@ async def test_marks_follow_each_message(
     client: redis.asyncio.Redis, books: Callable[[str], Journal]
 ) -> None:
     book = books("w1")
-    await book.open([1, 2, 3], lease_seconds=LEASE)
+    await book.open([1, 2, 3], lease_seconds=LEASE, leased_at=time.monotonic())
     assert await start(book, 1) and await start(book, 2)
     book.accepted(1)
     await marks(client, book, lambda found: sorted(found) == [b"a", b"q", b"s"])
@@ -84,9 +86,9 @@ async def test_a_new_chunk_replaces_the_last_one(
     client: redis.asyncio.Redis, books: Callable[[str], Journal]
 ) -> None:
     book = books("w2")
-    await book.open([1, 2], lease_seconds=LEASE)
+    await book.open([1, 2], lease_seconds=LEASE, leased_at=time.monotonic())
     assert await start(book, 1)
-    await book.open([3], lease_seconds=LEASE)
+    await book.open([3], lease_seconds=LEASE, leased_at=time.monotonic())
     assert await journal.take_back(client, "w2") == {3: Mark.TAKEN_BACK}
 
 
@@ -95,7 +97,7 @@ async def test_accepted_marks_of_one_turn_are_one_command(
 ) -> None:
     book = books("w3")
     ids = list(range(1, 101))
-    await book.open(ids, lease_seconds=LEASE)
+    await book.open(ids, lease_seconds=LEASE, leased_at=time.monotonic())
     for i in ids:
         assert await start(book, i)
     await marks(client, book, lambda found: set(found) == {b"s"})
@@ -111,7 +113,7 @@ async def test_nothing_starts_once_the_lease_is_nearly_over(
     client: redis.asyncio.Redis, books: Callable[[str], Journal]
 ) -> None:
     book = books("w4")
-    await book.open([1], lease_seconds=0.05)
+    await book.open([1], lease_seconds=0.05, leased_at=time.monotonic())
     await asyncio.sleep(0.1)
     assert await start(book, 1) is False
     assert await journal.take_back(client, "w4") == {1: Mark.TAKEN_BACK}
@@ -124,7 +126,7 @@ async def test_no_journal_is_none(client: redis.asyncio.Redis) -> None:
 async def test_without_redis_no_chunk_opens_and_nothing_starts() -> None:
     book = Journal(f"redis://127.0.0.1:{free_port()}/0", "w5")
     with pytest.raises(OSError):
-        await book.open([1], lease_seconds=LEASE)
+        await book.open([1], lease_seconds=LEASE, leased_at=time.monotonic())
     assert await start(book, 1) is False
     book.close()
 
@@ -133,7 +135,7 @@ async def test_a_lost_connection_stops_the_starts(
     client: redis.asyncio.Redis, books: Callable[[str], Journal]
 ) -> None:
     book = books("w6")
-    await book.open([1, 2], lease_seconds=LEASE)
+    await book.open([1, 2], lease_seconds=LEASE, leased_at=time.monotonic())
     assert await start(book, 1)
     own = [c["id"] for c in await client.client_list() if c["name"] == f"journal:{'w6'}"]
     assert len(own) == 1
@@ -152,7 +154,7 @@ async def test_the_starts_of_one_turn_are_one_write_before_their_contents(
 ) -> None:
     book = books("w7")
     ids = list(range(1, 51))
-    await book.open(ids, lease_seconds=LEASE)
+    await book.open(ids, lease_seconds=LEASE, leased_at=time.monotonic())
     written: list[int] = []
     before = await _append_calls(client)
     started = await asyncio.gather(*(start(book, i, partial(written.append, i)) for i in ids))
@@ -180,9 +182,60 @@ async def test_a_taken_back_message_stays_taken_back(
     client: redis.asyncio.Redis, books: Callable[[str], Journal]
 ) -> None:
     book = books("w9")
-    await book.open([1, 2], lease_seconds=LEASE)
+    await book.open([1, 2], lease_seconds=LEASE, leased_at=time.monotonic())
     assert await start(book, 1)
     await marks(client, book, lambda found: sorted(found) == [b"q", b"s"])
     first = await journal.take_back(client, "w9")
     assert first == {1: Mark.STARTED, 2: Mark.TAKEN_BACK}
     assert await journal.take_back(client, "w9") == first
+
+
+async def test_a_taken_back_journal_refuses_the_starts_of_its_live_worker(
+    client: redis.asyncio.Redis, books: Callable[[str], Journal]
+) -> None:
+    # Reconcile took the chunk back (the lease ran out) while its worker was still alive:
+    # the worker's next marks are refused in Redis and their contents never leave.
+    book = books("w10")
+    await book.open([1, 2, 3], lease_seconds=LEASE, leased_at=time.monotonic())
+    assert await start(book, 1)
+    await marks(client, book, lambda found: sorted(found) == [b"q", b"q", b"s"])
+    assert await journal.take_back(client, "w10") == {
+        1: Mark.STARTED,
+        2: Mark.TAKEN_BACK,
+        3: Mark.TAKEN_BACK,
+    }
+    written: list[int] = []
+    assert await start(book, 2, partial(written.append, 2)) is False
+    assert written == []
+    assert (await journal.take_back(client, "w10") or {}).get(2) is Mark.TAKEN_BACK
+    # The worker's next chunk is its own again.
+    await book.open([4], lease_seconds=LEASE, leased_at=time.monotonic())
+    assert await start(book, 4)
+
+
+async def test_a_content_is_written_only_once_redis_stored_its_mark(
+    redis_url: str, books: Callable[[str], Journal]
+) -> None:
+    book = books("w11")
+    await book.open([1, 2], lease_seconds=LEASE, leased_at=time.monotonic())
+    seen: list[dict[int, Mark]] = []
+    plain = redis.Redis.from_url(redis_url)
+    try:
+
+        def look() -> None:
+            seen.append(journal.parse(plain.get(book.key) or b""))
+
+        assert await start(book, 1, look)
+        assert await start(book, 2, look)
+    finally:
+        plain.close()
+    assert seen[0][1] is Mark.STARTED and seen[1][2] is Mark.STARTED
+
+
+async def test_the_deadline_counts_from_before_the_lease_began(
+    client: redis.asyncio.Redis, books: Callable[[str], Journal]
+) -> None:
+    # A chunk that waited for its turn: its lease began a while before the journal opened.
+    book = books("w12")
+    await book.open([1], lease_seconds=1.0, leased_at=time.monotonic() - 1.0)
+    assert await start(book, 1) is False

@@ -13,17 +13,19 @@ the chunk's invitations costs it time in proportion to its size as long as Redis
 compact (up to `hash-max-ziplist-entries` fields: 512 in some builds).
 
 The `q` marks are stored (acknowledged) before the chunk's `sending` mark commits. The `s`
-marks of the messages whose content may leave in one turn of the event loop are written
-in one write on the journal's own Redis connection, and each content right after it, in
-the same step, without waiting for Redis: a worker killed at any instant has handed the
-kernel (which delivers what was written) either a mark and maybe its content, or neither.
-`a` marks follow the 250 replies in the same writes. No mark costs a round trip.
+marks of the messages whose content may leave in one turn of the event loop go to Redis in
+one script call on the journal's own Redis connection, and each content is written when
+Redis answers that the marks are stored: never before, so a worker killed at any instant
+has left either a mark and maybe its content, or neither. `a` marks follow the 250 replies
+in the same calls.
 
 When a worker dies, `reconcile` settles its `sending` rows from the journal once their
 lease runs out: `a` is sent, `q` goes back to pending, and only `s` (content on the wire,
 no reply recorded), or a journal that was itself lost, is `unknown`. A worker starts no
-message after its chunk's lease is nearly over, so reconcile never takes back what a
-slow but live worker is still sending.
+message after its chunk's lease is nearly over (its deadline is counted from before the
+database's lease began, so it is never later), and once `reconcile` took a journal back,
+Redis refuses its further `s` marks in the same script that would store them: the worker
+gives those messages up, and a slow but live worker never sends what was taken back.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from worker import ledger
-from worker.redis_pipe import RedisPipe
+from worker.redis_pipe import RedisPipe, Reply
 
 # Long after any lease ran out: a journal is read only while its rows are `sending`.
 TTL_SECONDS = 7 * 24 * 3600
@@ -44,9 +47,13 @@ TTL_SECONDS = 7 * 24 * 3600
 LEASE_MARGIN = 0.1
 
 # The log after taking back every message whose last mark is `q` (an `x` appended for
-# each). A journal written as a hash (before the log) is read, and taken back, as one.
+# each); from then on the journal refuses `s` marks (KEYS[2] set). A journal written as a
+# hash (before the log) is read, and taken back, as one.
 _TAKE_BACK = """
 local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'hash' or kind == 'string' then
+    redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+end
 if kind == 'hash' then
     local marks = redis.call('HGETALL', KEYS[1])
     local log = {}
@@ -81,6 +88,21 @@ end
 return log
 """
 
+# One turn's marks: ARGV[1] the `a` entries, ARGV[2] the `s` entries. 1 when the `s` marks
+# are stored (the contents may leave); 0 when reconcile took the journal back.
+_MARK = """
+if #ARGV[1] > 0 then
+    redis.call('APPEND', KEYS[1], ARGV[1])
+end
+if #ARGV[2] > 0 then
+    if redis.call('EXISTS', KEYS[2]) == 1 then
+        return 0
+    end
+    redis.call('APPEND', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
 
 class Mark(StrEnum):
     """Where one message of a chunk got to."""
@@ -96,55 +118,62 @@ def key_for(worker_id: str) -> str:
     return f"survey-worker:journal:{worker_id}"
 
 
+def _taken_key(worker_id: str) -> str:
+    """Set while reconcile has taken the worker's journal back (until its next chunk)."""
+    return f"survey-worker:journal-taken:{worker_id}"
+
+
 class Journal:
     """One worker process's journal, on a Redis connection of its own (`RedisPipe`); it
     holds the one chunk that process has in flight.
 
-    Opening a chunk waits for Redis's answer; the marks that follow are appended with the
-    connection's replies turned off (`CLIENT REPLY OFF`), so each turn's marks cost one small
-    write and nothing comes back: a lost connection, which stops all starts, is what
-    matters.
+    Each turn's marks cost one small script call whose answer comes back through the
+    connection's callback, with no task switch; a lost connection stops all starts.
     """
 
     def __init__(self, redis_url: str, worker_id: str) -> None:
         self._pipe = RedisPipe(redis_url, name=f"journal:{worker_id}")
         self.key = key_for(worker_id)
+        self._taken = _taken_key(worker_id)
+        self._script = b""
         self._starts: list[tuple[int, Callable[[], None], Callable[[], None]]] = []
         self._accepts: list[int] = []
         self._flush: asyncio.Handle | None = None
         self._deadline = 0.0
-        self._quiet = False
 
-    async def open(self, invitation_ids: Iterable[int], *, lease_seconds: float) -> None:
+    async def open(
+        self, invitation_ids: Iterable[int], *, lease_seconds: float, leased_at: float
+    ) -> None:
         """Start the journal of a new chunk: every invitation queued, nothing started.
 
-        Called before the chunk's `sending` mark commits (and its lease starts); raises a
-        redis-py error or OSError when Redis cannot take it, and then the chunk must not
-        start.
+        `leased_at` is the `time.monotonic()` taken before the database's lease of the chunk
+        began, so the deadline for starts counted from it is never later than the lease.
+        Called before the chunk's `sending` mark commits; raises a redis-py error or OSError
+        when Redis cannot take it, and then the chunk must not start.
         """
         if not self._pipe.is_open:
             await self._pipe.connect()
-            self._quiet = False
+            loaded = await self._pipe.ask("SCRIPT", "LOAD", _MARK)
+            assert isinstance(loaded, bytes)
+            self._script = loaded
         if self._flush is not None:
-            # The last chunk's accepted marks, while replies are still off.
+            # The last chunk's accepted marks.
             self._flush.cancel()
             self._write_marks()
-        if self._quiet:
-            await self._pipe.ask("CLIENT", "REPLY", "ON")
-            self._quiet = False
-        self._deadline = time.monotonic() + lease_seconds * (1 - LEASE_MARGIN)
+        self._deadline = leased_at + lease_seconds * (1 - LEASE_MARGIN)
+        self._pipe.call(("DEL", self._taken), _ignore)
         await self._pipe.ask(
             "SET", self.key, _entries(invitation_ids, Mark.QUEUED), "EX", TTL_SECONDS
         )
-        self._quiet = self._pipe.send(("CLIENT", "REPLY", "OFF"))
 
     def start(
         self, invitation_id: int, write_content: Callable[[], None], give_up: Callable[[], None]
     ) -> None:
         """Mark the message started, then write its content with `write_content`. The marks
-        of the messages that start in one turn of the event loop are written at its end, in
-        one write, each content right after; when the journal's connection is gone or the
-        chunk's lease is nearly over, no content is written and `give_up` is called instead.
+        of the messages that start in one turn of the event loop go to Redis at its end, in
+        one call, and each content is written once Redis stored them; when the journal's
+        connection is gone, the chunk's lease is nearly over or reconcile took the journal
+        back, no content is written and `give_up` is called instead.
         """
         self._starts.append((invitation_id, write_content, give_up))
         self._write_soon()
@@ -167,15 +196,29 @@ class Journal:
         self._flush = None
         starts, self._starts = self._starts, []
         accepts, self._accepts = self._accepts, []
-        log = _entries(accepts, Mark.ACCEPTED) if accepts else b""
-        may_start = self._quiet and time.monotonic() <= self._deadline
-        if starts and may_start:
-            log += _entries([s[0] for s in starts], Mark.STARTED)
-        # The marks go to the kernel before any of the contents they announce.
-        started = bool(log) and self._quiet and self._pipe.send(("APPEND", self.key, log))
-        started = started and may_start
-        for _, write_content, give_up in starts:
-            (write_content if started else give_up)()
+        if starts and time.monotonic() > self._deadline:
+            for _, _, give_up in starts:
+                give_up()
+            starts = []
+        if not starts and not accepts:
+            return
+        started = _entries([s[0] for s in starts], Mark.STARTED)
+        accepted = _entries(accepts, Mark.ACCEPTED)
+
+        def on_reply(reply: Reply) -> None:
+            if isinstance(reply, ResponseError):
+                # NOSCRIPT (Redis's scripts flushed) or worse: start afresh at the next chunk.
+                self._pipe.close()
+            for _, write_content, give_up in starts:
+                (write_content if reply == 1 else give_up)()
+
+        self._pipe.call(
+            ("EVALSHA", self._script, 2, self.key, self._taken, accepted, started), on_reply
+        )
+
+
+def _ignore(reply: Reply) -> None:
+    """A reply nobody waits for (a lost connection shows in the next call)."""
 
 
 def _entries(invitation_ids: Iterable[int], mark: Mark) -> bytes:
@@ -215,7 +258,9 @@ def settle(
 async def take_back(redis: Redis, worker_id: str) -> dict[int, Mark] | None:
     """Read a (presumed dead) worker's journal, taking back every message it had not
     started; None when there is no journal (never written, expired, or Redis lost it)."""
-    log = await redis.eval(_TAKE_BACK, 1, key_for(worker_id))  # type: ignore[misc]
+    log = await redis.eval(  # type: ignore[misc]
+        _TAKE_BACK, 2, key_for(worker_id), _taken_key(worker_id), str(TTL_SECONDS)
+    )
     if not log:
         return None
     return parse(log if isinstance(log, bytes) else log.encode())

@@ -175,8 +175,9 @@ async def start_chunk(
 
     Runs in the transaction that `claim` locked the rows in, as its last statement; the
     caller commits it durably before any SMTP starts (a lost `sending` mark could turn
-    into an uncounted duplicate). `sending` rows get a lease: if the worker dies before
-    recording their outcome, `reconcile` counts them `unknown` when it runs out. Returns
+    into an uncounted duplicate). `sending` rows get a lease of `lease_seconds` from this
+    statement's clock (not the transaction's start): if the worker dies before recording
+    their outcome, `reconcile` settles them from the send journal when it runs out. Returns
     the ids now `sending`, or None when the campaign is no longer running (paused or
     cancelled meanwhile): then nothing changed.
     """
@@ -192,8 +193,10 @@ async def start_chunk(
                UPDATE invitations i
                SET state = v.state, reason = v.reason,
                    attempts = i.attempts + (v.state = 'sending')::int,
+                   -- From this statement, not the claim's transaction: a chunk may wait
+                   -- for its turn and for rate permits between the two.
                    lease_until = CASE WHEN v.state = 'sending'
-                                      THEN now() + make_interval(secs => $6) END,
+                                      THEN clock_timestamp() + make_interval(secs => $6) END,
                    claimed_by = CASE WHEN v.state = 'sending' THEN $5 END,
                    updated_at = now()
                FROM unnest($2::bigint[], $3::text[], $4::text[]) AS v(id, state, reason)

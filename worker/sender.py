@@ -72,6 +72,9 @@ class RunState:
     # most CHUNK_SIZE invitations are ever `sending` here (a crash leaves no more
     # `unknown`), and each check stays next to its send.
     window: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Outcomes of the last chunk whose write failed (the database went away): written
+    # before the next chunk opens the journal, which still holds their marks till then.
+    unrecorded: list[ledger.Outcome] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ async def send_slice(
             pause = pacing.pause_after_pushback(sender.settings.retry_base_seconds, state.pushback)
             await asyncio.sleep(pause)
             done = await _claim_and_send(
-                sender, state.window, conn, campaign, scope, first_id, last_id, bound
+                sender, state, conn, campaign, scope, first_id, last_id, bound
             )
             if done is None:
                 break
@@ -129,7 +132,7 @@ async def send_slice(
 
 async def _claim_and_send(
     sender: Sender,
-    window: asyncio.Lock,
+    state: RunState,
     conn: Conn,
     campaign: ledger.Campaign,
     scope: suppression.Scope,
@@ -177,8 +180,9 @@ async def _claim_and_send(
     except BaseException:
         await _abandon(tx)
         raise
-    async with window:
+    async with state.window:
         try:
+            await _record_left_over(sender, state)
             started = await _check_and_start(sender, conn, campaign, scope, claimed, prepared)
         except BaseException:
             await _abandon(tx)
@@ -198,7 +202,13 @@ async def _claim_and_send(
             done = list(await asyncio.gather(*(_deliver(sender, p, claimed_at) for p in ready)))
         finally:
             metrics.in_flight -= len(ready)
-        await ledger.record(conn, done, sender.worker_id)
+        try:
+            await ledger.record(conn, done, sender.worker_id)
+        except BaseException:
+            # The journal keeps these marks until the outcomes are written: no next chunk
+            # opens it before they are (or reconcile settles them from it).
+            state.unrecorded = done
+            raise
     metrics.decisions(early, smtp=False)
     metrics.decisions(done, smtp=True)
     for o in done:
@@ -209,6 +219,17 @@ async def _claim_and_send(
         if pause is not None:
             bound.warning("campaign.paused", reason=pause.reason, rate=pause.rate, sent=pause.sent)
     return early + done
+
+
+async def _record_left_over(sender: Sender, state: RunState) -> None:
+    """Write the outcomes of the last chunk whose write failed, on a connection of their
+    own (committed whatever this chunk's transaction does); raises a database error when
+    that still cannot be done, and then this chunk must not start."""
+    if not state.unrecorded:
+        return
+    async with sender.pool.acquire() as conn:
+        await ledger.record(conn, state.unrecorded, sender.worker_id)
+    state.unrecorded = []
 
 
 async def _abandon(tx: Transaction) -> None:
@@ -260,6 +281,8 @@ async def _check_and_start(
         for invitation_id in over:
             del ready[invitation_id]
             early.append(ledger.Outcome(invitation_id, "suppressed", reason="contact_cap"))
+    # Before the database's lease begins: the journal's deadline is never later than it.
+    leased_at = time.monotonic()
     started = await ledger.start_chunk(
         conn,
         campaign.id,
@@ -272,7 +295,9 @@ async def _check_and_start(
         return None
     if started:
         # Before the `sending` mark commits: no chunk goes on the wire without a journal.
-        await sender.journal.open(started, lease_seconds=sender.settings.claim_lease_seconds)
+        await sender.journal.open(
+            started, lease_seconds=sender.settings.claim_lease_seconds, leased_at=leased_at
+        )
     return early, [ready[i] for i in started]
 
 

@@ -70,6 +70,7 @@ class Users:
 
     def __init__(self, users: dict[str, passwords.Hash]) -> None:
         self._users = users
+        self._dummy = passwords.dummy_like(users.values())
         self._memo_key = secrets.token_bytes(32)
         self._verified: dict[bytes, float] = {}
         # One scrypt at a time: a flood of wrong passwords waits, it does not eat memory.
@@ -77,6 +78,12 @@ class Users:
 
     def __bool__(self) -> bool:
         return bool(self._users)
+
+    def hash_for(self, user: str) -> tuple[passwords.Hash, bool]:
+        """The hash a sign-in as `user` is verified against, and whether the user exists:
+        an unknown user's is a dummy of the same cost (user enumeration by timing)."""
+        hashed = self._users.get(user)
+        return (self._dummy, False) if hashed is None else (hashed, True)
 
     async def authenticate(self, header: str | None) -> str | None:
         """The user an `Authorization: Basic` header proves, or None."""
@@ -88,16 +95,16 @@ class Users:
         except (binascii.Error, UnicodeDecodeError):
             return None
         user, colon, password = decoded.partition(":")
-        hashed = self._users.get(user)
-        if not colon or hashed is None:
+        if not colon:
             return None
         memo = hmac.new(self._memo_key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
         now = time.monotonic()
         if self._verified.get(memo, 0.0) > now:
             return user
+        hashed, known = self.hash_for(user)
         async with self._checking:
             ok = await asyncio.to_thread(hashed.verify, password)
-        if not ok:
+        if not (ok and known):
             return None
         self._verified = {k: t for k, t in self._verified.items() if t > now}
         self._verified[memo] = now + VERIFIED_FOR

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 N, R, P = 2**17, 8, 1
@@ -83,6 +84,16 @@ class Hash:
         """A key for `purpose` derived from this hash (never from the password): it changes
         when the password does, and only the server's configuration holds it."""
         return hmac.new(self.key + self.salt, purpose.encode(), hashlib.sha256).digest()
+
+
+def dummy_like(hashes: Iterable[Hash]) -> Hash:
+    """A hash no password matches (random salt and key) with the parameters of the
+    costliest of `hashes` (OWASP's when there are none). A sign-in as an unknown user is
+    verified against it, so it costs the same scrypt work as a known user's and the answer's
+    time does not tell whether the user exists."""
+    costliest = max(hashes, key=lambda h: h.n * h.r * h.p, default=None)
+    n, r, p = (costliest.n, costliest.r, costliest.p) if costliest else (N, R, P)
+    return Hash(n, r, p, secrets.token_bytes(SALT_BYTES), secrets.token_bytes(KEY_BYTES))
 
 
 def valid_user(user: str) -> bool:

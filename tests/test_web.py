@@ -8,11 +8,15 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import redis
+import redis.asyncio
 from pydantic import SecretStr
 
-from tests.support.pipeline import add_client, run_workers
+from tests.deploy.servers import debian_redis
+from tests.support.pipeline import add_client, csv_of, launch, received_by, run_workers
+from tests.support.smtp import RecordingHandler
 from tests.support.web import email_hash, private_logs, serving, token_for, token_id
-from worker import web
+from worker import held_optouts, web
 from worker.dev import embedded
 from worker.settings import Settings
 
@@ -233,6 +237,77 @@ async def test_postgres_down_queues_the_click_and_the_job_records_it(
     await run_workers(settings)
     assert await opt_outs(pg) == [("acme", None, "one-click")]
     assert await audit_rows(pg) == [("opt_out", "client:acme", "recipient", "one-click")]
+    # Recorded in Postgres: no longer held in Redis.
+    assert await held_clicks(settings) == set()
+
+
+async def held_clicks(settings: Settings) -> set[bytes]:
+    assert settings.redis_url is not None
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        return set(await client.smembers(held_optouts.KEY))  # type: ignore[misc]
+    finally:
+        await client.aclose()
+
+
+async def test_a_click_queued_while_postgres_is_down_is_honoured_before_it_is_recorded(
+    pg: asyncpg.Pool, settings: Settings, smtp: tuple[RecordingHandler, int]
+) -> None:
+    # The person clicks during an outage and is told it worked; Postgres comes back and a
+    # campaign goes out before the queued job (retrying with its backoff) has recorded it.
+    await add_client(pg, "acme", "Acme Research")
+    token = token_for(settings, ANN, await token_id(pg, "acme"))
+    async with (
+        serving(settings, database_url=closed_database_url()) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        clicked = await client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert clicked.status_code == 202
+    assert settings.redis_url is not None
+    client_ = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        # The job waits out its backoff: take it off the queue for now.
+        assert await client_.zcard("arq:queue") == 1
+        await client_.delete("arq:queue")
+    finally:
+        await client_.aclose()
+    report = await launch(pg, settings, csv_of(ANN, "bob@example.com"))
+    await run_workers(settings)
+    rows = await pg.fetch(
+        "SELECT email, state, reason FROM invitations WHERE campaign_id = $1", report.campaign_id
+    )
+    assert {r["email"]: (r["state"], r["reason"]) for r in rows} == {
+        ANN: ("suppressed", "client_opt_out"),
+        "bob@example.com": ("sent", None),
+    }
+    assert received_by(smtp[0].messages) == {"bob@example.com": 1}
+    assert await opt_outs(pg) == []
+    assert len(await held_clicks(settings)) == 1
+
+
+async def test_a_redis_that_would_forget_a_click_is_not_trusted_with_it(
+    settings: Settings,
+) -> None:
+    # Debian's default Redis here: no append-only file, so a restart loses what it holds.
+    token = token_for(settings, ANN, None)
+    with debian_redis() as port:
+        async with (
+            serving(
+                settings,
+                database_url=closed_database_url(),
+                redis_url=f"redis://127.0.0.1:{port}/0",
+            ) as base,
+            httpx.AsyncClient(base_url=base) as client,
+        ):
+            clicked = await client.post(
+                f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}
+            )
+        plain = redis.Redis(port=port)
+        try:
+            assert plain.dbsize() == 0
+        finally:
+            plain.close()
+    assert clicked.status_code == 503
 
 
 async def test_postgres_and_redis_down_answers_503_try_again(settings: Settings) -> None:

@@ -24,6 +24,7 @@ from worker import (
     db,
     dsn,
     feedback,
+    held_optouts,
     journal,
     ledger,
     message,
@@ -83,6 +84,7 @@ async def startup(ctx: Context) -> None:
         settings=settings,
         worker_id=worker_id,
         journal=journal.Journal(ctx["redis_url"], worker_id),
+        redis=ctx["redis"],
         policy=feedback.Policy.from_settings(settings),
         contact_cap=settings.contact_limit(),
         limiter=RateLimiter(ctx["redis"], settings.send_rate) if settings.send_rate else None,
@@ -251,7 +253,8 @@ async def send_invitation(ctx: Context, invitation_id: int) -> dict[str, Any]:
 
 async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any]:
     """Record the opt-out an unsubscribe token asks for (clicks the web app could not
-    store at once). Idempotent: an opt-out already on the list is left as it is."""
+    store at once), then drop the click the web app held in Redis for the send-time check.
+    Idempotent: an opt-out already on the list is left as it is."""
     if not isinstance(token, str) or not isinstance(source, str):
         log.error("job.malformed", job_id=ctx["job_id"])
         return {"recorded": False}
@@ -264,6 +267,8 @@ async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any
             scopes = await optouts.add_from_token(conn, claims, source=source)
     except db.DB_ERRORS as e:
         raise Retry(defer=_retry_delay(ctx)) from e
+    # Recorded (or its client is gone): the send-time check reads Postgres from now on.
+    await held_optouts.release(ctx["redis"], claims)
     if scopes is None:
         log.warning("opt_out.unknown_client", source=source, job_id=ctx["job_id"])
         return {"recorded": False}

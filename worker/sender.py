@@ -19,13 +19,25 @@ from typing import Any
 import asyncpg
 import structlog
 from asyncpg.transaction import Transaction
+from redis.asyncio import Redis
 
-from worker import addresses, compose, feedback, ledger, outcomes, pacing, suppression
+from worker import (
+    addresses,
+    compose,
+    feedback,
+    held_optouts,
+    ledger,
+    outcomes,
+    pacing,
+    queue,
+    suppression,
+)
 from worker.db import DB_ERRORS, Conn
 from worker.errors import (
     AmbiguousSmtpError,
     NotStarted,
     PermanentSmtpError,
+    SuppressionUnavailable,
     TemplateMissing,
     TemplateProblem,
     TransientSmtpError,
@@ -44,8 +56,9 @@ log = structlog.get_logger("worker.sender")
 @dataclass(frozen=True)
 class Sender:
     """What a worker process sends with, fixed at start-up: the database pool, the SMTP
-    pool, the composer (templates and keys), the settings, its id and send journal, and
-    the shared rate limiter if SEND_RATE is set."""
+    pool, the composer (templates and keys), the settings, its id and send journal, the
+    Redis that holds opt-outs not yet recorded, and the shared rate limiter if SEND_RATE is
+    set."""
 
     pool: asyncpg.Pool
     mailer: Mailer
@@ -53,6 +66,7 @@ class Sender:
     settings: Settings
     worker_id: str
     journal: Journal
+    redis: Redis
     policy: feedback.Policy = field(default_factory=feedback.Policy)
     # CONTACT_CAP as (K, window), read once at start-up; None: no cap.
     contact_cap: tuple[int, timedelta] | None = None
@@ -254,13 +268,24 @@ async def _check_and_start(
         # Wait for permits before the opt-out check, so the check stays next to the send.
         await sender.limiter.acquire(len(claimed))
     timeout = sender.settings.suppression_timeout_seconds
+    hashes = [inv.email_hash for inv in claimed]
+    # Clicks accepted while Postgres was down, read before Postgres: a click the job moves
+    # from Redis to Postgres meanwhile commits there before it leaves Redis.
+    try:
+        held = await held_optouts.held(
+            sender.redis, campaign.client_token_id, campaign.kind, hashes
+        )
+    except queue.ERRORS as e:
+        raise SuppressionUnavailable(f"held opt-outs unreadable: {type(e).__name__}") from e
     hits = await suppression.lookup(
         conn,
         scope,
-        [inv.email_hash for inv in claimed],
+        hashes,
         timeout=timeout,
         followed_up=[inv.parent_id for inv in claimed if inv.parent_id is not None],
     )
+    for email_hash, held_reason in held.items():
+        hits[email_hash] = hits.get(email_hash, frozenset()) | {held_reason}
     early: list[ledger.Outcome] = []
     ready: dict[int, compose.Prepared] = {}
     for inv, item in zip(claimed, prepared, strict=True):

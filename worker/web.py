@@ -47,6 +47,7 @@ from worker import (
     addresses,
     completion,
     db,
+    held_optouts,
     metrics,
     optouts,
     pages,
@@ -128,6 +129,16 @@ class Backends:
         queued); raises `QueueUnavailable` when Redis cannot take it."""
         async with self._redis() as redis:
             await queue.enqueue_opt_out(redis, token, source, job_id=job_id)
+
+    async def hold_opt_out(self, claims: tokens.TokenClaims) -> bool:
+        """Hold a click in Redis where the send-time check reads it; False (nothing held)
+        when that Redis would not keep it across a restart. Raises `QueueUnavailable` when
+        Redis cannot answer."""
+        async with self._redis() as redis:
+            if not await held_optouts.durable(redis):
+                return False
+            await held_optouts.hold(redis, claims)
+        return True
 
     async def enqueue_feedback(self, report: dict[str, Any], *, job_id: str) -> None:
         """Leave a provider's feedback to the `record_feedback` job (a no-op while one with
@@ -287,10 +298,22 @@ async def _queue_opt_out(
     # One job per link however often it is clicked; the id must not reveal the token.
     job_id = "record_opt_out:" + hashlib.sha256(token.encode()).hexdigest()[:32]
     try:
-        await web.backends.enqueue_opt_out(token, source, job_id=job_id)
+        held = await web.backends.hold_opt_out(claims)
+        if held:
+            await web.backends.enqueue_opt_out(token, source, job_id=job_id)
     except QueueUnavailable as e:
         log.error(
             "opt_out.unavailable", recipient=recipient, source=source, error=error, queue=str(e)
+        )
+        return _page(web, pages.retry(claims.locale))
+    if not held:
+        # A restart of this Redis would forget the click: accept it nowhere but Postgres.
+        log.error(
+            "opt_out.unavailable",
+            recipient=recipient,
+            source=source,
+            error=error,
+            queue="redis has no append-only file",
         )
         return _page(web, pages.retry(claims.locale))
     log.warning("opt_out.queued", recipient=recipient, source=source, error=error)

@@ -257,12 +257,14 @@ class EmbeddedRedis:
                 "--logfile",
                 str(self.root / "server.log"),
                 # A save point makes Redis write its jobs to disk when it is stopped, so a
-                # job enqueued by one command survives until the next command starts it.
+                # job enqueued by one command survives until the next command starts it;
+                # the append-only file keeps every write across a restart, which the web
+                # app requires before it accepts an opt-out click Postgres could not take.
                 "--save",
                 "3600",
                 "1",
                 "--appendonly",
-                "no",
+                "yes",
             ]
         )
         deadline = time.monotonic() + START_TIMEOUT

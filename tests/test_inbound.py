@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
+from pathlib import Path
 
 import aiosmtplib
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
+import trustme
 
 from tests.support.commands import inbound
 from tests.support.pipeline import add_client, csv_of, launch, run_workers
@@ -154,3 +158,94 @@ async def test_inbound_without_a_usable_bounce_domain_says_so(
     assert done.code != 0
     assert "Traceback" not in done.stderr
     assert "BOUNCE_DOMAIN" in done.stderr
+
+
+# --- STARTTLS (RFC 3207) ---------------------------------------------------------------------
+
+
+def tls_files(folder: Path, ca: trustme.CA) -> dict[str, str]:
+    """INBOUND_TLS_CERT and INBOUND_TLS_KEY for a certificate of `ca` naming 127.0.0.1."""
+    issued = ca.issue_cert("127.0.0.1", "localhost", BOUNCE_DOMAIN)
+    cert, key = folder / "inbound-fullchain.pem", folder / "inbound-key.pem"
+    for pem in issued.cert_chain_pems:
+        pem.write_to_path(str(cert), append=True)
+    issued.private_key_pem.write_to_path(str(key))
+    return {"INBOUND_TLS_CERT": str(cert), "INBOUND_TLS_KEY": str(key)}
+
+
+async def test_inbound_offers_starttls_with_its_certificate(
+    settings: Settings, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+    genuine = verp.address(settings.signing_keys()[0], 7, BOUNCE_DOMAIN)
+    message = b"Subject: bounce\r\n\r\nhello\r\n"
+    async with inbound(settings, tls_files(tmp_path, ca)) as port:
+        client = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=port, tls_context=trusted, start_tls=False, timeout=10
+        )
+        await client.connect()
+        try:
+            await client.ehlo()
+            assert client.supports_extension("starttls")
+            reply = await client.starttls()
+            assert reply.code == 220
+            # The certificate was verified against the test's CA: TLS is what carries the rest.
+            assert client.get_transport_info("peercert") is not None
+            await client.ehlo()
+            assert not client.supports_extension("starttls")
+            errors, answer = await client.sendmail("", [genuine], message)
+            assert errors == {} and answer.startswith("2.0.0")
+        finally:
+            client.close()
+    redis = aioredis.from_url(settings.redis_url or "")
+    try:
+        assert await redis.zcard("arq:queue") == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_inbound_without_tls_settings_offers_no_starttls(settings: Settings) -> None:
+    async with inbound(settings) as port:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
+        await client.connect()
+        try:
+            await client.ehlo()
+            assert not client.supports_extension("starttls")
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("problem", ["missing cert", "missing key", "only cert", "mismatch"])
+async def test_inbound_with_unusable_tls_files_does_not_start(
+    settings: Settings, tmp_path: Path, problem: str
+) -> None:
+    ca = trustme.CA()
+    files = tls_files(tmp_path, ca)
+    if problem == "missing cert":
+        files["INBOUND_TLS_CERT"] = str(tmp_path / "nope.pem")
+        expected = f"Error: INBOUND_TLS_CERT: {tmp_path}/nope.pem is not a file that can be read"
+    elif problem == "missing key":
+        files["INBOUND_TLS_KEY"] = str(tmp_path)
+        expected = f"Error: INBOUND_TLS_KEY: {tmp_path} is not a file that can be read"
+    elif problem == "only cert":
+        del files["INBOUND_TLS_KEY"]
+        expected = "Error: INBOUND_TLS_CERT and INBOUND_TLS_KEY go together: set both or neither"
+    else:
+        other = trustme.CA().issue_cert("127.0.0.1")
+        other.private_key_pem.write_to_path(files["INBOUND_TLS_KEY"])
+        expected = (
+            "Error: INBOUND_TLS_CERT / INBOUND_TLS_KEY: not a PEM certificate and its private"
+            " key (KEY_VALUES_MISMATCH)"
+        )
+    done = await cli(
+        settings,
+        "inbound",
+        "--port",
+        str(free_port()),
+        env={"BOUNCE_DOMAIN": BOUNCE_DOMAIN, "INBOUND_TLS_KEY": None, **files},
+    )
+    assert done.code == 1
+    assert done.stderr.strip().splitlines()[-1] == expected
+    assert "Traceback" not in done.stderr

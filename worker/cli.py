@@ -854,7 +854,8 @@ def inbound(host: str, port: int) -> None:
 
     Mail to a VERP address of a message we sent is queued for the record_feedback job
     (answered 250 once queued, 451 while Redis is away); anything else is refused. With
-    METRICS_PORT set, serves Prometheus metrics there.
+    METRICS_PORT set, serves Prometheus metrics there; with INBOUND_TLS_CERT and
+    INBOUND_TLS_KEY set, offers STARTTLS.
     """
     from worker import inbound as inbound_server
 
@@ -868,6 +869,9 @@ def inbound(host: str, port: int) -> None:
                 "BOUNCE_DOMAIN is not set: inbound receives the bounces sent to it"
             )
         _check_metrics_port(env.settings)
+        tls = inbound_server.tls_context(
+            env.settings.inbound_tls_cert, env.settings.inbound_tls_key
+        )
         _install_uvloop()
         asyncio.run(
             inbound_server.serve(
@@ -878,6 +882,7 @@ def inbound(host: str, port: int) -> None:
                 host=host,
                 port=port,
                 metrics_port=env.settings.metrics_port,
+                tls=tls,
             )
         )
 

@@ -6,7 +6,9 @@ refused with 550 5.1.1, any other domain with 550 5.7.1 (never a relay). A messa
 INBOUND_MAX_BYTES is refused with 552. The message is answered 250 only once a
 `record_feedback` job carrying it is in Redis, and 451 (try again later) otherwise, so the
 sending MTA keeps it while Redis is away; Postgres is not needed to receive. With
-METRICS_PORT set, it serves its counts to Prometheus there (worker/metrics.py).
+METRICS_PORT set, it serves its counts to Prometheus there (worker/metrics.py). With
+INBOUND_TLS_CERT and INBOUND_TLS_KEY set, it offers STARTTLS (RFC 3207); it never requires
+it, since an MTA that cannot start TLS still has a bounce to deliver.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import signal
+import ssl
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from worker import metrics, queue, verp
+from worker.errors import ConfigError
 
 log = structlog.get_logger("worker.inbound")
 
@@ -94,6 +100,28 @@ class FeedbackHandler:
         return reply
 
 
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The server TLS context that STARTTLS offers, from INBOUND_TLS_CERT and
+    INBOUND_TLS_KEY (PEM files), or None when neither is set. ConfigError, naming the
+    setting, when only one is set or a file cannot be read or used."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("INBOUND_TLS_CERT and INBOUND_TLS_KEY go together: set both or neither")
+    for name, path in (("INBOUND_TLS_CERT", cert), ("INBOUND_TLS_KEY", key)):
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(f"{name}: {path} is not a file that can be read")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        raise ConfigError(
+            "INBOUND_TLS_CERT / INBOUND_TLS_KEY: not a PEM certificate and its private key"
+            f" ({e.reason or e})"
+        ) from None
+    return context
+
+
 async def serve(
     *,
     keys: Sequence[bytes],
@@ -103,9 +131,10 @@ async def serve(
     host: str,
     port: int,
     metrics_port: int | None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Receive mail for `domain` on `host:port` until SIGINT or SIGTERM; serve the counts
-    on `metrics_port` if given."""
+    """Receive mail for `domain` on `host:port` until SIGINT or SIGTERM, offering STARTTLS
+    with `tls` if given; serve the counts on `metrics_port` if given."""
     lazy = queue.LazyQueue(redis_url)
     counts = metrics.InboundMetrics()
     handler = FeedbackHandler(keys=keys, domain=domain, queue=lazy, counts=counts)
@@ -118,6 +147,7 @@ async def serve(
             data_size_limit=max_bytes,
             enable_SMTPUTF8=True,
             timeout=IDLE_TIMEOUT,
+            tls_context=tls,
         ),
         host=host,
         port=port,
@@ -129,7 +159,9 @@ async def serve(
     if metrics_port is not None:
         exporter = metrics.serve(metrics.process_registry(counts), metrics_port)
     bound = server.sockets[0].getsockname()
-    log.info("inbound.listening", host=bound[0], port=bound[1], domain=domain)
+    log.info(
+        "inbound.listening", host=bound[0], port=bound[1], domain=domain, starttls=tls is not None
+    )
     try:
         await stop.wait()
     finally:

@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     # The feedback loop: bounces and complaints (README, "Bounces and complaints").
     bounce_domain: str | None = None
     inbound_max_bytes: int = Field(default=10_000_000, ge=1_000, le=100_000_000)
+    # PEM certificate chain and private key: both set, `inbound` offers STARTTLS.
+    inbound_tls_cert: Path | None = None
+    inbound_tls_key: Path | None = None
     soft_bounce_limit: int = Field(default=3, ge=1)
     soft_bounce_window_days: int = Field(default=30, ge=1)
     pause_min_sent: int = Field(default=1000, ge=1)

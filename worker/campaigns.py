@@ -154,7 +154,7 @@ def check_template(
         unsubscribe_url="https://unsubscribe.invalid/unsubscribe/sample",
     )
     for locale in templates.locales(name):
-        # The first message and a reminder (see `reminder` in README, Templates).
+        # The first message and a reminder (see `reminder` in docs/templates.md).
         for reminder in (0, 1):
             templates.render(name, [locale], {**sample, "reminder": reminder})
 

@@ -283,8 +283,8 @@ async def record_opt_out(ctx: Context, token: str, source: str) -> dict[str, Any
 
 
 async def record_feedback(ctx: Context, report: dict[str, Any]) -> dict[str, Any]:
-    """Record a report of what became of messages we sent (README, "Bounces and
-    complaints"): `{"verp": ADDRESS, "message": BASE64}`, a message `survey-worker inbound`
+    """Record a report of what became of messages we sent (see docs/bounces.md):
+    `{"verp": ADDRESS, "message": BASE64}`, a message `survey-worker inbound`
     received at a VERP address, or `{"events": [...]}`, the events of a provider's webhook.
 
     Idempotent: each invitation gets each kind of feedback once, however often the same

@@ -94,9 +94,9 @@ class LazyQueue:
 
 
 class Job(StrEnum):
-    """The jobs' names, bound once: platforms that enqueue directly rely on them (README,
-    Jobs). The worker registers each function under its name; the helpers below are the
-    only way this package enqueues them."""
+    """The jobs' names, bound once: platforms that enqueue directly rely on them (see
+    docs/architecture.md, "Jobs"). The worker registers each function under its name; the
+    helpers below are the only way this package enqueues them."""
 
     LAUNCH_CAMPAIGN = "launch_campaign"
     SEND_BATCH = "send_batch"

@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     unknown_policy: Literal["hold", "resend"] = "hold"
     retention_days: int = Field(default=365, ge=1)
 
-    # The feedback loop: bounces and complaints (README, "Bounces and complaints").
+    # The feedback loop: bounces and complaints (see docs/bounces.md).
     bounce_domain: str | None = None
     inbound_max_bytes: int = Field(default=10_000_000, ge=1_000, le=100_000_000)
     # PEM certificate chain and private key: both set, `inbound` offers STARTTLS.
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     # Requests per minute per key; more get 429. 0: no limit.
     api_rate_limit: int = Field(default=600, ge=0)
 
-    # Operating (README, "Operating"): a worker's Prometheus port (unset: none served), the
+    # Operating (see docs/operating.md): a worker's Prometheus port (unset: none served), the
     # bearer token /metrics of the web app asks for (unset: open), /ops's `user:hash,...`.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_token: SecretStr | None = None

@@ -412,6 +412,26 @@ async def test_a_marketing_campaign_with_reminders_is_refused_for_the_api_too(
     assert await pg.fetchval("SELECT count(*) FROM campaigns") == 0
 
 
+async def test_a_marketing_campaign_stored_with_reminders_gets_none_and_none_can_be_stored(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Before launches refused them, a marketing campaign could be stored with reminders.
+    async with migrated_up_to(database_url, 13, tmp_path) as conn:
+        await conn.execute(
+            "INSERT INTO clients (id, name, sender_email) VALUES ('acme', 'Acme', 'a@acme.example')"
+        )
+        insert = """INSERT INTO campaigns (client_id, name, kind, template, locale, survey_url, reminders,
+                                           reminder_interval)
+                    VALUES ('acme', 'm', $1, 'marketing', 'en', '', 2, '1 day') RETURNING id"""
+        marketing = await conn.fetchval(insert, "marketing")
+        survey = await conn.fetchval(insert, "survey")
+        assert "014_marketing_sends_no_reminders.sql" in await db.migrate(conn)
+        reminders = dict(await conn.fetch("SELECT id, reminders FROM campaigns"))
+        assert reminders == {marketing: 0, survey: 2}
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.fetchval(insert, "marketing")
+
+
 async def test_a_deferred_first_invitation_is_counted_once_however_often_it_is_retried(
     pg: asyncpg.Pool, capped: Settings, smtp: SMTP
 ) -> None:

@@ -420,8 +420,8 @@ async def test_a_marketing_campaign_stored_with_reminders_gets_none_and_none_can
         await conn.execute(
             "INSERT INTO clients (id, name, sender_email) VALUES ('acme', 'Acme', 'a@acme.example')"
         )
-        insert = """INSERT INTO campaigns (client_id, name, kind, template, locale, survey_url, reminders,
-                                           reminder_interval)
+        insert = """INSERT INTO campaigns (client_id, name, kind, template, locale, survey_url,
+                                           reminders, reminder_interval)
                     VALUES ('acme', 'm', $1, 'marketing', 'en', '', 2, '1 day') RETURNING id"""
         marketing = await conn.fetchval(insert, "marketing")
         survey = await conn.fetchval(insert, "survey")

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from tests.support.pipeline import add_client, csv_of, launch
 from tests.support.web import ROOT, cli_environment, private_logs, serving
 from tests.test_api_roles import LoginUser, login_user  # noqa: F401 (the fixture)
-from worker.ops import passwords
+from worker import passwords
 from worker.ops.app import CSRF_LIFETIME, Users
 from worker.settings import Settings
 

@@ -19,7 +19,7 @@ from tests.support.pipeline import add_client, csv_of, launch, run_workers
 from tests.support.smtp import RecordingHandler
 from tests.support.web import private_logs, serving
 from tests.test_browser import CHROMIUM_ARGS, chromium  # noqa: F401 (the fixture)
-from worker.ops import passwords
+from worker import passwords
 from worker.settings import Settings
 
 USER, PASSWORD = "anna", "correct horse battery staple"

@@ -14,9 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker import durations
+from worker import durations, passwords
 from worker.errors import ConfigError
-from worker.ops import passwords
 from worker.resources import bundled
 
 PLACEHOLDER_PREFIX = "change-me"

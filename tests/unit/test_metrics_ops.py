@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.ops import charts, passwords
+from worker import passwords
+from worker.ops import charts
 from worker.ops.app import CSRF_LIFETIME, Users
 
 STATES = st.sampled_from([*charts.STATES, "weird"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 
-from worker.ops import passwords
+from worker import passwords
 from worker.ops.app import Users
 
 ANNA = passwords.Hash.parse(passwords.hash_password("anna's password", n=2**11))

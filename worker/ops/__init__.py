@@ -1,2 +1,2 @@
-"""Operating the worker: `/ops` and `/metrics` on the web app (`app`), the `/ops` users'
-password hashes (`passwords`), what `/ops` reads (`store`) and draws (`charts`)."""
+"""Operating the worker: `/ops` and `/metrics` on the web app (`app`), what `/ops` reads
+(`store`) and draws (`charts`). The `/ops` users' password hashes are `worker.passwords`."""

@@ -39,10 +39,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from worker import campaigns, db, metrics, queue
+from worker import campaigns, db, metrics, passwords, queue
 from worker.api.app import ApiContext
 from worker.errors import NotFound
-from worker.ops import charts, passwords, store
+from worker.ops import charts, store
 from worker.settings import Settings
 
 log = structlog.get_logger("worker.ops")

@@ -1,6 +1,4 @@
-"""The command line of operators: `ops-password` makes an OPS_USERS entry, and
-`status --watch` (worker/watch.py) follows a campaign. Registered on `worker.cli`'s group
-when imported."""
+"""The command line of operators: `ops-password` makes an OPS_USERS entry for /ops."""
 
 from __future__ import annotations
 
@@ -8,8 +6,8 @@ import sys
 
 import click
 
-from worker.cli import main
-from worker.ops import passwords
+from worker import passwords
+from worker.cli.base import main
 
 MIN_LENGTH = 12
 

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench lint format docs clean
+.PHONY: install demo test bench soak lint format docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
@@ -36,6 +36,13 @@ bench: $(STAMP)  ## measure throughput end to end (BENCH_ARGS="--recipients 1000
 	  fi; \
 	fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The randomized fault campaign of the test suite, for 30 minutes (FAULT_SEED=N replays a
+# run); it prints the seed, every fault as it is injected and a summary line of figures.
+FAULT_SECONDS ?= 1800
+soak: $(STAMP)  ## the fault campaign for 30 minutes (FAULT_SECONDS=N, FAULT_SEED=N)
+	FAULT_SECONDS=$(FAULT_SECONDS) $(BIN)/pytest tests/faults/test_fault_campaign.py \
+	  -s -q -p no:cacheprovider
 
 lint: $(STAMP)  ## ruff, formatting and mypy --strict
 	$(BIN)/ruff check worker tests

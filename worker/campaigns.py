@@ -11,7 +11,7 @@ from typing import BinaryIO, Literal
 
 import orjson
 
-from worker import addresses, completion, feedback, imports, ledger, links
+from worker import addresses, completion, feedback, imports, ledger, links, records
 from worker.db import Conn
 from worker.errors import (
     InvalidAddress,
@@ -354,7 +354,7 @@ class StatusReport:
     # Bounces and complaints that came back: hard, soft, policy, complaints.
     feedback: dict[str, int]
     # Each reminder round: when it is due and its invitations by state.
-    reminders: list[ledger.Round]
+    reminders: list[records.Round]
     # Invitations the survey platform reported answered.
     completed: int = 0
 

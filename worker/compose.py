@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from worker import addresses, ledger, links, locales, message, tokens, verp
+from worker import addresses, links, locales, message, records, tokens, verp
 from worker.errors import InvalidAddress, UnsafeHeaderValue
 from worker.render import TemplateStore
 from worker.settings import Settings
@@ -48,7 +48,7 @@ class Composer:
 class Prepared:
     """An invitation ready for SMTP."""
 
-    invitation: ledger.Invitation
+    invitation: records.Invitation
     recipient: str
     data: bytes
     message_id: str
@@ -56,8 +56,8 @@ class Prepared:
 
 
 def prepare(
-    composer: Composer, campaign: ledger.Campaign, inv: ledger.Invitation, now: datetime
-) -> Prepared | ledger.Outcome:
+    composer: Composer, campaign: records.Campaign, inv: records.Invitation, now: datetime
+) -> Prepared | records.Outcome:
     """Render and assemble one message, or the failure that stops it.
 
     Raises TemplateProblem, which fails the whole campaign: every recipient of a campaign
@@ -66,11 +66,11 @@ def prepare(
     recipient that no header can carry fails this invitation alone.
     """
     if inv.email is None:
-        return ledger.Outcome(inv.id, "failed", reason="address_erased")
+        return records.Outcome(inv.id, "failed", reason="address_erased")
     try:
         recipient = addresses.normalise(inv.email)
     except InvalidAddress as e:
-        return ledger.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
+        return records.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
     locale = (inv.locale or campaign.locale).lower()
     claims = tokens.TokenClaims(
         # Every message carries its client's name, so its link always leaves that client's
@@ -100,7 +100,7 @@ def prepare(
             campaign.template, [locale, campaign.locale, "en"], context
         )
     except UnsafeHeaderValue:
-        return ledger.Outcome(inv.id, "failed", reason="unsafe_header_value")
+        return records.Outcome(inv.id, "failed", reason="unsafe_header_value")
     domain = campaign.sender_email.rpartition("@")[2]
     message_id = message.message_id_for(inv.id, domain)
     try:
@@ -121,14 +121,14 @@ def prepare(
             )
         )
     except UnsafeHeaderValue:
-        return ledger.Outcome(inv.id, "failed", reason="unsafe_header_value")
+        return records.Outcome(inv.id, "failed", reason="unsafe_header_value")
     except InvalidAddress as e:
-        return ledger.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
+        return records.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
     except ValueError as e:
         # A header the message format cannot carry (e.g. a line over 998 octets).
-        return ledger.Outcome(inv.id, "failed", reason=f"unencodable_message: {e}")
+        return records.Outcome(inv.id, "failed", reason=f"unencodable_message: {e}")
     if len(data) > MAX_MESSAGE_BYTES:
-        return ledger.Outcome(inv.id, "failed", reason="message_too_large")
+        return records.Outcome(inv.id, "failed", reason="message_too_large")
     if composer.bounce_domain is None:
         envelope_sender = campaign.sender_email
     else:
@@ -144,7 +144,7 @@ def _recipient_name(variables: dict[str, Any]) -> str:
     return " ".join(p for p in parts if isinstance(p, str) and p)
 
 
-def _list_id(campaign: ledger.Campaign) -> str:
+def _list_id(campaign: records.Campaign) -> str:
     """The List-Id (RFC 2919): a list per client's surveys, one per sending domain for
     marketing."""
     domain = campaign.sender_email.rpartition("@")[2]

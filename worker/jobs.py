@@ -32,6 +32,7 @@ from worker import (
     optouts,
     privacy,
     queue,
+    records,
     sender,
     tokens,
 )
@@ -73,7 +74,10 @@ async def startup(ctx: Context) -> None:
     """Open the database pool and the SMTP pool once per worker process."""
     settings = ctx["settings"]
     ctx["pool"] = await db.create_pool(
-        ctx["database_url"], max_size=CONCURRENT_JOBS + 2, synchronous_commit=False
+        ctx["database_url"],
+        max_size=CONCURRENT_JOBS + 2,
+        synchronous_commit=False,
+        pool_mode=settings.database_pool_mode,
     )
     ctx["mailer"] = SmtpPool(SmtpConfig.from_settings(settings))
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -432,7 +436,7 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
 
 
 async def _settle(
-    ctx: Context, conn: Conn, worker_id: str, expired: list[ledger.Expired], *, resend: bool
+    ctx: Context, conn: Conn, worker_id: str, expired: list[records.Expired], *, resend: bool
 ) -> int:
     """Settle what a lost worker left `sending`, from its send journal; log each."""
     try:

@@ -38,7 +38,7 @@ from enum import StrEnum
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from worker import ledger
+from worker import records
 from worker.redis_pipe import RedisPipe, Reply
 
 # Long after any lease ran out: a journal is read only while its rows are `sending`.
@@ -236,8 +236,8 @@ def parse(log: bytes) -> dict[int, Mark]:
 
 
 def settle(
-    expired: ledger.Expired, mark: Mark | None, *, message_id: str, resend: bool
-) -> ledger.Outcome:
+    expired: records.Expired, mark: Mark | None, *, message_id: str, resend: bool
+) -> records.Outcome:
     """What an invitation its worker left `sending` becomes, by its journal mark.
 
     Accepted is sent; never started goes back to pending, its attempt not counted; started
@@ -245,12 +245,12 @@ def settle(
     `unknown`, or with UNKNOWN_POLICY=resend pending again (at most one duplicate).
     """
     if mark is Mark.ACCEPTED:
-        return ledger.Outcome(expired.id, "sent", smtp_code=250, message_id=message_id)
+        return records.Outcome(expired.id, "sent", smtp_code=250, message_id=message_id)
     if mark in (Mark.QUEUED, Mark.TAKEN_BACK):
-        return ledger.Outcome(
+        return records.Outcome(
             expired.id, "pending", reason="worker_lost_before_smtp", started=False
         )
-    return ledger.Outcome(
+    return records.Outcome(
         expired.id, "pending" if resend else "unknown", reason="worker_lost_during_smtp"
     )
 

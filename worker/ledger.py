@@ -18,70 +18,11 @@ Invitation states:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from worker.db import Conn, row_count
-from worker.states import CampaignStatus, InvitationState, Kind
-
-
-@dataclass(frozen=True)
-class Campaign:
-    """A campaign with what sending needs to know about its client."""
-
-    id: int
-    client_id: str
-    client_token_id: int
-    client_name: str
-    sender_email: str
-    name: str
-    kind: Kind
-    template: str
-    locale: str
-    survey_url: str
-    status: CampaignStatus
-
-
-@dataclass(frozen=True)
-class Invitation:
-    """One claimed invitation, as the send step sees it."""
-
-    id: int
-    email: str | None
-    email_hash: bytes
-    locale: str | None
-    vars: dict[str, Any]
-    attempts: int
-    # 0 for the first message; r for reminder round r, which follows up `parent_id`.
-    round: int = 0
-    parent_id: int | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one invitation, to be recorded."""
-
-    invitation_id: int
-    state: InvitationState
-    reason: str | None = None
-    smtp_code: int | None = None
-    message_id: str | None = None
-    next_attempt_at: datetime | None = None
-    # False for a message given back before any of it was sent: its attempt is not counted.
-    started: bool = True
-
-
-@dataclass(frozen=True)
-class Expired:
-    """An invitation left `sending` by a worker whose lease ran out."""
-
-    id: int
-    campaign_id: int
-    client_id: str
-    email_hash: bytes
-    sender_email: str
-    round: int = 0  # a reminder's round (0: the first message)
+from worker.records import Campaign, Expired, Invitation, Outcome, Round
+from worker.states import CampaignStatus
 
 
 async def load_campaign(conn: Conn, campaign_id: int) -> Campaign | None:
@@ -282,24 +223,6 @@ async def counts(conn: Conn, campaign_id: int) -> dict[str, int]:
         campaign_id,
     )
     return {r["state"]: r["n"] for r in rows}
-
-
-@dataclass(frozen=True)
-class Round:
-    """A reminder round of a campaign: when it is due, and its invitations by state."""
-
-    round: int
-    due_at: datetime | None  # None until the campaign's first message was accepted
-    counts: dict[str, int]
-
-    def as_json(self) -> dict[str, object]:
-        """As `status --json` shows it: round, due_at, then a count per state."""
-        return {
-            "round": self.round,
-            "due_at": None if self.due_at is None else self.due_at.isoformat(),
-            **{state: self.counts.get(state, 0) for state in ("sent", "suppressed")},
-            **{s: n for s, n in self.counts.items() if s not in ("sent", "suppressed")},
-        }
 
 
 async def rounds(conn: Conn, campaign_id: int) -> list[Round]:

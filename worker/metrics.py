@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from worker.ledger import Outcome
+    from worker.records import Outcome
     from worker.settings import Settings
 
 PREFIX = "survey_worker"

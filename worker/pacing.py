@@ -7,7 +7,7 @@ import random
 from collections.abc import Sequence
 from datetime import timedelta
 
-from worker.ledger import Outcome
+from worker.records import Outcome
 
 # The longest pause between chunks however long the server keeps pushing back.
 MAX_PUSHBACK_PAUSE = 30.0

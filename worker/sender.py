@@ -30,6 +30,7 @@ from worker import (
     outcomes,
     pacing,
     queue,
+    records,
     suppression,
 )
 from worker.db import DB_ERRORS, Conn
@@ -88,7 +89,7 @@ class RunState:
     window: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Outcomes of the last chunk whose write failed (the database went away): written
     # before the next chunk opens the journal, which still holds their marks till then.
-    unrecorded: list[ledger.Outcome] = field(default_factory=list)
+    unrecorded: list[records.Outcome] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -148,12 +149,12 @@ async def _claim_and_send(
     sender: Sender,
     state: RunState,
     conn: Conn,
-    campaign: ledger.Campaign,
+    campaign: records.Campaign,
     scope: suppression.Scope,
     first_id: int,
     last_id: int,
     bound: Any,
-) -> list[ledger.Outcome] | None:
+) -> list[records.Outcome] | None:
     """Claim, check, mark, send and record one chunk; None when there is nothing (more)
     to do: the range is done, the campaign stopped running, or its template failed. A
     template not on this worker gives the claim back and raises TemplateMissing.
@@ -255,11 +256,11 @@ async def _abandon(tx: Transaction) -> None:
 async def _check_and_start(
     sender: Sender,
     conn: Conn,
-    campaign: ledger.Campaign,
+    campaign: records.Campaign,
     scope: suppression.Scope,
-    claimed: list[ledger.Invitation],
-    prepared: list[compose.Prepared | ledger.Outcome],
-) -> tuple[list[ledger.Outcome], list[compose.Prepared]] | None:
+    claimed: list[records.Invitation],
+    prepared: list[compose.Prepared | records.Outcome],
+) -> tuple[list[records.Outcome], list[compose.Prepared]] | None:
     """Run the opt-out check for a claimed chunk and mark it; None if the campaign stopped.
 
     Raises SuppressionUnavailable when the check cannot run: the caller rolls back.
@@ -286,12 +287,12 @@ async def _check_and_start(
     )
     for email_hash, held_reason in held.items():
         hits[email_hash] = hits.get(email_hash, frozenset()) | {held_reason}
-    early: list[ledger.Outcome] = []
+    early: list[records.Outcome] = []
     ready: dict[int, compose.Prepared] = {}
     for inv, item in zip(claimed, prepared, strict=True):
         reason = suppression.decide(inv.email_hash, hits)
         if reason is not None:
-            early.append(ledger.Outcome(inv.id, "suppressed", reason=reason))
+            early.append(records.Outcome(inv.id, "suppressed", reason=reason))
         elif isinstance(item, compose.Prepared):
             ready[inv.id] = item
         else:
@@ -305,7 +306,7 @@ async def _check_and_start(
         )
         for invitation_id in over:
             del ready[invitation_id]
-            early.append(ledger.Outcome(invitation_id, "suppressed", reason="contact_cap"))
+            early.append(records.Outcome(invitation_id, "suppressed", reason="contact_cap"))
     # Before the database's lease begins: the journal's deadline is never later than it.
     leased_at = time.monotonic()
     started = await ledger.start_chunk(
@@ -326,7 +327,7 @@ async def _check_and_start(
     return early, [ready[i] for i in started]
 
 
-async def _deliver(sender: Sender, p: compose.Prepared, claimed_at: float) -> ledger.Outcome:
+async def _deliver(sender: Sender, p: compose.Prepared, claimed_at: float) -> records.Outcome:
     inv = p.invitation
     try:
         code = await sender.mailer.send(
@@ -337,32 +338,32 @@ async def _deliver(sender: Sender, p: compose.Prepared, claimed_at: float) -> le
         )
     except NotStarted:
         # Reconcile took it back, or the journal could not be written: none of it left.
-        return ledger.Outcome(inv.id, "pending", reason="not_started", started=False)
+        return records.Outcome(inv.id, "pending", reason="not_started", started=False)
     except TransientSmtpError as e:
         if inv.attempts + 1 >= sender.settings.smtp_max_attempts:
-            return ledger.Outcome(inv.id, "failed", reason="max_attempts", smtp_code=e.code)
+            return records.Outcome(inv.id, "failed", reason="max_attempts", smtp_code=e.code)
         delay = pacing.backoff(sender.settings.retry_base_seconds, inv.attempts + 1)
         retry = datetime.now(UTC) + delay
-        return ledger.Outcome(
+        return records.Outcome(
             inv.id, "deferred", reason="smtp_transient", smtp_code=e.code, next_attempt_at=retry
         )
     except PermanentSmtpError as e:
         if e.code is None:
             # Refused before any server reply: e.g. an SMTPUTF8 address to a plain server.
-            return ledger.Outcome(inv.id, "failed", reason=f"undeliverable: {e}")
+            return records.Outcome(inv.id, "failed", reason=f"undeliverable: {e}")
         bounce = outcomes.is_hard_bounce(e.code, str(e))
-        return ledger.Outcome(
+        return records.Outcome(
             inv.id, "failed", reason="hard_bounce" if bounce else "smtp_rejected", smtp_code=e.code
         )
     except AmbiguousSmtpError as e:
-        return ledger.Outcome(inv.id, "unknown", reason="no_reply_after_data", smtp_code=e.code)
+        return records.Outcome(inv.id, "unknown", reason="no_reply_after_data", smtp_code=e.code)
     sender.journal.accepted(inv.id)
     sender.metrics.send_latency.observe(time.monotonic() - claimed_at)
-    return ledger.Outcome(inv.id, "sent", smtp_code=code, message_id=p.message_id)
+    return records.Outcome(inv.id, "sent", smtp_code=code, message_id=p.message_id)
 
 
 def _log_decision(
-    bound: Any, inv_by_id: dict[int, ledger.Invitation], outcome: ledger.Outcome
+    bound: Any, inv_by_id: dict[int, records.Invitation], outcome: records.Outcome
 ) -> None:
     inv = inv_by_id[outcome.invitation_id]
     fields: dict[str, Any] = {
@@ -381,7 +382,7 @@ def _log_decision(
     getattr(bound, level)(decision_event(outcome.state, inv.round), **fields)
 
 
-async def log_completion(conn: Conn, campaign: ledger.Campaign) -> None:
+async def log_completion(conn: Conn, campaign: records.Campaign) -> None:
     """The `campaign.completed` summary line: counts per state and the average rate."""
     states = await ledger.counts(conn, campaign.id)
     elapsed = await ledger.run_seconds(conn, campaign.id)

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from worker import links, tokens, verp
 from worker.addresses import address_hash
 from worker.compose import MAX_MESSAGE_BYTES, Composer, Prepared, prepare
-from worker.ledger import Campaign, Invitation, Outcome
 from worker.message import UNSAFE_IN_HEADER, message_id_for
+from worker.records import Campaign, Invitation, Outcome
 from worker.render import TemplateStore
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"

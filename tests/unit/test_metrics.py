@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from worker import metrics
-from worker.ledger import Outcome
+from worker.records import Outcome
 from worker.settings import Settings
 
 

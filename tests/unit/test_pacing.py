@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker import ratelimit
-from worker.ledger import Outcome
 from worker.pacing import MAX_PUSHBACK_PAUSE, backoff, pause_after_pushback, pushed_back
+from worker.records import Outcome
 
 BASE_SECONDS = 2.0
 

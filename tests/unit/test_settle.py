@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker import journal, ledger
+from worker import journal, records
 from worker.journal import Mark
 
-EXPIRED = ledger.Expired(7, 1, "acme", b"h" * 32, "surveys@acme.example")
+EXPIRED = records.Expired(7, 1, "acme", b"h" * 32, "surveys@acme.example")
 
 
 @pytest.mark.parametrize("resend", [False, True])

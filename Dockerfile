@@ -13,15 +13,19 @@ COPY sql ./sql
 COPY templates ./templates
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
-# Stage 2: install that wheel, not editable and without the [embedded] extra.
+# Stage 2: the dependencies at exactly the versions of requirements.lock, checked by hash
+# (refresh it with `make lock`), then that wheel alone: not editable, without the [embedded]
+# extra, and nothing resolved on the day of the build.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     LOG_FORMAT=json
+COPY requirements.lock /tmp/requirements.lock
+RUN pip install --require-hashes --no-deps -r /tmp/requirements.lock
 COPY --from=build /dist /tmp/dist
-RUN pip install /tmp/dist/*.whl \
-    && rm -rf /tmp/dist \
+RUN pip install --no-deps /tmp/dist/*.whl \
+    && rm -rf /tmp/dist /tmp/requirements.lock \
     && useradd --system --uid 10001 --create-home --home-dir /home/survey survey
 
 USER survey

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench soak lint format docs clean
+.PHONY: install demo test bench soak lint format docs clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
@@ -43,6 +43,13 @@ FAULT_SECONDS ?= 1800
 soak: $(STAMP)  ## the fault campaign for 30 minutes (FAULT_SECONDS=N, FAULT_SEED=N)
 	FAULT_SECONDS=$(FAULT_SECONDS) $(BIN)/pytest tests/faults/test_fault_campaign.py \
 	  -s -q -p no:cacheprovider
+
+# The image installs exactly these versions, by hash (requirements.lock); refresh it after a
+# change to the dependencies in pyproject.toml (tests/test_lock.py checks the two agree).
+lock: $(STAMP)  ## pin every runtime dependency, with hashes, into requirements.lock
+	$(BIN)/python -m pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --output-file requirements.lock pyproject.toml
 
 lint: $(STAMP)  ## ruff, formatting and mypy --strict
 	$(BIN)/ruff check worker tests

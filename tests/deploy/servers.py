@@ -166,8 +166,9 @@ class Installation:
 
 @contextmanager
 def installed_wheel() -> Iterator[Installation]:
-    """Build the wheel as the Dockerfile does and install it, as users do, into a new
-    virtualenv (no editable install, no extras)."""
+    """Build the wheel and install it as the Dockerfile does into a new virtualenv: the
+    dependencies from requirements.lock by hash, then the wheel alone (no editable install,
+    no extras). A lock that misses a dependency fails here."""
     folder = Path(tempfile.mkdtemp(prefix="survey-deploy-venv-"))
     try:
         dist = folder / "dist"
@@ -189,11 +190,10 @@ def installed_wheel() -> Iterator[Installation]:
         (wheel,) = dist.glob("*.whl")
         venv = folder / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
-            check=True,
-            capture_output=True,
-        )
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps"]
+        lock = ["--require-hashes", "-r", str(ROOT / "requirements.lock")]
+        subprocess.run([*pip, *lock], check=True, capture_output=True)
+        subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
         yield Installation(wheel, venv / "bin")
     finally:
         shutil.rmtree(folder, ignore_errors=True)

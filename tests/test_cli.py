@@ -169,6 +169,20 @@ async def test_usage_errors_are_one_line_and_exit_1(
 
 
 @pytest.mark.parametrize("args", [["--help"], [], ["client"], ["launch", "--help"]])
+async def test_version_and_help_say_what_each_command_takes(settings: Settings) -> None:
+    version = await cli(settings, "--version")
+    assert version.code == 0
+    assert version.stdout.startswith("survey-worker, version ")
+    web_help = (await cli(settings, "web", "--help")).stdout
+    for path in ("/unsubscribe/TOKEN", "/v1/", "/webhooks/", "/ops", "/metrics", "/healthz"):
+        assert path in web_help, path
+    preview_help = " ".join((await cli(settings, "preview", "--help")).stdout.split())
+    assert "Locale to render" in preview_help and "Client name shown" in preview_help
+    for command in ("opt-out", "resubscribe", "export-opt-outs"):
+        usage = (await cli(settings, command, "--help")).stdout.splitlines()[0]
+        assert "(--client ID | --marketing)" in usage, usage
+
+
 async def test_help_and_a_bare_group_print_the_help_and_exit_0(
     settings: Settings, args: list[str]
 ) -> None:

@@ -287,6 +287,7 @@ def _one_line(message: str) -> str:
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="survey-worker", prog_name="survey-worker")
 def main() -> None:
     """survey-worker: send survey invitations by e-mail, never to an opted-out address.
 

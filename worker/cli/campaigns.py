@@ -45,7 +45,8 @@ def _duration(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     type=click.Choice(["survey", "marketing"]),
     default="survey",
     show_default=True,
-    help="survey: client opt-outs apply; marketing: firm's list.",
+    help="survey: the client's opt-out list applies; marketing: the client's list and the "
+    "firm's marketing list.",
 )
 @click.option("--survey-url", help="Base survey link; each recipient gets a distinct one.")
 @click.option("--name", help="Campaign name (default: the file name).")
@@ -310,8 +311,15 @@ def resend_unknown(campaign_id: int) -> None:
 
 @main.command()
 @click.option("--template", required=True, help="Template folder name under templates/.")
-@click.option("--locale", default="en", show_default=True)
-@click.option("--client-name", default="Acme Research", show_default=True)
+@click.option(
+    "--locale", default="en", show_default=True, help="Locale to render (falls back to en)."
+)
+@click.option(
+    "--client-name",
+    default="Acme Research",
+    show_default=True,
+    help="Client name shown in the sample message.",
+)
 @click.option(
     "--reminder",
     type=click.IntRange(0, campaigns.MAX_REMINDERS),

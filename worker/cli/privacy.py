@@ -26,6 +26,9 @@ from worker.cli.base import (
 )
 from worker.suppression import Scope
 
+# The usage line of the commands that act on one list: exactly one of the two.
+ONE_LIST = "(--client ID | --marketing) [OPTIONS]"
+
 
 def _scope(client_id: str | None, marketing: bool) -> Scope:
     if (client_id is None) == (not marketing):
@@ -40,7 +43,7 @@ def _address(env: Env, email: str) -> tuple[str, bytes]:
     return normalised, addresses.address_hash(env.settings.hash_key(), normalised)
 
 
-@main.command("opt-out")
+@main.command("opt-out", options_metavar=ONE_LIST)
 @click.argument("email")
 @click.option("--client", "client_id", help="Opt out of this client's surveys.")
 @click.option("--marketing", is_flag=True, help="Opt out of the firm's marketing e-mail.")
@@ -72,7 +75,7 @@ def opt_out(email: str, client_id: str | None, marketing: bool) -> None:
     click.echo("opted out" if added else "already opted out")
 
 
-@main.command()
+@main.command(options_metavar=ONE_LIST)
 @click.argument("email")
 @click.option("--client", "client_id", help="Take EMAIL off this client's opt-out list.")
 @click.option("--marketing", is_flag=True, help="Take EMAIL off the marketing opt-out list.")
@@ -94,7 +97,7 @@ def resubscribe(
     click.echo("opt-out reversed" if removed else "not on that list; nothing changed")
 
 
-@main.command("export-opt-outs")
+@main.command("export-opt-outs", options_metavar=ONE_LIST)
 @click.option("--client", "client_id", help="Export this client's opt-out list.")
 @click.option("--marketing", is_flag=True, help="Export the marketing opt-out list.")
 @click.option(

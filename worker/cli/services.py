@@ -155,7 +155,17 @@ def demo(output: Path) -> None:
     help="Port to listen on.",
 )
 def web(host: str, port: int) -> None:
-    """Run the unsubscribe web app: GET /unsubscribe/TOKEN asks, POST records the opt-out."""
+    """Run the web app.
+
+    \b
+    It serves:
+      /unsubscribe/TOKEN  the unsubscribe page (GET asks, POST records the opt-out)
+      /v1/...             the client API (API keys), /v1/docs and /v1/openapi.json
+      /webhooks/...       provider bounce and complaint webhooks, survey completions
+      /ops                the operators' page (with OPS_USERS)
+      /metrics            Prometheus metrics (METRICS_TOKEN)
+      /healthz            whether opt-outs can be taken
+    """
     from worker import web as web_app
 
     with _clear_errors():

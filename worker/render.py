@@ -21,7 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing, object_type_repr
 from markupsafe import Markup, escape
 
-from worker import locales
+from worker import grammar, locales
 from worker.errors import TemplateMissing, TemplateProblem, UnsafeHeaderValue
 from worker.message import UNSAFE_IN_HEADER
 
@@ -371,6 +371,8 @@ def _environment(*, autoescape: bool) -> ImmutableSandboxedEnvironment:
     # them into its context, which halves the cost of a small template.
     env.globals.clear()
     env.filters["oneline"] = oneline
+    # French templates write "{{ client_name|fr_de }}" for "de Globex" / "d'Acme".
+    env.filters["fr_de"] = grammar.french_de
     return env
 
 

@@ -20,8 +20,8 @@ from tests.support.pipeline import add_client, csv_of, launch
 from tests.support.web import ROOT, cli_environment, private_logs, serving
 from tests.test_api_roles import LoginUser, login_user  # noqa: F401 (the fixture)
 from worker import passwords
-from worker.ops.app import CSRF_LIFETIME, Users
 from worker.settings import Settings
+from worker.web.ops.app import CSRF_LIFETIME, Users
 
 ANNA = ("anna", "correct horse battery staple")
 BOB = ("bob", "another long passphrase")

@@ -45,11 +45,11 @@ from tests.support.webhooks import (
     sns_host,
     sns_notification,
 )
-from worker import web
 from worker.dev import embedded
 from worker.errors import ConfigError
-from worker.provider_webhooks import MAX_BODY
 from worker.settings import Settings
+from worker.web import app as web
+from worker.web.webhooks.providers import MAX_BODY
 
 SENDGRID_PRIVATE, SENDGRID_PUBLIC = sendgrid_key()
 VERP = f"b-{'a' * 36}@{BOUNCE_DOMAIN}"

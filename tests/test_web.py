@@ -16,9 +16,10 @@ from tests.deploy.servers import debian_redis
 from tests.support.pipeline import add_client, csv_of, launch, received_by, run_workers
 from tests.support.smtp import RecordingHandler
 from tests.support.web import email_hash, private_logs, serving, token_for, token_id
-from worker import held_optouts, web
+from worker import held_optouts
 from worker.dev import embedded
 from worker.settings import Settings
+from worker.web import unsubscribe
 
 ANN = "ann.unsubscriber@example.com"
 SECURITY_HEADERS = {
@@ -467,4 +468,4 @@ async def test_a_trailing_slash_is_a_404_never_a_redirect(
     ],
 )
 def test_is_one_click(content_type: str, body: bytes, expected: bool) -> None:
-    assert web.is_one_click(content_type, body) is expected
+    assert unsubscribe.is_one_click(content_type, body) is expected

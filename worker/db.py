@@ -35,21 +35,29 @@ async def init_connection(conn: Conn) -> None:
 
 
 async def create_pool(
-    url: str, *, max_size: int = 10, synchronous_commit: bool = True
+    url: str,
+    *,
+    max_size: int = 10,
+    synchronous_commit: bool = True,
+    min_size: int = 1,
+    connect_timeout: float = 60,
+    command_timeout: float = 60,
 ) -> asyncpg.Pool:
     """A connection pool whose jsonb columns read and write Python objects.
 
     The worker's pool commits asynchronously: what it writes besides the `sending` mark
     (claims, outcomes) is safe to lose in a database crash, see `ledger.start_chunk`.
+    With `min_size=0` (the web app's pools) nothing connects until the first query.
     """
     settings = {} if synchronous_commit else {"synchronous_commit": "off"}
     try:
         pool = await asyncpg.create_pool(
             url,
-            min_size=1,
+            min_size=min_size,
             max_size=max_size,
             init=init_connection,
-            command_timeout=60,
+            timeout=connect_timeout,
+            command_timeout=command_timeout,
             server_settings=settings,
         )
     except DB_ERRORS as e:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from worker import campaigns
 from worker.db import Conn
-from worker.ops.charts import STATES
+from worker.web.ops.charts import STATES
 
 INTERVAL = 1.0
 RATE_WINDOW = 30.0

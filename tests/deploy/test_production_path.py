@@ -145,7 +145,7 @@ async def test_documented_production_steps(
     shell = Shell(installation, tmp_path, {})
     # What a configured process imports never includes the development package.
     loaded = await shell.python(
-        "import sys; from worker import cli, main, web; "
+        "import sys; from worker import cli, main; from worker.web import app; "
         "print(sorted(m for m in sys.modules if m.startswith('worker.dev')))"
     )
     assert loaded.strip() == "[]"

@@ -22,8 +22,9 @@ from structlog.testing import capture_logs
 
 from tests.support.pipeline import parse
 from tests.support.smtp import RecordedMessage
-from worker import addresses, tokens, web
+from worker import addresses, tokens
 from worker.settings import Settings
+from worker.web import app as web
 
 ROOT = Path(__file__).resolve().parents[2]
 # An unsubscribe token: 88 characters of the base64url alphabet (worker/tokens.py).

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker import addresses, apikeys, feed, imports
-from worker.api.uploads import recipients_csv
+from worker.web.api.uploads import recipients_csv
 
 BIGINT = st.integers(min_value=0, max_value=2**63 - 1)
 

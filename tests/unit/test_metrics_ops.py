@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker import passwords
-from worker.ops import charts
-from worker.ops.app import CSRF_LIFETIME, Users
+from worker.web.ops import charts
+from worker.web.ops.app import CSRF_LIFETIME, Users
 
 STATES = st.sampled_from([*charts.STATES, "weird"])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 
 from worker import passwords
-from worker.ops.app import Users
+from worker.web.ops.app import Users
 
 ANNA = passwords.Hash.parse(passwords.hash_password("anna's password", n=2**11))
 BOB = passwords.Hash.parse(passwords.hash_password("bob's password", n=2**10, r=4))

@@ -35,8 +35,9 @@ from tests.support.webhooks import (
     sns_notification,
 )
 from worker.feedback import Event
-from worker.provider_webhooks import mailgun, postmark, sendgrid, ses
-from worker.provider_webhooks.core import (
+from worker.settings import SNS_CERT_HOSTS
+from worker.web.webhooks import mailgun, postmark, sendgrid, ses
+from worker.web.webhooks.core import (
     Batch,
     Malformed,
     Unauthenticated,
@@ -45,7 +46,6 @@ from worker.provider_webhooks.core import (
     our_verp,
     status_in,
 )
-from worker.settings import SNS_CERT_HOSTS
 
 SIGNER = SnsSigner.create()
 CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem"

@@ -166,7 +166,7 @@ def web(host: str, port: int) -> None:
       /metrics            Prometheus metrics (METRICS_TOKEN)
       /healthz            whether opt-outs can be taken
     """
-    from worker import web as web_app
+    from worker.web import app as web_app
 
     with _clear_errors():
         check_listen(host, port)

@@ -40,15 +40,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from worker.errors import ConfigError, QueueUnavailable
-from worker.provider_webhooks import mailgun, postmark, sendgrid, ses
-from worker.provider_webhooks.core import (
+from worker.settings import Settings
+from worker.web.webhooks import mailgun, postmark, sendgrid, ses
+from worker.web.webhooks.core import (
     Batch,
     TooLarge,
     Unauthenticated,
     Unavailable,
     WebhookRefused,
 )
-from worker.settings import Settings
 
 __all__ = ["MAX_BODY", "ROUTES", "FeedbackQueue", "WebhookConfig", "Webhooks", "running"]
 

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from worker.feedback import Event, FeedbackKind
-from worker.provider_webhooks.core import (
+from worker.web.webhooks.core import (
     Batch,
     BatchBuilder,
     Malformed,

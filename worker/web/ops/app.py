@@ -40,10 +40,10 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from worker import campaigns, db, metrics, passwords, queue
-from worker.api.app import ApiContext
 from worker.errors import NotFound
-from worker.ops import charts, store
 from worker.settings import Settings
+from worker.web.api.app import ApiContext
+from worker.web.ops import charts, store
 
 log = structlog.get_logger("worker.ops")
 

@@ -34,24 +34,6 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from worker import apikeys, campaigns, db, durations, feed, queue
-from worker.api.models import (
-    IDEMPOTENCY_KEY,
-    CampaignFields,
-    CampaignJson,
-    ControlAnswer,
-    ErrorAnswer,
-    FeedPage,
-    LaunchAnswer,
-    StatusAnswer,
-)
-from worker.api.uploads import (
-    BadBody,
-    BodyTooLarge,
-    JsonRecipients,
-    limited_request,
-    read_upload,
-    recipients_csv,
-)
 from worker.apikeys import Caller
 from worker.errors import (
     CsvProblem,
@@ -64,6 +46,24 @@ from worker.errors import (
 )
 from worker.render import TemplateStore
 from worker.settings import Settings, postgres_url_problem
+from worker.web.api.models import (
+    IDEMPOTENCY_KEY,
+    CampaignFields,
+    CampaignJson,
+    ControlAnswer,
+    ErrorAnswer,
+    FeedPage,
+    LaunchAnswer,
+    StatusAnswer,
+)
+from worker.web.api.uploads import (
+    BadBody,
+    BodyTooLarge,
+    JsonRecipients,
+    limited_request,
+    read_upload,
+    recipients_csv,
+)
 
 log = structlog.get_logger("worker.api")
 

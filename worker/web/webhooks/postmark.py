@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.feedback import Event, FeedbackKind
-from worker.provider_webhooks.core import (
+from worker.web.webhooks.core import (
     Batch,
     BatchBuilder,
     Malformed,

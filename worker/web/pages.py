@@ -18,7 +18,7 @@ from markupsafe import Markup
 
 from worker import locales
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "web_templates"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 LOCALES = ("en", "nl", "fr")
 
 TEXTS: dict[str, dict[str, str]] = {

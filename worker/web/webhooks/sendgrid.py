@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from worker.feedback import Event, FeedbackKind
-from worker.provider_webhooks.core import (
+from worker.web.webhooks.core import (
     REPLAY_WINDOW_SECONDS,
     Batch,
     BatchBuilder,

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from worker.api.app import ApiContext, create_app, running
+from worker.web.api.app import ApiContext, create_app, running
 
 __all__ = ["ApiContext", "create_app", "running"]

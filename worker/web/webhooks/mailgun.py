@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.feedback import Event, FeedbackKind
-from worker.provider_webhooks.core import (
+from worker.web.webhooks.core import (
     REPLAY_WINDOW_SECONDS,
     Batch,
     BatchBuilder,

@@ -215,20 +215,17 @@ async def launch(
         raise LaunchProblem(str(e)) from e
     report = LaunchReport()
     async with conn.transaction():
-        campaign_id = await conn.fetchval(
-            """INSERT INTO campaigns (client_id, name, kind, template, locale, survey_url,
-                                     idempotency_key, reminders, reminder_interval)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-               ON CONFLICT (client_id, idempotency_key) DO NOTHING RETURNING id""",
-            request.client_id,
-            request.name,
-            request.kind,
-            request.template,
-            request.locale,
-            request.survey_url or "",
-            request.idempotency_key,
-            request.reminders,
-            request.reminder_interval,
+        campaign_id = await ledger.create_campaign(
+            conn,
+            client_id=request.client_id,
+            name=request.name,
+            kind=request.kind,
+            template=request.template,
+            locale=request.locale,
+            survey_url=request.survey_url or "",
+            idempotency_key=request.idempotency_key,
+            reminders=request.reminders,
+            reminder_interval=request.reminder_interval,
         )
         if campaign_id is None:
             # A concurrent launch with the same key committed first (the insert waited for
@@ -237,34 +234,11 @@ async def launch(
             assert existing is not None and digest is not None
             return _retried(request, existing, digest)
         report.campaign_id = campaign_id
-        await conn.execute(
-            """CREATE TEMP TABLE staging (line integer, email text, email_hash bytea,
-                                          locale text, vars text) ON COMMIT DROP"""
-        )
-        await conn.copy_records_to_table(
-            "staging",
-            records=_batches(rows, report),
-            columns=["line", "email", "email_hash", "locale", "vars"],
-        )
-        report.imported = await conn.fetchval(
-            """WITH firsts AS (
-                   SELECT DISTINCT ON (email_hash) line, email, email_hash, locale, vars
-                   FROM staging ORDER BY email_hash, line),
-               ins AS (
-                   INSERT INTO invitations (campaign_id, email, email_hash, locale, vars)
-                   SELECT $1, email, email_hash, locale, vars::jsonb FROM firsts ORDER BY line
-                   RETURNING 1)
-               SELECT count(*) FROM ins""",
-            report.campaign_id,
-        )
-        duplicates = await conn.fetch(
-            """SELECT line FROM (
-                   SELECT line, row_number() OVER (PARTITION BY email_hash ORDER BY line) AS n
-                   FROM staging) s
-               WHERE n > 1 ORDER BY line"""
+        report.imported, duplicates = await ledger.import_invitations(
+            conn, campaign_id, _batches(rows, report)
         )
         report.rejected.extend(
-            imports.Rejected(r["line"], "duplicate address (imported once)") for r in duplicates
+            imports.Rejected(line, "duplicate address (imported once)") for line in duplicates
         )
         if report.imported == 0:
             report.rejected.sort(key=lambda r: r.line)
@@ -272,11 +246,7 @@ async def launch(
                 [(r.line, r.reason) for r in report.rejected[:3]], len(report.rejected) - 3
             )
         if digest is not None:
-            await conn.execute(
-                "UPDATE campaigns SET request_digest = $2 WHERE id = $1",
-                campaign_id,
-                digest.finish(),
-            )
+            await ledger.set_request_digest(conn, campaign_id, digest.finish())
     report.rejected.sort(key=lambda r: r.line)
     return report
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from worker import ledger, message, optouts, verp
-from worker.db import Conn
+from worker.db import Conn, row_count
 from worker.settings import Settings
 from worker.states import Kind
 from worker.suppression import Scope
@@ -313,3 +313,11 @@ async def counts(conn: Conn, campaign_id: int) -> dict[str, int]:
         "policy": found.get("policy", 0),
         "complaints": found.get("complaint", 0),
     }
+
+
+async def purge(conn: Conn, days: int) -> int:
+    """Delete the feedback rows older than `days` (retention); how many went."""
+    result = await conn.execute(
+        "DELETE FROM feedback WHERE created_at < now() - make_interval(days => $1)", days
+    )
+    return row_count(result)

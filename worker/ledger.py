@@ -17,7 +17,7 @@ Invitation states:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 from datetime import datetime, timedelta
 
 from worker.db import Conn, row_count
@@ -35,6 +35,84 @@ async def load_campaign(conn: Conn, campaign_id: int) -> Campaign | None:
         campaign_id,
     )
     return Campaign(**dict(row)) if row else None
+
+
+async def create_campaign(
+    conn: Conn,
+    *,
+    client_id: str,
+    name: str,
+    kind: str,
+    template: str,
+    locale: str,
+    survey_url: str,
+    idempotency_key: str | None,
+    reminders: int,
+    reminder_interval: timedelta | None,
+) -> int | None:
+    """Insert a running campaign; its id, or None when the client already used
+    `idempotency_key` (the insert waits for a concurrent launch with the same key)."""
+    campaign_id: int | None = await conn.fetchval(
+        """INSERT INTO campaigns (client_id, name, kind, template, locale, survey_url,
+                                 idempotency_key, reminders, reminder_interval)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (client_id, idempotency_key) DO NOTHING RETURNING id""",
+        client_id,
+        name,
+        kind,
+        template,
+        locale,
+        survey_url,
+        idempotency_key,
+        reminders,
+        reminder_interval,
+    )
+    return campaign_id
+
+
+async def import_invitations(
+    conn: Conn,
+    campaign_id: int,
+    rows: AsyncIterable[tuple[int, str, bytes, str | None, str]],
+) -> tuple[int, list[int]]:
+    """Import `(line, email, email_hash, locale, vars as JSON text)` rows as the campaign's
+    first invitations, streamed with COPY; how many were imported, and the lines of
+    addresses seen before in the file (imported once, from their first line).
+
+    Call inside the transaction that created the campaign: the staging table goes with it.
+    """
+    await conn.execute(
+        """CREATE TEMP TABLE staging (line integer, email text, email_hash bytea,
+                                      locale text, vars text) ON COMMIT DROP"""
+    )
+    await conn.copy_records_to_table(
+        "staging", records=rows, columns=["line", "email", "email_hash", "locale", "vars"]
+    )
+    imported: int = await conn.fetchval(
+        """WITH firsts AS (
+               SELECT DISTINCT ON (email_hash) line, email, email_hash, locale, vars
+               FROM staging ORDER BY email_hash, line),
+           ins AS (
+               INSERT INTO invitations (campaign_id, email, email_hash, locale, vars)
+               SELECT $1, email, email_hash, locale, vars::jsonb FROM firsts ORDER BY line
+               RETURNING 1)
+           SELECT count(*) FROM ins""",
+        campaign_id,
+    )
+    duplicates = await conn.fetch(
+        """SELECT line FROM (
+               SELECT line, row_number() OVER (PARTITION BY email_hash ORDER BY line) AS n
+               FROM staging) s
+           WHERE n > 1 ORDER BY line"""
+    )
+    return imported, [r["line"] for r in duplicates]
+
+
+async def set_request_digest(conn: Conn, campaign_id: int, digest: bytes) -> None:
+    """Store what the launch asked for, so that a retry with its key can be compared."""
+    await conn.execute(
+        "UPDATE campaigns SET request_digest = $2 WHERE id = $1", campaign_id, digest
+    )
 
 
 async def dispatch(
@@ -513,5 +591,27 @@ async def reopen_unknown(conn: Conn, campaign_id: int) -> int:
                updated_at = now()
            WHERE campaign_id = $1 AND state = 'unknown'""",
         campaign_id,
+    )
+    return row_count(result)
+
+
+async def erase_addresses(conn: Conn, email_hash: bytes) -> int:
+    """Forget the clear address and template variables of every invitation to
+    `email_hash`, keeping the hash; how many invitations held either."""
+    result = await conn.execute(
+        """UPDATE invitations SET email = NULL, vars = '{}', updated_at = now()
+           WHERE email_hash = $1 AND (email IS NOT NULL OR vars <> '{}')""",
+        email_hash,
+    )
+    return row_count(result)
+
+
+async def delete_invitations(conn: Conn, campaign_id: int, *, limit: int) -> int:
+    """Delete up to `limit` of the campaign's invitations (retention); how many went."""
+    result = await conn.execute(
+        """DELETE FROM invitations WHERE id IN (
+               SELECT id FROM invitations WHERE campaign_id = $1 LIMIT $2)""",
+        campaign_id,
+        limit,
     )
     return row_count(result)

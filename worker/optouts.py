@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.db import Conn
+from worker.db import Conn, row_count
 from worker.errors import NotFound
 from worker.suppression import Scope
 from worker.tokens import TokenClaims
@@ -70,6 +70,39 @@ async def add(
                 reason=source,
             )
     return bool(inserted)
+
+
+async def remove(conn: Conn, scope: Scope, *, email_hash: bytes) -> bool:
+    """Take an address off the scope's opt-out list (no audit row: the caller writes it
+    with its actor and reason); False if it was not on the list."""
+    if scope.kind == "marketing":
+        removed = await conn.fetchval(
+            "DELETE FROM marketing_opt_outs WHERE email_hash = $1 RETURNING true", email_hash
+        )
+    else:
+        removed = await conn.fetchval(
+            """DELETE FROM client_opt_outs WHERE client_id = $1 AND email_hash = $2
+               RETURNING true""",
+            scope.client_id,
+            email_hash,
+        )
+    return bool(removed)
+
+
+async def erase_addresses(conn: Conn, email_hash: bytes) -> tuple[int, int]:
+    """Forget the clear address of `email_hash` on every list, keeping the hash (which is
+    all suppression needs); how many client-list and marketing-list entries held it."""
+    client_lists = await conn.execute(
+        """UPDATE client_opt_outs SET email = NULL
+           WHERE email_hash = $1 AND email IS NOT NULL""",
+        email_hash,
+    )
+    marketing = await conn.execute(
+        """UPDATE marketing_opt_outs SET email = NULL
+           WHERE email_hash = $1 AND email IS NOT NULL""",
+        email_hash,
+    )
+    return row_count(client_lists), row_count(marketing)
 
 
 async def audit(

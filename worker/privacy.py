@@ -18,7 +18,7 @@ from typing import IO
 import asyncpg
 import structlog
 
-from worker import addresses, db, optouts
+from worker import addresses, feedback, ledger, optouts, suppression
 from worker.db import Conn
 from worker.errors import PermissionDenied, PrivacyRequestError
 from worker.suppression import Scope
@@ -113,18 +113,7 @@ async def resubscribe(
     reason = _required(reason, "the reason")
     async with in_role(conn, PRIVACY_ROLE, "resubscribe"):
         await optouts.require_client(conn, scope)
-        if scope.kind == "marketing":
-            removed = await conn.fetchval(
-                "DELETE FROM marketing_opt_outs WHERE email_hash = $1 RETURNING true",
-                email_hash,
-            )
-        else:
-            removed = await conn.fetchval(
-                """DELETE FROM client_opt_outs WHERE client_id = $1 AND email_hash = $2
-                   RETURNING true""",
-                scope.client_id,
-                email_hash,
-            )
+        removed = await optouts.remove(conn, scope, email_hash=email_hash)
         if removed:
             await optouts.audit(
                 conn,
@@ -194,28 +183,15 @@ async def erase(conn: Conn, *, email_hash: bytes, actor: str) -> ErasureReport:
     """
     actor = _required(actor, "the actor")
     async with in_role(conn, PRIVACY_ROLE, "erase"):
-        invitations = await conn.execute(
-            """UPDATE invitations SET email = NULL, vars = '{}', updated_at = now()
-               WHERE email_hash = $1 AND (email IS NOT NULL OR vars <> '{}')""",
-            email_hash,
-        )
-        client_lists = await conn.execute(
-            """UPDATE client_opt_outs SET email = NULL
-               WHERE email_hash = $1 AND email IS NOT NULL""",
-            email_hash,
-        )
-        marketing = await conn.execute(
-            """UPDATE marketing_opt_outs SET email = NULL
-               WHERE email_hash = $1 AND email IS NOT NULL""",
-            email_hash,
-        )
+        invitations = await ledger.erase_addresses(conn, email_hash)
+        client_lists, marketing = await optouts.erase_addresses(conn, email_hash)
         await optouts.audit(
             conn, "erase", "all", email_hash=email_hash, actor=actor, reason="erasure request"
         )
     report = ErasureReport(
-        invitations=db.row_count(invitations),
-        client_opt_outs=db.row_count(client_lists),
-        marketing_opt_outs=db.row_count(marketing),
+        invitations=invitations,
+        client_opt_outs=client_lists,
+        marketing_opt_outs=marketing,
     )
     log.info(
         "address.erased",
@@ -251,21 +227,12 @@ async def purge(conn: Conn, *, retention_days: int, counts_days: int | None = No
     deleted = 0
     for campaign_id in campaign_ids:
         while True:
-            status = await conn.execute(
-                """DELETE FROM invitations WHERE id IN (
-                       SELECT id FROM invitations WHERE campaign_id = $1 LIMIT $2)""",
-                campaign_id,
-                PURGE_BATCH,
-            )
-            count = db.row_count(status)
+            count = await ledger.delete_invitations(conn, campaign_id, limit=PURGE_BATCH)
             deleted += count
             if count < PURGE_BATCH:
                 break
     days = retention_days if counts_days is None else counts_days
-    status = await conn.execute(
-        "DELETE FROM feedback WHERE created_at < now() - make_interval(days => $1)", days
-    )
-    counts = db.row_count(status) + await _purge_contact_counts(conn, days)
+    counts = await feedback.purge(conn, days) + await suppression.purge_counts(conn, days)
     report = PurgeReport(campaigns=len(campaign_ids), invitations=deleted, counts=counts)
     log.info(
         "retention.purged",
@@ -275,35 +242,3 @@ async def purge(conn: Conn, *, retention_days: int, counts_days: int | None = No
         counts=report.counts,
     )
     return report
-
-
-async def _purge_contact_counts(conn: Conn, days: int) -> int:
-    """Drop the contact-cap counts older than `days`; how many were dropped.
-
-    The rows are locked in the order of their hashes, as counting does, so a purge and a
-    count never deadlock.
-    """
-    dropped: int = await conn.fetchval(
-        """WITH old AS (
-               SELECT email_hash, cardinality(counted_at) AS before FROM contact_counts
-               WHERE counted_at[1] < now() - make_interval(days => $1)
-               ORDER BY email_hash FOR UPDATE),
-           gone AS (
-               DELETE FROM contact_counts c USING old
-               WHERE c.email_hash = old.email_hash
-                 AND c.counted_at[cardinality(c.counted_at)] < now() - make_interval(days => $1)
-               RETURNING old.before AS n),
-           kept AS (
-               UPDATE contact_counts c SET (invitation_ids, counted_at) = (
-                   SELECT array_agg(i ORDER BY n), array_agg(t ORDER BY n)
-                   FROM unnest(c.invitation_ids, c.counted_at) WITH ORDINALITY AS u(i, t, n)
-                   WHERE t >= now() - make_interval(days => $1))
-               FROM old
-               WHERE c.email_hash = old.email_hash
-                 AND c.counted_at[cardinality(c.counted_at)] >= now() - make_interval(days => $1)
-               RETURNING old.before - cardinality(c.counted_at) AS n)
-           SELECT coalesce((SELECT sum(n) FROM gone), 0)
-                  + coalesce((SELECT sum(n) FROM kept), 0)""",
-        days,
-    )
-    return dropped

@@ -128,3 +128,35 @@ async def count_contacts(
     except (TimeoutError, *DB_ERRORS) as e:
         raise SuppressionUnavailable(f"contact count failed: {type(e).__name__}") from e
     return {r["invitation_id"] for r in rows}
+
+
+async def purge_counts(conn: Conn, days: int) -> int:
+    """Drop the contact-cap counts older than `days`; how many were dropped.
+
+    The rows are locked in the order of their hashes, as counting does, so a purge and a
+    count never deadlock.
+    """
+    dropped: int = await conn.fetchval(
+        """WITH old AS (
+               SELECT email_hash, cardinality(counted_at) AS before FROM contact_counts
+               WHERE counted_at[1] < now() - make_interval(days => $1)
+               ORDER BY email_hash FOR UPDATE),
+           gone AS (
+               DELETE FROM contact_counts c USING old
+               WHERE c.email_hash = old.email_hash
+                 AND c.counted_at[cardinality(c.counted_at)] < now() - make_interval(days => $1)
+               RETURNING old.before AS n),
+           kept AS (
+               UPDATE contact_counts c SET (invitation_ids, counted_at) = (
+                   SELECT array_agg(i ORDER BY n), array_agg(t ORDER BY n)
+                   FROM unnest(c.invitation_ids, c.counted_at) WITH ORDINALITY AS u(i, t, n)
+                   WHERE t >= now() - make_interval(days => $1))
+               FROM old
+               WHERE c.email_hash = old.email_hash
+                 AND c.counted_at[cardinality(c.counted_at)] >= now() - make_interval(days => $1)
+               RETURNING old.before - cardinality(c.counted_at) AS n)
+           SELECT coalesce((SELECT sum(n) FROM gone), 0)
+                  + coalesce((SELECT sum(n) FROM kept), 0)""",
+        days,
+    )
+    return dropped

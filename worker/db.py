@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import asyncpg
 import orjson
@@ -15,6 +15,10 @@ from worker.resources import bundled
 
 # A connection of its own or one borrowed from a pool: the queries take either.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+# DATABASE_POOL_MODE: what sits between the processes and Postgres (docs/scaling.md).
+PoolMode: TypeAlias = Literal["session", "transaction"]
+ASYNC_COMMIT = "SET synchronous_commit TO off"
 
 # What a lost, refused or broken database connection raises.
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -34,31 +38,77 @@ async def init_connection(conn: Conn) -> None:
     )
 
 
+def connect_options(pool_mode: PoolMode) -> dict[str, Any]:
+    """asyncpg's connection options for DATABASE_POOL_MODE (docs/scaling.md).
+
+    Never a startup parameter: PgBouncer refuses those it does not know, by default.
+    In `transaction` mode the server connection changes at each transaction, so nothing
+    may be prepared by name (asyncpg then uses the unnamed statement, which lives for
+    one query).
+    """
+    return {"statement_cache_size": 0} if pool_mode == "transaction" else {}
+
+
+async def connect(
+    url: str, *, pool_mode: PoolMode = "session", connect_timeout: float = 60
+) -> asyncpg.Connection[asyncpg.Record]:
+    """One connection to `url`, for DATABASE_POOL_MODE, its jsonb columns read and written
+    as Python objects; raises one of `DB_ERRORS` when it cannot be made."""
+    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(
+        url, timeout=connect_timeout, **connect_options(pool_mode)
+    )
+    try:
+        await init_connection(conn)
+    except BaseException:
+        conn.terminate()
+        raise
+    return conn
+
+
 async def create_pool(
     url: str,
     *,
     max_size: int = 10,
     synchronous_commit: bool = True,
+    pool_mode: PoolMode = "session",
     min_size: int = 1,
     connect_timeout: float = 60,
     command_timeout: float = 60,
 ) -> asyncpg.Pool:
-    """A connection pool whose jsonb columns read and write Python objects.
+    """A connection pool for DATABASE_POOL_MODE whose jsonb columns read and write Python
+    objects. With `min_size=0` nothing connects before the first query, so the caller (the
+    web app) starts while Postgres is down.
 
     The worker's pool commits asynchronously: what it writes besides the `sending` mark
-    (claims, outcomes) is safe to lose in a database crash, see `ledger.start_chunk`.
-    With `min_size=0` (the web app's pools) nothing connects until the first query.
+    (claims, outcomes) is safe to lose in a database crash, see `ledger.start_chunk`. In
+    `session` mode that is a session setting, made again each time a connection goes back
+    to the pool (asyncpg's reset runs RESET ALL). In `transaction` mode a session setting
+    would stay on PgBouncer's server connection for other clients, so commits stay
+    synchronous (docs/scaling.md).
     """
-    settings = {} if synchronous_commit else {"synchronous_commit": "off"}
+    reset = None
+    if not synchronous_commit and pool_mode == "session":
+
+        async def init(conn: Conn) -> None:
+            await init_connection(conn)
+            await conn.execute(ASYNC_COMMIT)
+
+        async def reset_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+            await conn.execute(conn.get_reset_query() + "\n" + ASYNC_COMMIT)
+
+        reset = reset_connection
+    else:
+        init = init_connection
     try:
         pool = await asyncpg.create_pool(
             url,
             min_size=min_size,
             max_size=max_size,
-            init=init_connection,
+            init=init,
+            reset=reset,
             timeout=connect_timeout,
             command_timeout=command_timeout,
-            server_settings=settings,
+            **connect_options(pool_mode),
         )
     except DB_ERRORS as e:
         raise ConfigError(f"cannot connect to Postgres: {e}") from e
@@ -83,32 +133,36 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[tuple[int, Path]]:
 async def migrate(conn: Conn, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply the migrations not applied yet, each in its own transaction; return their names.
 
-    Safe to run concurrently and repeatedly: an advisory lock serialises runners and the
+    Safe to run concurrently and repeatedly, also through PgBouncer in transaction pooling:
+    each migration's transaction takes an advisory lock that serialises runners, and the
     `schema_migrations` table records what is applied.
     """
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
-               version    integer PRIMARY KEY,
-               name       text NOT NULL,
-               applied_at timestamptz NOT NULL DEFAULT now())"""
-    )
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version    integer PRIMARY KEY,
+                   name       text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
     applied: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
-    try:
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for version, path in migration_files(sql_dir):
-            if version in done:
+    for version, path in migration_files(sql_dir):
+        async with conn.transaction():
+            # A lock of the transaction's, not the session's: PgBouncer in transaction
+            # pooling may hand the next statement another server connection.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            done = await conn.fetchval(
+                "SELECT EXISTS (SELECT FROM schema_migrations WHERE version = $1)", version
+            )
+            if done:
                 continue
-            async with conn.transaction():
-                await conn.execute(path.read_text())
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    version,
-                    path.name,
-                )
-            applied.append(path.name)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+            await conn.execute(path.read_text())
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                version,
+                path.name,
+            )
+        applied.append(path.name)
     return applied
 
 

@@ -37,7 +37,7 @@ import asyncpg
 import orjson
 import structlog
 
-from worker.db import Conn
+from worker.db import Conn, connect
 from worker.errors import NotFound, PermissionDenied, SurveyWorkerError
 from worker.privacy import in_role, spreadsheet_safe
 
@@ -318,7 +318,7 @@ async def drop_feeds(ctx: Any) -> dict[str, Any]:
     if url is None:
         async with ctx["pool"].acquire() as conn:
             return await _drop_scheduled(conn)
-    conn = await asyncpg.connect(url)
+    conn = await connect(url, pool_mode=settings.database_pool_mode)
     try:
         return await _drop_scheduled(conn)
     finally:

@@ -77,6 +77,18 @@ class SurveyWorker(Worker):
     running after `job_completion_wait` seconds is cancelled.
     """
 
+    async def main(self) -> None:
+        # The pool comes from `queue.connect`, as every process's does: arq's own cannot
+        # log in to Sentinels or check a rediss:// server against REDIS_CA_FILE.
+        if self._pool is None:
+            assert self.redis_settings is not None
+            self._pool = await queue.connect(
+                self.ctx["redis_url"], retries=self.redis_settings.conn_retries, ride_out=True
+            )
+            self._pool.default_queue_name = self.queue_name
+            self._pool.expires_extra_ms = self.expires_extra_ms
+        await super().main()
+
     async def _poll_iteration(self) -> None:
         # arq ends the worker on a Redis error in its poll loop (a command inside WATCH is
         # never retried, and a job that could not store its result re-raises here). The

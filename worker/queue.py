@@ -5,22 +5,27 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import orjson
+import redis.asyncio
 import redis.exceptions
-from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 
-from worker.errors import UnusableUrl
+from worker import redis_url
+from worker.errors import ConfigError, UnusableUrl
+from worker.redis_url import RedisTarget
 from worker.settings import redis_url_problem
 
 # What an unreachable or failing Redis raises.
 ERRORS = (OSError, redis.exceptions.RedisError)
 # Backoff 0.2, 0.4, 0.8, 1.6 s, then 2 s a try: about 30 s in all.
 RIDE_OUT_RETRIES = 18
+# Seconds to open a connection to Redis or a Sentinel.
+CONNECT_TIMEOUT = 2
 
 
 def serialize(value: dict[str, Any]) -> bytes:
@@ -35,32 +40,139 @@ def deserialize(data: bytes) -> dict[str, Any]:
 
 
 def redis_settings(url: str, *, retries: int = 1, ride_out: bool = False) -> RedisSettings:
-    """arq's settings for the Redis at `url`, failing fast when it is down.
+    """arq's settings for the Redis at `url` (read by `worker.redis_url`), failing fast when
+    it is down. The connections themselves are made by `connect`, which arq's own
+    `create_pool` cannot replace for Sentinels with a password or a CA file.
 
     With `ride_out` (the worker) a command that loses its connection is tried again
     for about half a minute, so a Redis restart does not end the worker's jobs or the worker.
     """
-    settings = RedisSettings.from_dsn(url)
+    target = redis_url.parse(url)
+    settings = RedisSettings(
+        host=list(target.sentinels) if target.sentinels else target.host,
+        port=target.port,
+        unix_socket_path=target.socket_path,
+        database=target.database,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        ssl_ca_certs=None if target.ca_file is None else str(target.ca_file),
+        sentinel=bool(target.sentinels),
+        sentinel_master=target.sentinel_master or "mymaster",
+    )
     settings.conn_retries = retries
-    settings.conn_timeout = 2
+    settings.conn_timeout = CONNECT_TIMEOUT
     if ride_out:
         settings.retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), RIDE_OUT_RETRIES)
         settings.retry_on_error = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
     return settings
 
 
-async def connect(url: str, *, retries: int = 1) -> ArqRedis:
-    """An arq Redis pool that encodes jobs as JSON."""
-    return await create_pool(
-        redis_settings(url, retries=retries),
-        job_serializer=serialize,
-        job_deserializer=deserialize,
+def sentinel_client(target: RedisTarget) -> Sentinel:
+    """A client of the target's Sentinels; its connections to the primary find it anew
+    at each connect, so a failover needs no restart."""
+    return Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs={
+            "password": target.sentinel_password,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_timeout": CONNECT_TIMEOUT,
+        },
     )
+
+
+async def primary_address(target: RedisTarget) -> tuple[str, int]:
+    """The address of the primary the target's Sentinels name. ConfigError naming the
+    setting when no Sentinel takes the password (REDIS_SENTINEL_PASSWORD) or none knows
+    the name (REDIS_SENTINEL_MASTER); redis-py's ConnectionError when none answers."""
+    master = target.sentinel_master or ""
+    unreachable: list[str] = []
+    refused = unknown = False
+    for host, port in target.sentinels:
+        client = redis.asyncio.Redis(
+            host=host,
+            port=port,
+            password=target.sentinel_password,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=CONNECT_TIMEOUT,
+        )
+        try:
+            found = await client.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "get-master-addr-by-name", master
+            )
+        except redis.exceptions.AuthenticationError:
+            refused = True
+            continue
+        except redis.exceptions.ResponseError as e:
+            if str(e).startswith(("NOAUTH", "WRONGPASS")) or "password" in str(e):
+                refused = True
+                continue
+            raise
+        except ERRORS as e:
+            unreachable.append(f"{host}:{port}: {e or type(e).__name__}")
+            continue
+        finally:
+            await client.aclose()
+        if found:
+            return found[0].decode(), int(found[1])
+        unknown = True
+    if refused:
+        raise ConfigError(
+            "REDIS_SENTINEL_PASSWORD: the Sentinels refuse it"
+            if target.sentinel_password
+            else "REDIS_SENTINEL_PASSWORD: the Sentinels ask for a password"
+        )
+    if unknown:
+        raise ConfigError(f"REDIS_SENTINEL_MASTER: no Sentinel knows a primary named {master!r}")
+    raise redis.exceptions.ConnectionError(
+        "REDIS_SENTINELS: no Sentinel answers (" + "; ".join(unreachable) + ")"
+    )
+
+
+async def connect(url: str, *, retries: int = 1, ride_out: bool = False) -> ArqRedis:
+    """An arq Redis pool on the Redis at `url` (directly or through its Sentinels) that
+    encodes jobs as JSON; `retries` more tries a second apart when it does not answer."""
+    settings = redis_settings(url, retries=retries, ride_out=ride_out)
+    target = redis_url.parse(url)
+    options: dict[str, Any] = {
+        **target.client_options(),
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "retry": settings.retry,
+        "retry_on_error": settings.retry_on_error,
+    }
+    for attempt in range(retries + 1):
+        if target.sentinels:
+            await primary_address(target)
+            pool = cast(
+                ArqRedis,
+                sentinel_client(target).master_for(
+                    target.sentinel_master or "", redis_class=ArqRedis, **options
+                ),
+            )
+        else:
+            pool = ArqRedis(
+                host=target.host,
+                port=target.port,
+                unix_socket_path=target.socket_path,
+                **options,
+            )
+        pool.job_serializer = serialize
+        pool.job_deserializer = deserialize
+        try:
+            await pool.ping()
+        except ERRORS:
+            await pool.aclose()
+            if attempt == retries:
+                raise
+            await asyncio.sleep(1)
+        else:
+            return pool
+    raise AssertionError("unreachable")
 
 
 async def check(url: str, *, timeout: float) -> None:
     """Return once the Redis at `url` answers a PING; raise one of `ERRORS` if it does not
-    within `timeout` seconds."""
+    within `timeout` seconds (ConfigError for Sentinels that refuse or do not know it)."""
     async with asyncio.timeout(timeout):
         redis = await connect(url, retries=0)
         await redis.aclose()

@@ -16,9 +16,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import TypeAlias
 
-from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+
+from worker import queue, redis_url
 
 Reply: TypeAlias = "bytes | int | ResponseError | RedisConnectionError | None"
 OnReply: TypeAlias = Callable[[Reply], None]
@@ -94,11 +95,13 @@ class _Protocol(asyncio.Protocol):
 
 
 class RedisPipe:
-    """One connection to the Redis at `url` (redis://, rediss:// or unix://), opened on
-    demand, on which `call` writes a command at once and hands its reply to a callback."""
+    """One connection to the Redis at `url` (redis://, rediss:// or unix://, read by
+    `worker.redis_url`), opened on demand, on which `call` writes a command at once and
+    hands its reply to a callback. Behind Sentinels, each connect asks them for the
+    primary, so the connection made after a failover reaches the new one."""
 
     def __init__(self, url: str, *, name: str) -> None:
-        self._options = parse_url(url)
+        self._target = redis_url.parse(url)
         # What `CLIENT LIST` shows for this connection.
         self._name = name
         self._protocol: _Protocol | None = None
@@ -113,26 +116,28 @@ class RedisPipe:
         `ConnectionError` or `ResponseError` (or OSError) when that fails."""
         self.close()
         loop = asyncio.get_running_loop()
-        options = self._options
-        connecting = (
-            loop.create_unix_connection(_Protocol, options["path"])
-            if options.get("connection_class") is UnixDomainSocketConnection
-            else loop.create_connection(
-                _Protocol,
-                options.get("host", "localhost"),
-                options.get("port", 6379),
-                ssl=ssl.create_default_context()
-                if options.get("connection_class") is SSLConnection
-                else None,
-            )
-        )
+        target = self._target
+        if target.socket_path is not None:
+            connecting = loop.create_unix_connection(_Protocol, target.socket_path)
+        else:
+            host, port = target.host, target.port
+            if target.sentinels:
+                async with asyncio.timeout(REPLY_TIMEOUT):
+                    host, port = await queue.primary_address(target)
+            tls = None
+            if target.tls:
+                cafile = None if target.ca_file is None else str(target.ca_file)
+                tls = ssl.create_default_context(cafile=cafile)
+                # As redis-py (and arq) check a Redis certificate: signed, any name.
+                tls.check_hostname = False
+            connecting = loop.create_connection(_Protocol, host, port, ssl=tls)
         async with asyncio.timeout(REPLY_TIMEOUT):
             _, self._protocol = await connecting
-        if options.get("password"):
-            login = [options["username"]] if options.get("username") else []
-            await self.ask("AUTH", *login, options["password"])
-        if options.get("db"):
-            await self.ask("SELECT", options["db"])
+        if target.password:
+            login = [target.username] if target.username else []
+            await self.ask("AUTH", *login, target.password)
+        if target.database:
+            await self.ask("SELECT", target.database)
         await self.ask("CLIENT", "SETNAME", self._name)
         self._watchdog = loop.call_later(REPLY_TIMEOUT, self._check_replies)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +80,25 @@ def redis_url_problem(url: str) -> str | None:
     return None
 
 
+def sentinel_addresses(text: str) -> list[tuple[str, int]]:
+    """REDIS_SENTINELS (`host:port,host:port`, `[v6]:port` allowed) as (host, port) pairs;
+    ValueError saying what is wrong."""
+    found = []
+    for spec in (part.strip() for part in text.split(",")):
+        if not spec:
+            continue
+        host, colon, port = spec.rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host:
+            raise ValueError("each Sentinel is host:port, e.g. sentinel-1:26379,sentinel-2:26379")
+        if not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError("a Sentinel's port is not a number from 1 to 65535")
+        found.append((host, int(port)))
+    if not found:
+        raise ValueError("names no Sentinel (host:port,host:port)")
+    return found
+
+
 def parse_contact_cap(text: str) -> tuple[int, timedelta]:
     """`K/DURATION` (e.g. `2/30d`) as (K, window); ValueError saying what is expected."""
     count, slash, window = text.partition("/")
@@ -125,7 +145,15 @@ class Settings(BaseSettings):
 
     app_env: Literal["production", "demo", "test"] = "production"
     database_url: str | None = None
+    # `transaction`: DATABASE_URL is a PgBouncer in transaction pooling (docs/scaling.md).
+    database_pool_mode: Literal["session", "transaction"] = "session"
     redis_url: str | None = None
+    # A CA bundle (PEM) that signs the certificate of a rediss:// server.
+    redis_ca_file: Path | None = None
+    # Sentinels (`host:port,...`) and the primary's name: they replace REDIS_URL's host.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
     data_dir: Path = Path(".data")
 
     smtp_host: str = "localhost"
@@ -222,6 +250,48 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _redis_sentinels(cls, value: str | None) -> str | None:
+        if value is not None:
+            sentinel_addresses(value)
+        return value
+
+    @field_validator("redis_ca_file")
+    @classmethod
+    def _redis_ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not os.access(value, os.R_OK):
+            raise ValueError("the file cannot be read")
+        return value
+
+    def queue_url(self) -> str | None:
+        """REDIS_URL with what the other REDIS_ settings add to it (Sentinels, CA file) as
+        query parameters, which `worker.queue` reads: the one string every process hands
+        on. None when REDIS_URL is unset (the embedded Redis); ConfigError naming the
+        setting missing from a Sentinel configuration."""
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            missing = "REDIS_SENTINEL_MASTER" if self.redis_sentinels else "REDIS_SENTINELS"
+            raise ConfigError(f"{missing}: must be set with the other Sentinel setting")
+        if self.redis_url is None:
+            if self.redis_sentinels:
+                raise ConfigError(
+                    "REDIS_URL: must be set with REDIS_SENTINELS (its scheme, user, password "
+                    "and database; the Sentinels replace its host)"
+                )
+            return None
+        extra = {}
+        if self.redis_ca_file is not None:
+            extra["ca_file"] = str(self.redis_ca_file)
+        if self.redis_sentinels:
+            extra["sentinels"] = self.redis_sentinels
+            extra["sentinel_master"] = self.redis_sentinel_master or ""
+        if self.redis_sentinel_password is not None:
+            extra["sentinel_password"] = self.redis_sentinel_password.get_secret_value()
+        if not extra:
+            return self.redis_url
+        joiner = "&" if urlsplit(self.redis_url).query else "?"
+        return self.redis_url + joiner + urlencode(extra, quote_via=quote)
 
     @field_validator("bounce_domain")
     @classmethod

@@ -114,14 +114,15 @@ class Env:
 @contextmanager
 def _services(settings: Settings) -> Iterator[ServiceUrls]:
     """The configured servers; the embedded ones (worker.dev) for those not configured."""
-    if settings.database_url and settings.redis_url:
-        yield ServiceUrls(settings.database_url, settings.redis_url)
+    redis_url = settings.queue_url()
+    if settings.database_url and redis_url:
+        yield ServiceUrls(settings.database_url, redis_url)
         return
     from worker.dev import embedded
 
     with embedded.services(
         database_url=settings.database_url,
-        redis_url=settings.redis_url,
+        redis_url=redis_url,
         data_dir=settings.data_dir,
     ) as urls:
         yield urls
@@ -223,7 +224,9 @@ def run(
 
     async def main() -> T:
         try:
-            conn = await asyncpg.connect(env.urls.database_url)
+            conn = await asyncpg.connect(
+                env.urls.database_url, **db.connect_options(env.settings.database_pool_mode)
+            )
         except db.DB_ERRORS as e:
             raise ConfigError(f"cannot connect to Postgres: {e}") from e
         try:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import asyncpg
 import click
-import redis.asyncio
 import structlog
 
 from worker import db, queue
@@ -109,21 +108,23 @@ def health() -> None:
 
     with _clear_errors():
         settings = Settings()
-    url = settings.redis_url
+        url = settings.queue_url()
     if not url:
         raise click.ClickException("health needs REDIS_URL (the worker's Redis)")
 
     async def fresh() -> bool:
-        client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client = await queue.connect(url, retries=0)
         try:
             return bool(await client.exists(health_key()))
         finally:
             await client.aclose()
 
     try:
-        ok = asyncio.run(fresh())
+        ok = asyncio.run(asyncio.wait_for(fresh(), REACH_TIMEOUT))
     except queue.ERRORS as e:
         raise click.ClickException(_unreachable("REDIS_URL", "Redis", url, e)) from None
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
     click.echo("healthy" if ok else "unhealthy: no fresh worker heartbeat")
     sys.exit(0 if ok else 1)
 

@@ -32,7 +32,7 @@ import structlog
 
 from worker import addresses, links
 from worker.db import Conn
-from worker.errors import SurveyWorkerError
+from worker.errors import Malformed, SurveyWorkerError, Unauthenticated
 
 log = structlog.get_logger("worker.completion")
 
@@ -55,36 +55,6 @@ _INDEX_BATCH = 10_000
 
 
 # --- Pure: the webhook's signature, its body, the references -----------------------------
-
-
-class CompletionRefused(SurveyWorkerError):
-    """A completion request refused as a whole; nothing is recorded. `reason` is a short
-    fixed phrase for the response and the log line, never quoting the request."""
-
-    status = 400
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Unauthenticated(CompletionRefused):
-    """Not shown to come from the survey platform: a header missing, no signature that
-    verifies, or a timestamp too far from our clock (401)."""
-
-    status = 401
-
-
-class Malformed(CompletionRefused):
-    """Not a completion body (400)."""
-
-    status = 400
-
-
-class TooLarge(CompletionRefused):
-    """A body over MAX_BODY bytes (413)."""
-
-    status = 413
 
 
 def signed_content(webhook_id: str, timestamp: str, body: bytes) -> bytes:

@@ -7,7 +7,7 @@ will never work, record the reason". Each carries what an operator needs to act 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
 class SurveyWorkerError(Exception):
@@ -156,3 +156,45 @@ class AmbiguousSmtpError(SmtpError):
 
 class WorkerStopping(SurveyWorkerError):
     """The worker is shutting down: the job stops claiming and goes back to the queue."""
+
+
+class Refused(SurveyWorkerError):
+    """An HTTP request refused; nothing was done. `status` is the answer's status, `reason`
+    a short fixed phrase for its body and the log line (it never quotes the request), and
+    `headers` go with the answer (`worker.web.http.answer` makes it)."""
+
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = dict(headers or {})
+
+
+class Unauthenticated(Refused):
+    """Not shown to come from whom it must (a signature, credentials or a key that does not
+    verify, a replayed or stale timestamp): 401."""
+
+    def __init__(self, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(401, reason, headers)
+
+
+class Malformed(Refused):
+    """Not what the endpoint takes (a body that is not JSON, a field missing): 400."""
+
+    def __init__(self, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(400, reason, headers)
+
+
+class TooLarge(Refused):
+    """A body over the endpoint's limit, refused before it is read whole: 413."""
+
+    def __init__(self, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(413, reason, headers)
+
+
+class Unavailable(Refused):
+    """Something the request needs is unavailable now (Postgres, Redis, the SNS certificate
+    host): 503, so that the sender tries again later."""
+
+    def __init__(self, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(503, reason, headers)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from worker import completion, links
-from worker.completion import Malformed, Unauthenticated
+from worker.errors import Malformed, Unauthenticated
 from worker.settings import Settings, webhook_secret_key
 
 KEY = bytes(range(32))

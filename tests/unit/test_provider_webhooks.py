@@ -34,14 +34,12 @@ from tests.support.webhooks import (
     sns_confirmation,
     sns_notification,
 )
+from worker.errors import Malformed, Refused, Unauthenticated
 from worker.feedback import Event
 from worker.settings import SNS_CERT_HOSTS
 from worker.web.webhooks import mailgun, postmark, sendgrid, ses
 from worker.web.webhooks.core import (
     Batch,
-    Malformed,
-    Unauthenticated,
-    WebhookRefused,
     our_message_id,
     our_verp,
     status_in,
@@ -293,7 +291,7 @@ def test_other_ses_events_and_not_spam_reports_are_ignored() -> None:
 
 @given(st.binary(max_size=300))
 def test_any_bytes_are_an_sns_message_or_refused(body: bytes) -> None:
-    with contextlib.suppress(WebhookRefused):
+    with contextlib.suppress(Refused):
         ses.parse(body)
 
 
@@ -314,7 +312,7 @@ SNS_FIELDS = [
 
 @given(json_values(SNS_FIELDS))
 def test_any_json_is_an_sns_message_or_refused(value: Any) -> None:
-    with contextlib.suppress(WebhookRefused):
+    with contextlib.suppress(Refused):
         ses.parse(orjson.dumps(value))
 
 
@@ -603,7 +601,7 @@ def test_any_mailgun_json_is_a_batch_or_refused(value: Any) -> None:
     try:
         signed = mailgun.parse(orjson.dumps(value))
         mailgun.verify(MAILGUN, signed, now=NOW)
-    except WebhookRefused:
+    except Refused:
         return
 
 

@@ -24,8 +24,8 @@ from starlette.responses import HTMLResponse, Response
 
 from worker import addresses, optouts, tokens
 from worker.db import DB_ERRORS
-from worker.errors import QueueUnavailable
-from worker.web import pages
+from worker.errors import QueueUnavailable, TooLarge
+from worker.web import http, pages
 from worker.web.backends import WebContext
 
 log = structlog.get_logger("worker.web")
@@ -64,18 +64,6 @@ def is_one_click(content_type: str, body: bytes) -> bool:
     return False
 
 
-async def _small_body(request: Request) -> bytes:
-    """The request body if it is at most MAX_BODY bytes, else nothing."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            return b""
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _page(web: WebContext, page: pages.Page) -> HTMLResponse:
     return HTMLResponse(web.renderer.render(page), status_code=page.status)
 
@@ -111,7 +99,10 @@ async def unsubscribe(request: Request) -> Response:
     if claims is None:
         log.info("unsubscribe.invalid_token", method="POST")
         return _page(web, pages.invalid())
-    body = await _small_body(request)
+    try:
+        body = await http.read_body(request, MAX_BODY)
+    except TooLarge:
+        body = b""  # not a one-click body, nor read
     source = "one-click" if is_one_click(request.headers.get("content-type", ""), body) else "web"
     recipient = addresses.recipient_id(claims.email_hash)
     marketing = claims.client_id is None

@@ -39,13 +39,17 @@ from worker.errors import (
     CsvProblem,
     LaunchConflict,
     LaunchProblem,
+    Malformed,
     NotFound,
     NoValidRecipient,
+    Refused,
+    Unauthenticated,
     UnusableUrl,
     api_names,
 )
 from worker.render import TemplateStore
 from worker.settings import Settings, postgres_url_problem
+from worker.web import http
 from worker.web.api.models import (
     IDEMPOTENCY_KEY,
     CampaignFields,
@@ -57,45 +61,31 @@ from worker.web.api.models import (
     StatusAnswer,
 )
 from worker.web.api.uploads import (
-    BadBody,
-    BodyTooLarge,
     JsonRecipients,
-    limited_request,
     read_upload,
     recipients_csv,
 )
+from worker.web.backends import open_pool
 
 log = structlog.get_logger("worker.api")
 
 CONNECT_TIMEOUT = 3.0
 QUERY_TIMEOUT = 30.0
 QUEUE_TIMEOUT = 3.0
-POOL_SIZE = 5
 RATE_KEY = "survey-worker:api-rate:"
 _MAX_ID = 2**63 - 1
 
 
-class ApiError(Exception):
-    """An answer other than 2xx: `{"error": message}` with `status`."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
-def unauthorized() -> ApiError:
-    return ApiError(
-        401,
+def unauthorized() -> Unauthenticated:
+    return Unauthenticated(
         "a valid API key is required: Authorization: Bearer KEY",
         {"WWW-Authenticate": 'Bearer realm="survey-worker"'},
     )
 
 
-def no_campaign() -> ApiError:
+def no_campaign() -> Refused:
     # The same answer for a campaign that does not exist and another client's.
-    return ApiError(404, "no such campaign")
+    return Refused(404, "no such campaign")
 
 
 @dataclass(frozen=True)
@@ -145,16 +135,7 @@ async def running(
     """The API's connections for the web app's lifetime; nothing connects before use, so
     the app starts while Postgres or Redis is down."""
     url = settings.api_database_url or database_url
-    pool = None
-    if postgres_url_problem(url) is None:
-        pool = await asyncpg.create_pool(
-            url,
-            min_size=0,
-            max_size=POOL_SIZE,
-            init=db.init_connection,
-            timeout=CONNECT_TIMEOUT,
-            command_timeout=QUERY_TIMEOUT,
-        )
+    pool = await open_pool(url, query_timeout=QUERY_TIMEOUT)
     jobs = queue.LazyQueue(redis_url)
     try:
         yield ApiContext(
@@ -196,7 +177,7 @@ async def authenticated(
     wait = await api.within_rate(caller)
     if wait is not None:
         log.info("api.rate_limited", client_id=caller.client_id, key_id=caller.key_id)
-        raise ApiError(
+        raise Refused(
             429,
             f"over {api.settings.api_rate_limit} requests a minute for this key",
             {"Retry-After": str(max(1, int(wait + 0.999)))},
@@ -226,7 +207,7 @@ def _fields(data: dict[str, Any], model: type[CampaignFields]) -> CampaignFields
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ApiError(400, _first_error(e)) from e
+        raise Malformed(_first_error(e)) from e
 
 
 def _launch_blocking(
@@ -307,9 +288,9 @@ def _json_input(body: bytes) -> CampaignInput:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise ApiError(400, f"malformed JSON: {e}") from e
+        raise Malformed(f"malformed JSON: {e}") from e
     if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object")
+        raise Malformed("the body must be a JSON object")
     given = _fields(data, CampaignJson)
     del data
     assert isinstance(given, CampaignJson)
@@ -325,22 +306,26 @@ async def _campaign_input(request: Request, settings: Settings) -> CampaignInput
     multipart/form-data (within API_MAX_UPLOAD_BYTES)."""
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type == "application/json":
-        body = await limited_request(
+        limit = settings.api_json_max_bytes
+        body = await http.read_body(
             request,
-            settings.api_json_max_bytes,
-            hint=" (API_JSON_MAX_BYTES): send more recipients as a CSV upload",
-        ).body()
+            limit,
+            too_large=f"the request body is over {limit} bytes (API_JSON_MAX_BYTES): "
+            "send more recipients as a CSV upload",
+        )
         return await asyncio.to_thread(_json_input, body)
     if media_type == "multipart/form-data":
-        upload = await read_upload(limited_request(request, settings.api_max_upload_bytes))
+        limit = settings.api_max_upload_bytes
+        too_large = f"the request body is over {limit} bytes"
+        upload = await read_upload(http.limited_request(request, limit, too_large=too_large))
         try:
             fields = _fields(dict(upload.fields), CampaignFields)
-        except ApiError:
+        except Refused:
             upload.file.close()
             raise
         name = fields.name or campaigns.name_of_file(upload.filename or "api upload")
         return CampaignInput(fields, upload.file, None, name)
-    raise ApiError(400, "Content-Type must be application/json or multipart/form-data")
+    raise Malformed("Content-Type must be application/json or multipart/form-data")
 
 
 async def create_campaign(
@@ -366,7 +351,7 @@ async def create_campaign(
         )
     except ValueError as e:
         stream.close()
-        raise ApiError(400, f"reminder_interval: {e}") from e
+        raise Malformed(f"reminder_interval: {e}") from e
     launch = campaigns.LaunchRequest(
         client_id=caller.client_id,
         template=fields.template,
@@ -381,16 +366,16 @@ async def create_campaign(
     try:
         report = await asyncio.to_thread(_launch_blocking, api, launch, stream)
     except LaunchConflict as e:
-        raise ApiError(422, e.api_message()) from e
+        raise Refused(422, e.api_message()) from e
     except NoValidRecipient as e:
         if mapping is None:
-            raise ApiError(400, e.api_message()) from e
+            raise Malformed(e.api_message()) from e
         named = e.naming(lambda line: f"recipient {mapping.position(line)}", "in `recipients`")
-        raise ApiError(400, api_names(named)) from e
+        raise Malformed(api_names(named)) from e
     except LaunchProblem as e:
-        raise ApiError(400, e.api_message()) from e
+        raise Malformed(e.api_message()) from e
     except CsvProblem as e:
-        raise ApiError(400, str(e)) from e
+        raise Malformed(str(e)) from e
     finally:
         stream.close()
     queued = await _enqueue(api, report.campaign_id)
@@ -490,7 +475,7 @@ async def opt_out_feed(
     try:
         cursor = feed.parse_cursor(after)
     except feed.BadCursor as e:
-        raise ApiError(400, str(e)) from e
+        raise Malformed(str(e)) from e
     async with _api(request).connection() as conn:
         try:
             page = await feed.page_for_key(conn, caller.client_id, caller.key, cursor, limit)
@@ -500,9 +485,9 @@ async def opt_out_feed(
     return JSONResponse(page.as_json())
 
 
-async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+async def _refused(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Refused)
+    return http.answer(exc)
 
 
 async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
@@ -515,23 +500,10 @@ async def _http(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _too_large(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=413)
-
-
-async def _bad_body(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=400)
-
-
 async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
-        # A deployment mistake, not the caller's: the API's database user lacks a grant.
-        log.error("api.permission_denied", error=str(exc))
-        message = "the API's database user lacks a grant (see API_DATABASE_URL)"
-    else:
-        log.warning("api.database_unavailable", error=type(exc).__name__)
-        message = "the database is unavailable; try again shortly"
-    return JSONResponse({"error": message}, status_code=503, headers={"Retry-After": "5"})
+    # A missing grant is a deployment mistake, not the caller's.
+    lacks = "the API's database user lacks a grant (see API_DATABASE_URL)"
+    return http.answer(http.unavailable(exc, face="api", lacks_grant=lacks))
 
 
 def create_app() -> FastAPI:
@@ -591,11 +563,9 @@ def create_app() -> FastAPI:
         response_model=None,
         responses={200: {"model": FeedPage, "description": "OK."}, **ERRORS},
     )
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http)
-    app.add_exception_handler(BodyTooLarge, _too_large)
-    app.add_exception_handler(BadBody, _bad_body)
     for error in db.DB_ERRORS:
         app.add_exception_handler(error, _unavailable)
     app.openapi = lambda: _document(app)  # type: ignore[method-assign]

@@ -21,46 +21,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.types import Message, Receive
 
-from worker.errors import SurveyWorkerError
+from worker.errors import Malformed
 from worker.imports import MAX_COLUMNS
 
 # Bytes of a spooled upload kept in memory before it moves to a temporary file.
 SPOOL_BYTES = 1024 * 1024
-
-
-class BodyTooLarge(SurveyWorkerError):
-    """A request body over API_MAX_UPLOAD_BYTES: 413."""
-
-
-class BadBody(SurveyWorkerError):
-    """A request body that cannot be read as what it claims to be: 400."""
-
-
-def _limited(receive: Receive, limit: int, hint: str) -> Receive:
-    """`receive`, raising BodyTooLarge once the body passes `limit` bytes."""
-    seen = 0
-
-    async def limited() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise BodyTooLarge(f"the request body is over {limit} bytes{hint}")
-        return message
-
-    return limited
-
-
-def limited_request(request: Request, limit: int, *, hint: str = "") -> Request:
-    """The request, refusing (BodyTooLarge) a declared or actual body over `limit` bytes;
-    `hint` follows the refusal's message."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"the request body is over {limit} bytes{hint}")
-    return Request(request.scope, _limited(request.receive, limit, hint))
 
 
 @dataclass
@@ -74,12 +40,12 @@ class Upload:
 
 async def read_upload(request: Request) -> Upload:
     """Spool a multipart/form-data body: the `recipients` file and any text fields.
-    BadBody when it is malformed, lacks the file, or repeats a field."""
+    Malformed when it is malformed, lacks the file, or repeats a field."""
     try:
         form = await request.form(max_files=1, max_fields=20, max_part_size=10_000)
     except (MultiPartException, HTTPException) as e:
         detail = getattr(e, "detail", None) or getattr(e, "message", "")
-        raise BadBody(f"unreadable multipart/form-data body: {detail}") from e
+        raise Malformed(f"unreadable multipart/form-data body: {detail}") from e
     recipients = form.get("recipients")
     fields: dict[str, str] = {}
     for name, value in form.multi_items():
@@ -87,14 +53,14 @@ async def read_upload(request: Request) -> Upload:
             continue
         if not isinstance(value, str):
             await form.close()
-            raise BadBody(f"field {name}: only `recipients` may be a file")
+            raise Malformed(f"field {name}: only `recipients` may be a file")
         if name in fields:
             await form.close()
-            raise BadBody(f"field {name} is given twice")
+            raise Malformed(f"field {name} is given twice")
         fields[name] = value
     if not isinstance(recipients, UploadFile):
         await form.close()
-        raise BadBody("multipart/form-data needs the CSV file as the field `recipients`")
+        raise Malformed("multipart/form-data needs the CSV file as the field `recipients`")
     stream: BinaryIO = recipients.file
     stream.seek(0)
     return Upload(file=stream, filename=recipients.filename, fields=fields)
@@ -118,18 +84,18 @@ def recipients_csv(recipients: list[dict[str, str]]) -> JsonRecipients:
     """A recipients CSV of `recipients`: the header is `email` and every other key in
     the order they first appear; a recipient without a key gets an empty cell.
 
-    BadBody, before anything is written, when a recipient has more than MAX_COLUMNS
+    Malformed, before anything is written, when a recipient has more than MAX_COLUMNS
     fields or all of them name more than MAX_COLUMNS (every row gets every column).
     """
     columns: dict[str, None] = {"email": None}
     for position, recipient in enumerate(recipients, start=1):
         if len(recipient) > MAX_COLUMNS:
-            raise BadBody(
+            raise Malformed(
                 f"recipient {position} has {len(recipient)} fields; at most {MAX_COLUMNS}"
             )
         columns.update(dict.fromkeys(recipient))
         if len(columns) > MAX_COLUMNS:
-            raise BadBody(
+            raise Malformed(
                 f"the recipients name more than {MAX_COLUMNS} distinct fields "
                 f"(from recipient {position} on)"
             )

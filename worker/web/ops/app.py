@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import asyncpg
 import jinja2
 import structlog
 from markupsafe import Markup
@@ -40,8 +39,9 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from worker import campaigns, db, metrics, passwords, queue
-from worker.errors import NotFound
+from worker.errors import NotFound, TooLarge
 from worker.settings import Settings
+from worker.web import http
 from worker.web.api.app import ApiContext
 from worker.web.ops import charts, store
 
@@ -257,7 +257,11 @@ class Ops:
             return user
         if request.headers.get("sec-fetch-site", "same-origin") != "same-origin":
             return PlainTextResponse("cross-site request refused\n", status_code=403)
-        token = parse_qs((await _small_body(request)).decode("latin-1")).get("csrf", [""])[0]
+        try:
+            form = await http.read_body(request, MAX_FORM)
+        except TooLarge:
+            form = b""  # no token: refused below
+        token = parse_qs(form.decode("latin-1")).get("csrf", [""])[0]
         if not self.users.csrf_ok(user, token, now=time.time()):
             log.warning("ops.csrf_refused", user=user)
             return PlainTextResponse(
@@ -310,28 +314,11 @@ class Ops:
         )
 
 
-async def _small_body(request: Request) -> bytes:
-    """The request body if it is at most MAX_FORM bytes, else nothing."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_FORM:
-            return b""
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _unavailable(error: BaseException) -> Response:
-    if isinstance(error, asyncpg.InsufficientPrivilegeError):
-        # A deployment mistake: /ops reads feedback and controls campaigns, which the web
-        # role may not do.
-        log.error("ops.permission_denied", error=str(error))
-        text = "the database user lacks a grant: set API_DATABASE_URL (a survey_worker login)"
-    else:
-        log.warning("ops.database_unavailable", error=type(error).__name__)
-        text = "the database is unavailable; try again shortly"
-    return PlainTextResponse(text + "\n", status_code=503, headers={"Retry-After": "5"})
+    # A missing grant is a deployment mistake: /ops reads feedback and controls campaigns,
+    # which the web role may not do.
+    lacks = "the database user lacks a grant: set API_DATABASE_URL (a survey_worker login)"
+    return http.answer_text(http.unavailable(error, face="ops", lacks_grant=lacks))
 
 
 async def _enqueue_launch(api: ApiContext, campaign_id: int) -> None:

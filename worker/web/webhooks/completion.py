@@ -11,6 +11,8 @@ from starlette.responses import JSONResponse, Response
 
 from worker import completion
 from worker.db import DB_ERRORS
+from worker.errors import Refused, Unavailable
+from worker.web import http
 from worker.web.backends import WebContext
 
 log = structlog.get_logger("worker.web")
@@ -28,7 +30,7 @@ async def completion_webhook(request: Request) -> Response:
         return JSONResponse({"error": "not found"}, status_code=404)
     headers = request.headers
     try:
-        body = await _capped_body(request, completion.MAX_BODY)
+        body = await http.read_body(request, completion.MAX_BODY)
         completion.verify(
             web.completion_key,
             webhook_id=headers.get("webhook-id"),
@@ -38,9 +40,9 @@ async def completion_webhook(request: Request) -> Response:
             now=time.time(),
         )
         refs = completion.parse_refs(body)
-    except completion.CompletionRefused as e:
+    except Refused as e:
         log.warning("completion.refused", status=e.status, reason=e.reason)
-        return JSONResponse({"error": e.reason}, status_code=e.status)
+        return http.answer(e)
     try:
         async with web.backends.connection() as conn:
             report = await completion.complete(
@@ -49,25 +51,8 @@ async def completion_webhook(request: Request) -> Response:
     except DB_ERRORS as e:
         # Nothing was recorded (webhook id included): the platform's retry is not a replay.
         log.error("completion.unavailable", error=type(e).__name__)
-        return JSONResponse(
-            {"error": "the database is unavailable; deliver again later"},
-            status_code=503,
-            headers={"Retry-After": "60"},
+        return http.answer(
+            Unavailable("the database is unavailable; deliver again later", {"Retry-After": "60"})
         )
     completion.log_completed(report, source="webhook")
     return JSONResponse(report.as_json())
-
-
-async def _capped_body(request: Request, limit: int) -> bytes:
-    """The request body; completion.TooLarge past `limit` bytes (read no further)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise completion.TooLarge("the body is too large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise completion.TooLarge("the body is too large")
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -1,4 +1,4 @@
-"""What every provider's webhook shares: the refusals, the batch a request comes to, and
+"""What every provider's webhook shares: the batch a request comes to, and
 what counts as naming a message of ours.
 
 Pure functions over data: no I/O, no clock (the callers pass `now`).
@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from worker.dsn import specific_status
-from worker.errors import SurveyWorkerError
+from worker.errors import Malformed
 from worker.feedback import Event, FeedbackKind
 
 # Signed timestamps (SendGrid, Mailgun) further than this from our clock are refused.
@@ -27,47 +27,6 @@ _STATUS = re.compile(r"(?<![0-9.])([245]\.[0-9]{1,3}\.[0-9]{1,3})(?![0-9.])")
 _STATUS_ONLY = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 # The envelope sender of our messages when BOUNCE_DOMAIN is set: `b-<token>@BOUNCE_DOMAIN`.
 _VERP_LOCAL = re.compile(r"b-[A-Za-z0-9]{1,64}")
-
-
-class WebhookRefused(SurveyWorkerError):
-    """A webhook request that is refused as a whole; nothing is enqueued.
-
-    `reason` is a short fixed phrase for the response and the log line: it never quotes
-    the request.
-    """
-
-    status = 400
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Unauthenticated(WebhookRefused):
-    """The request is not shown to come from the provider (signature, credentials, topic,
-    certificate URL, or a replayed or stale timestamp): 401."""
-
-    status = 401
-
-
-class Malformed(WebhookRefused):
-    """The request is authentic, or cannot even be checked, but is not what the provider
-    sends: 400."""
-
-    status = 400
-
-
-class TooLarge(WebhookRefused):
-    """The body is larger than any the provider sends: 413."""
-
-    status = 413
-
-
-class Unavailable(WebhookRefused):
-    """Something the request needs is unavailable now (Redis, the SNS certificate host):
-    503, so the provider tries again later."""
-
-    status = 503
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from worker.errors import Malformed, Unauthenticated
 from worker.feedback import Event, FeedbackKind
 from worker.web.webhooks.core import (
     REPLAY_WINDOW_SECONDS,
     Batch,
     BatchBuilder,
-    Malformed,
-    Unauthenticated,
     bounce_kind,
     load_json,
     mapping,

@@ -16,11 +16,11 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
+from worker.errors import Malformed
 from worker.feedback import Event, FeedbackKind
 from worker.web.webhooks.core import (
     Batch,
     BatchBuilder,
-    Malformed,
     bounce_kind,
     load_json,
     mapping,

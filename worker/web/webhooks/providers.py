@@ -39,16 +39,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from worker.errors import ConfigError, QueueUnavailable
-from worker.settings import Settings
-from worker.web.webhooks import mailgun, postmark, sendgrid, ses
-from worker.web.webhooks.core import (
-    Batch,
-    TooLarge,
+from worker.errors import (
+    ConfigError,
+    QueueUnavailable,
+    Refused,
     Unauthenticated,
     Unavailable,
-    WebhookRefused,
 )
+from worker.settings import Settings
+from worker.web import http
+from worker.web.webhooks import mailgun, postmark, sendgrid, ses
+from worker.web.webhooks.core import Batch
 
 __all__ = ["MAX_BODY", "ROUTES", "FeedbackQueue", "WebhookConfig", "Webhooks", "running"]
 
@@ -259,17 +260,7 @@ async def running(config: WebhookConfig, queue: FeedbackQueue) -> AsyncIterator[
 
 async def _body(request: Request) -> bytes:
     """The request body; TooLarge past MAX_BODY bytes (read no further)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise TooLarge("the body is too large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise TooLarge("the body is too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await http.read_body(request, MAX_BODY)
 
 
 Handler = Callable[[Webhooks, Request], Awaitable[Batch | Response]]
@@ -282,13 +273,12 @@ async def _serve(request: Request, provider: str, enabled: bool, handler: Handle
     webhooks: Webhooks = request.state.webhooks
     try:
         outcome = await handler(webhooks, request)
-    except WebhookRefused as e:
+    except Refused as e:
         level = log.error if isinstance(e, Unavailable) else log.warning
         level("webhook.refused", provider=provider, status=e.status, reason=e.reason)
-        headers = {}
         if provider == "postmark" and isinstance(e, Unauthenticated):
-            headers["WWW-Authenticate"] = 'Basic realm="webhooks", charset="UTF-8"'
-        return JSONResponse({"error": e.reason}, status_code=e.status, headers=headers)
+            e.headers["WWW-Authenticate"] = 'Basic realm="webhooks", charset="UTF-8"'
+        return http.answer(e)
     if isinstance(outcome, Response):
         return outcome
     counts = outcome.counts()

@@ -16,13 +16,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from worker.errors import Malformed, Unauthenticated
 from worker.feedback import Event, FeedbackKind
 from worker.web.webhooks.core import (
     REPLAY_WINDOW_SECONDS,
     Batch,
     BatchBuilder,
-    Malformed,
-    Unauthenticated,
     bounce_kind,
     load_json,
     our_message_id,

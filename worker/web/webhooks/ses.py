@@ -23,12 +23,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from worker.errors import Malformed, Unauthenticated
 from worker.feedback import Event, FeedbackKind
 from worker.web.webhooks.core import (
     Batch,
     BatchBuilder,
-    Malformed,
-    Unauthenticated,
     bounce_kind,
     load_json,
     mapping,

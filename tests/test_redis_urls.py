@@ -5,6 +5,8 @@ Sentinels in front of the primary; and Sentinel settings that cannot work."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -83,19 +85,27 @@ async def test_a_password_with_reserved_characters_works_percent_encoded(
     assert received_by(smtp[0].messages) == {person: 1 for person in PEOPLE}
 
 
-async def test_commands_and_the_worker_find_the_primary_through_sentinels(
-    settings: Settings, smtp: tuple[RecordingHandler, int], tmp_path: Path
-) -> None:
+@contextmanager
+def primary_and_sentinel(folder: Path) -> Iterator[tuple[int, int]]:
+    """A primary with PASSWORD and a Sentinel with SENTINEL_PASSWORD watching it as
+    MASTER: (primary's port, Sentinel's port)."""
     with (
-        redis_server(tmp_path / "primary", password=PASSWORD) as port,
+        redis_server(folder / "primary", password=PASSWORD) as port,
         sentinel(
-            tmp_path / "sentinel",
+            folder / "sentinel",
             master_port=port,
             master=MASTER,
             auth=PASSWORD,
             password=SENTINEL_PASSWORD,
         ) as sentinel_port,
     ):
+        yield port, sentinel_port
+
+
+async def test_commands_and_the_worker_find_the_primary_through_sentinels(
+    settings: Settings, smtp: tuple[RecordingHandler, int], tmp_path: Path
+) -> None:
+    with primary_and_sentinel(tmp_path) as (_, sentinel_port):
         env = {
             # The host is replaced by the primary the Sentinels name.
             "REDIS_URL": f"redis://:{quote(PASSWORD, safe='')}@nowhere.invalid:1/0",
@@ -126,16 +136,7 @@ async def test_sentinel_settings_that_cannot_work_are_one_line_and_nothing_is_wr
     pg: asyncpg.Pool,
     tmp_path: Path,
 ) -> None:
-    with (
-        redis_server(tmp_path / "primary", password=PASSWORD) as port,
-        sentinel(
-            tmp_path / "sentinel",
-            master_port=port,
-            master=MASTER,
-            auth=PASSWORD,
-            password=SENTINEL_PASSWORD,
-        ) as sentinel_port,
-    ):
+    with primary_and_sentinel(tmp_path) as (port, sentinel_port):
         env: dict[str, str | None] = {
             "REDIS_URL": f"redis://:{quote(PASSWORD, safe='')}@127.0.0.1:{port}/0",
             "REDIS_SENTINELS": f"127.0.0.1:{sentinel_port}",

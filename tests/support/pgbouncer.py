@@ -15,15 +15,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from tests.support.daemons import wait_started
 from worker.dev.embedded import PG_SYSTEM_USER, free_port
 
 BINARY = Path("/usr/sbin/pgbouncer")
@@ -83,25 +82,10 @@ admin_users = {user}
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_listening(port, process, folder)
+        wait_started(port, process, folder / "pgbouncer.log")
         netloc = f"{user}@127.0.0.1:{port}"
         yield urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
     finally:
         process.terminate()
         process.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], folder: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log = folder / "pgbouncer.log"
-            said = log.read_text() if log.exists() else ""
-            raise RuntimeError(f"pgbouncer stopped: {said[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("pgbouncer did not listen within 30 s")

@@ -9,13 +9,12 @@ and ACL users, and Sentinels (`redis-server --sentinel`) watching it.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.daemons import wait_started
 from worker.dev.embedded import free_port
 
 BINARY = Path(shutil.which("redis-server") or "/usr/bin/redis-server")
@@ -39,25 +38,11 @@ def _serving(folder: Path, config: str, *extra: str) -> Iterator[int]:
         [str(BINARY), str(conf), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_listening(port, process, folder)
+        wait_started(port, process, folder / "redis.log")
         yield port
     finally:
         process.terminate()
         process.wait(10)
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], folder: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log = folder / "redis.log"
-            raise RuntimeError(f"redis-server stopped: {log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not listen within 30 s")
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
+import trustme
 
 from tests.faults.harness import wait_until
 from tests.support.commands import running
@@ -82,6 +83,25 @@ async def test_a_password_with_reserved_characters_works_percent_encoded(
         else:
             url = f"redis://{USER}:{quote(USER_PASSWORD, safe='')}@127.0.0.1:{port}/0"
         await launch_and_send(settings, {"REDIS_URL": url}, tmp_path)
+    assert received_by(smtp[0].messages) == {person: 1 for person in PEOPLE}
+
+
+async def test_rediss_checks_the_server_against_redis_ca_file(
+    settings: Settings, smtp: tuple[RecordingHandler, int], tmp_path: Path
+) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1", "localhost")
+    chain, key, ca_file = tmp_path / "chain.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    certificate.private_key_pem.write_to_path(str(key))
+    certificate.cert_chain_pems[0].write_to_path(str(chain))
+    authority.cert_pem.write_to_path(str(ca_file))
+    with redis_server(tmp_path / "redis", password=PASSWORD, tls=(chain, key)) as port:
+        url = f"rediss://:{quote(PASSWORD, safe='')}@127.0.0.1:{port}/0"
+        # Not signed by a CA the system trusts: refused without REDIS_CA_FILE.
+        refused = await cli(settings, "worker", "--burst", env={"REDIS_URL": url})
+        assert refused.code == 1 and "REDIS_URL" in refused.stderr, refused.stderr
+        assert "certificate" in refused.stderr, refused.stderr
+        await launch_and_send(settings, {"REDIS_URL": url, "REDIS_CA_FILE": str(ca_file)}, tmp_path)
     assert received_by(smtp[0].messages) == {person: 1 for person in PEOPLE}
 
 

@@ -26,12 +26,13 @@ def _quote(value: str) -> str:
 
 
 @contextmanager
-def _serving(folder: Path, config: str, *extra: str) -> Iterator[int]:
+def _serving(folder: Path, config: str, *extra: str, tls: bool = False) -> Iterator[int]:
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "redis.conf"
+    listen = f"port 0\ntls-port {port}" if tls else f"port {port}"
     conf.write_text(
-        f'port {port}\nbind 127.0.0.1\ndir {folder}\nsave ""\nappendonly no\n'
+        f'{listen}\nbind 127.0.0.1\ndir {folder}\nsave ""\nappendonly no\n'
         f"logfile {folder / 'redis.log'}\n{config}"
     )
     process = subprocess.Popen(
@@ -47,14 +48,21 @@ def _serving(folder: Path, config: str, *extra: str) -> Iterator[int]:
 
 @contextmanager
 def redis_server(
-    folder: Path, *, password: str | None = None, users: Sequence[tuple[str, str]] = ()
+    folder: Path,
+    *,
+    password: str | None = None,
+    users: Sequence[tuple[str, str]] = (),
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[int]:
     """A Redis on a free port for the block: `requirepass password` (the default user's),
-    and each (user, password) of `users` an ACL user allowed everything."""
+    each (user, password) of `users` an ACL user allowed everything, and with `tls`
+    (certificate chain, key; PEM) TLS only, clients not asked for a certificate."""
     config = "" if password is None else f"requirepass {_quote(password)}\n"
     for user, secret in users:
         config += f"user {user} on {_quote('>' + secret)} ~* &* +@all\n"
-    with _serving(folder, config) as port:
+    if tls is not None:
+        config += f"tls-cert-file {tls[0]}\ntls-key-file {tls[1]}\ntls-auth-clients no\n"
+    with _serving(folder, config, tls=tls is not None) as port:
         yield port
 
 

@@ -168,7 +168,6 @@ async def test_usage_errors_are_one_line_and_exit_1(
     assert done.stdout == ""
 
 
-@pytest.mark.parametrize("args", [["--help"], [], ["client"], ["launch", "--help"]])
 async def test_version_and_help_say_what_each_command_takes(settings: Settings) -> None:
     version = await cli(settings, "--version")
     assert version.code == 0
@@ -183,6 +182,7 @@ async def test_version_and_help_say_what_each_command_takes(settings: Settings) 
         assert "(--client ID | --marketing)" in usage, usage
 
 
+@pytest.mark.parametrize("args", [["--help"], [], ["client"], ["launch", "--help"]])
 async def test_help_and_a_bare_group_print_the_help_and_exit_0(
     settings: Settings, args: list[str]
 ) -> None:

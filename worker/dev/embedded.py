@@ -237,7 +237,7 @@ class EmbeddedRedis:
         """Start the server (on `port` if given), return its port."""
         running = self.running_port()
         if running is not None:
-            return running
+            return self._ready(running)
         self.root.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
         (self.root / "port").write_text(str(port))
@@ -267,11 +267,15 @@ class EmbeddedRedis:
                 "yes",
             ]
         )
+        return self._ready(port)
+
+    def _ready(self, port: int) -> int:
+        """Wait until the server on `port` takes commands (it may be replaying its
+        append-only file); return the port."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                if self.running_port() is not None:
-                    return port
+            if self.running_port() is not None and _answers_ping(port):
+                return port
             time.sleep(0.05)
         raise ConfigError(f"embedded Redis did not start; see {self.root / 'server.log'}")
 
@@ -286,6 +290,15 @@ class EmbeddedRedis:
         deadline = time.monotonic() + START_TIMEOUT
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def _answers_ping(port: int) -> bool:
+    """Whether the Redis on `port` takes commands: it answers -LOADING while it replays its
+    append-only file, and every command of a client started then would fail."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(64).startswith(b"+PONG")
+    return False
 
 
 def _alive(pid: int) -> bool:

@@ -213,41 +213,54 @@ async def launch(
         check_template(templates, request.template, columns, client["name"])
     except TemplateProblem as e:
         raise LaunchProblem(str(e)) from e
-    report = LaunchReport()
     async with conn.transaction():
-        campaign_id = await ledger.create_campaign(
-            conn,
-            client_id=request.client_id,
-            name=request.name,
-            kind=request.kind,
-            template=request.template,
-            locale=request.locale,
-            survey_url=request.survey_url or "",
-            idempotency_key=request.idempotency_key,
-            reminders=request.reminders,
-            reminder_interval=request.reminder_interval,
-        )
-        if campaign_id is None:
-            # A concurrent launch with the same key committed first (the insert waited for
-            # it): its campaign is the answer.
-            existing = await _launched_before(conn, request)
-            assert existing is not None and digest is not None
-            return _retried(request, existing, digest)
-        report.campaign_id = campaign_id
-        report.imported, duplicates = await ledger.import_invitations(
-            conn, campaign_id, _batches(rows, report)
-        )
-        report.rejected.extend(
-            imports.Rejected(line, "duplicate address (imported once)") for line in duplicates
-        )
-        if report.imported == 0:
-            report.rejected.sort(key=lambda r: r.line)
-            raise NoValidRecipient(
-                [(r.line, r.reason) for r in report.rejected[:3]], len(report.rejected) - 3
-            )
-        if digest is not None:
-            await ledger.set_request_digest(conn, campaign_id, digest.finish())
+        report = await _create(conn, request, rows, digest)
     report.rejected.sort(key=lambda r: r.line)
+    return report
+
+
+async def _create(
+    conn: Conn,
+    request: LaunchRequest,
+    rows: Iterator[imports.Row | imports.Rejected],
+    digest: RequestDigest | None,
+) -> LaunchReport:
+    """Insert the campaign and its invitations, in the caller's transaction; raises
+    NoValidRecipient when none could be imported. A concurrent launch with the same
+    idempotency key that committed first gives its campaign instead."""
+    report = LaunchReport()
+    campaign_id = await ledger.create_campaign(
+        conn,
+        client_id=request.client_id,
+        name=request.name,
+        kind=request.kind,
+        template=request.template,
+        locale=request.locale,
+        survey_url=request.survey_url or "",
+        idempotency_key=request.idempotency_key,
+        reminders=request.reminders,
+        reminder_interval=request.reminder_interval,
+    )
+    if campaign_id is None:
+        # A concurrent launch with the same key committed first (the insert waited for
+        # it): its campaign is the answer.
+        existing = await _launched_before(conn, request)
+        assert existing is not None and digest is not None
+        return _retried(request, existing, digest)
+    report.campaign_id = campaign_id
+    report.imported, duplicates = await ledger.import_invitations(
+        conn, campaign_id, _batches(rows, report)
+    )
+    report.rejected.extend(
+        imports.Rejected(line, "duplicate address (imported once)") for line in duplicates
+    )
+    if report.imported == 0:
+        report.rejected.sort(key=lambda r: r.line)
+        raise NoValidRecipient(
+            [(r.line, r.reason) for r in report.rejected[:3]], len(report.rejected) - 3
+        )
+    if digest is not None:
+        await ledger.set_request_digest(conn, campaign_id, digest.finish())
     return report
 
 

@@ -72,29 +72,8 @@ def prepare(
     except InvalidAddress as e:
         return records.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
     locale = (inv.locale or campaign.locale).lower()
-    claims = tokens.TokenClaims(
-        # Every message carries its client's name, so its link always leaves that client's
-        # list; marketing mail's leaves the firm's marketing list too.
-        client_id=campaign.client_token_id,
-        marketing=campaign.kind == "marketing",
-        email_hash=inv.email_hash,
-        # Tokens carry a locale for the unsubscribe page; anything else is the fallback.
-        locale=locales.or_fallback(locale),
-    )
-    unsubscribe_url = links.unsubscribe_link(
-        composer.public_base_url, tokens.sign(composer.signing_key, claims)
-    )
-    # A reminder links to the same survey answer as the first message.
-    survey_url = inv.vars.get("survey_url") or links.survey_link(
-        campaign.survey_url, links.survey_ref(composer.hash_key, inv.parent_id or inv.id)
-    )
-    context = {
-        **inv.vars,
-        "client_name": campaign.client_name,
-        "survey_url": survey_url,
-        "unsubscribe_url": unsubscribe_url,
-        "reminder": inv.round,
-    }
+    context = _context(composer, campaign, inv, locale)
+    unsubscribe_url = context["unsubscribe_url"]
     try:
         rendered = composer.templates.render(
             campaign.template, [locale, campaign.locale, "en"], context
@@ -134,6 +113,37 @@ def prepare(
     else:
         envelope_sender = verp.address(composer.signing_key, inv.id, composer.bounce_domain)
     return Prepared(inv, recipient, data, message_id, envelope_sender)
+
+
+def _context(
+    composer: Composer, campaign: records.Campaign, inv: records.Invitation, locale: str
+) -> dict[str, Any]:
+    """What the template sees: the recipient's columns, the client's name, the survey and
+    unsubscribe links, and the reminder round."""
+    claims = tokens.TokenClaims(
+        # Every message carries its client's name, so its link always leaves that client's
+        # list; marketing mail's leaves the firm's marketing list too.
+        client_id=campaign.client_token_id,
+        marketing=campaign.kind == "marketing",
+        email_hash=inv.email_hash,
+        # Tokens carry a locale for the unsubscribe page; anything else is the fallback.
+        locale=locales.or_fallback(locale),
+    )
+    unsubscribe_url = links.unsubscribe_link(
+        composer.public_base_url, tokens.sign(composer.signing_key, claims)
+    )
+    # A reminder links to the same survey answer as the first message.
+    survey_url = inv.vars.get("survey_url") or links.survey_link(
+        campaign.survey_url, links.survey_ref(composer.hash_key, inv.parent_id or inv.id)
+    )
+    context = {
+        **inv.vars,
+        "client_name": campaign.client_name,
+        "survey_url": survey_url,
+        "unsubscribe_url": unsubscribe_url,
+        "reminder": inv.round,
+    }
+    return context
 
 
 def _recipient_name(variables: dict[str, Any]) -> str:

@@ -9,11 +9,13 @@ invitation and kind however often the same report arrives.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from worker import ledger, message, optouts, verp
+from worker import dsn, ledger, message, optouts, verp
 from worker.db import Conn, row_count
 from worker.settings import Settings
 from worker.states import Kind
@@ -127,6 +129,45 @@ class Effect:
     listed: bool = False  # the address joined the global bounce list just now
     opted_out: bool = False  # a complaint put it on the campaign's opt-out list just now
     paused: Pause | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """The events a `record_feedback` report carries, and why a message carried none."""
+
+    events: list[Event]
+    ignored: str | None = None  # an auto-reply, say: nothing to record
+
+
+def decode_report(report: object) -> Report | None:
+    """The events of a `record_feedback` report (see docs/bounces.md), or None when it is
+    malformed: `{"events": [...]}` from a webhook, or `{"verp": ADDRESS, "message":
+    BASE64}`, a message received at a VERP address, classified by `dsn.classify`."""
+    if not isinstance(report, dict):
+        return None
+    if set(report) == {"events"} and isinstance(report["events"], list):
+        events = [Event.from_job(e) for e in report["events"]]
+        return None if None in events else Report([e for e in events if e is not None])
+    if set(report) != {"verp", "message"}:
+        return None
+    address, encoded = report["verp"], report["message"]
+    if not isinstance(address, str) or not isinstance(encoded, str):
+        return None
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        return None
+    verdict = dsn.classify(raw)
+    if verdict.kind == "ignore":
+        return Report([], ignored=verdict.reason)
+    event = Event(
+        kind=verdict.kind,
+        source="verp",
+        status=verdict.status,
+        verp=address,
+        message_id=verdict.original_message_id,
+    )
+    return Report([event])
 
 
 async def find(

@@ -4,8 +4,6 @@ happen once however often a job runs."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import gc
 import os
 import secrets
@@ -22,12 +20,10 @@ from arq.connections import ArqRedis
 from worker import (
     addresses,
     db,
-    dsn,
     feedback,
     held_optouts,
     journal,
     ledger,
-    message,
     metrics,
     optouts,
     privacy,
@@ -295,10 +291,13 @@ async def record_feedback(ctx: Context, report: dict[str, Any]) -> dict[str, Any
     report arrives. While Postgres is away the job is retried, for days.
     """
     settings = ctx["settings"]
-    events = _feedback_events(ctx, report)
-    if events is None:
+    decoded = feedback.decode_report(report)
+    if decoded is None:
         log.error("job.malformed", job_id=ctx["job_id"])
         return {"recorded": 0}
+    if decoded.ignored is not None:
+        log.info("feedback.ignored", reason=decoded.ignored, source="verp", job_id=ctx["job_id"])
+    events = decoded.events
     policy = ctx["sender"].policy
     keys = settings.signing_keys()
     recorded = 0
@@ -324,38 +323,6 @@ async def record_feedback(ctx: Context, report: dict[str, Any]) -> dict[str, Any
     except db.DB_ERRORS as e:
         raise Retry(defer=_retry_delay(ctx)) from e
     return {"recorded": recorded}
-
-
-def _feedback_events(ctx: Context, report: object) -> list[feedback.Event] | None:
-    """The events a `record_feedback` report carries (none for an auto-reply), or None
-    when the report is malformed."""
-    if not isinstance(report, dict):
-        return None
-    if set(report) == {"events"} and isinstance(report["events"], list):
-        events = [feedback.Event.from_job(e) for e in report["events"]]
-        return None if None in events else [e for e in events if e is not None]
-    if set(report) != {"verp", "message"}:
-        return None
-    address, encoded = report["verp"], report["message"]
-    if not isinstance(address, str) or not isinstance(encoded, str):
-        return None
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except binascii.Error:
-        return None
-    verdict = dsn.classify(raw)
-    if verdict.kind == "ignore":
-        log.info("feedback.ignored", reason=verdict.reason, source="verp", job_id=ctx["job_id"])
-        return []
-    return [
-        feedback.Event(
-            kind=verdict.kind,
-            source="verp",
-            status=verdict.status,
-            verp=address,
-            message_id=verdict.original_message_id,
-        )
-    ]
 
 
 def _log_feedback(
@@ -413,12 +380,7 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
         settled = 0
         for worker_id, expired in (await ledger.expired_sending(conn)).items():
             settled += await _settle(ctx, conn, worker_id, expired, resend=resend)
-        completed = 0
-        for campaign_id in await ledger.finished_running_campaigns(conn):
-            campaign = await ledger.load_campaign(conn, campaign_id)
-            if campaign is not None and await ledger.complete_if_done(conn, campaign_id):
-                await sender.log_completion(conn, campaign)
-                completed += 1
+        completed = await sender.complete_finished(conn)
         stalled = await ledger.stalled_campaigns(conn, settings.reconcile_interval_seconds)
         reminded = await ledger.create_due_reminders(conn)
     for campaign_id in stalled:
@@ -439,20 +401,7 @@ async def _settle(
     ctx: Context, conn: Conn, worker_id: str, expired: list[records.Expired], *, resend: bool
 ) -> int:
     """Settle what a lost worker left `sending`, from its send journal; log each."""
-    try:
-        marks = await journal.take_back(ctx["redis"], worker_id)
-    except queue.ERRORS:
-        marks = None
-    outcomes = [
-        journal.settle(
-            e,
-            (marks or {}).get(e.id),
-            message_id=message.message_id_for(e.id, e.sender_email.rpartition("@")[2]),
-            resend=resend,
-        )
-        for e in expired
-    ]
-    await ledger.record(conn, outcomes, worker_id)
+    outcomes = await sender.settle_lost(conn, ctx["redis"], worker_id, expired, resend=resend)
     ctx["metrics"].decisions(outcomes, smtp=False)
     for e, outcome in zip(expired, outcomes, strict=True):
         log.warning(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from worker.db import Conn, row_count
 from worker.records import Campaign, Expired, Invitation, Outcome, Round
@@ -483,35 +484,41 @@ async def create_due_reminders(conn: Conn) -> list[int]:
             # The pass that completes a round looks at every first message once more.
             [None if r["complete"] else r["scanned_until"] for r in due],
         )
-        open_rounds = [r for r in due if not r["complete"]]
-        await conn.execute(
-            """INSERT INTO reminder_scans AS s (campaign_id, round, scanned_until)
-               SELECT d.campaign_id, d.round, now() - d.round * d.every - $4::interval
-               FROM unnest($1::bigint[], $2::int[], $3::interval[]) AS d(campaign_id, round, every)
-               ON CONFLICT (campaign_id, round) DO UPDATE
-               SET scanned_until = greatest(s.scanned_until, EXCLUDED.scanned_until)""",
-            [r["id"] for r in open_rounds],
-            [r["round"] for r in open_rounds],
-            [r["reminder_interval"] for r in open_rounds],
-            SCAN_OVERLAP,
-        )
-        # A round is complete once its last first message is due: so are those before it.
-        done: dict[int, int] = {}
-        for row in due:
-            if row["complete"]:
-                done[row["id"]] = max(done.get(row["id"], 0), row["round"])
-        for campaign_id, rounds_done in done.items():
-            await conn.execute(
-                "UPDATE campaigns SET reminder_rounds_created = $2 WHERE id = $1",
-                campaign_id,
-                rounds_done,
-            )
-            await conn.execute(
-                "DELETE FROM reminder_scans WHERE campaign_id = $1 AND round <= $2",
-                campaign_id,
-                rounds_done,
-            )
+        await _scanned(conn, due)
     return sorted({r["campaign_id"] for r in created})
+
+
+async def _scanned(conn: Conn, due: Sequence[Any]) -> None:
+    """After a pass of `create_due_reminders`: where each open round's next pass starts,
+    and the rounds now created in full (their scans dropped)."""
+    open_rounds = [r for r in due if not r["complete"]]
+    await conn.execute(
+        """INSERT INTO reminder_scans AS s (campaign_id, round, scanned_until)
+           SELECT d.campaign_id, d.round, now() - d.round * d.every - $4::interval
+           FROM unnest($1::bigint[], $2::int[], $3::interval[]) AS d(campaign_id, round, every)
+           ON CONFLICT (campaign_id, round) DO UPDATE
+           SET scanned_until = greatest(s.scanned_until, EXCLUDED.scanned_until)""",
+        [r["id"] for r in open_rounds],
+        [r["round"] for r in open_rounds],
+        [r["reminder_interval"] for r in open_rounds],
+        SCAN_OVERLAP,
+    )
+    # A round is complete once its last first message is due: so are those before it.
+    done: dict[int, int] = {}
+    for row in due:
+        if row["complete"]:
+            done[row["id"]] = max(done.get(row["id"], 0), row["round"])
+    for campaign_id, rounds_done in done.items():
+        await conn.execute(
+            "UPDATE campaigns SET reminder_rounds_created = $2 WHERE id = $1",
+            campaign_id,
+            rounds_done,
+        )
+        await conn.execute(
+            "DELETE FROM reminder_scans WHERE campaign_id = $1 AND round <= $2",
+            campaign_id,
+            rounds_done,
+        )
 
 
 async def stalled_campaigns(conn: Conn, idle_seconds: float) -> list[int]:

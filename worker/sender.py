@@ -26,7 +26,9 @@ from worker import (
     compose,
     feedback,
     held_optouts,
+    journal,
     ledger,
+    message,
     outcomes,
     pacing,
     queue,
@@ -165,36 +167,10 @@ async def _claim_and_send(
     """
     tx = conn.transaction()
     await tx.start()
-    try:
-        claimed = await ledger.claim(
-            conn,
-            campaign_id=campaign.id,
-            first_id=first_id,
-            last_id=last_id,
-            limit=sender.settings.chunk_size,
-        )
-        if not claimed:
-            await tx.rollback()
-            return None
-        claimed_at = time.monotonic()
-        now = datetime.now(UTC).replace(microsecond=0)
-        # Rendering needs no window: it overlaps with other slices' database and SMTP waits.
-        # Messages of people the check then suppresses are simply dropped.
-        prepared = [compose.prepare(sender.composer, campaign, inv, now) for inv in claimed]
-    except TemplateMissing as e:
-        # A deployment that has not reached this worker yet: the template is no reason to
-        # fail anything, the slice is tried again later.
-        await tx.rollback()
-        bound.warning("template.missing", template=campaign.template, detail=str(e))
-        raise
-    except TemplateProblem as e:
-        await tx.rollback()
-        if await ledger.fail_campaign(conn, campaign.id, f"template: {e}"):
-            bound.error("campaign.failed", reason=f"template: {e}")
+    chunk = await _claim(sender, conn, tx, campaign, first_id, last_id, bound)
+    if chunk is None:
         return None
-    except BaseException:
-        await _abandon(tx)
-        raise
+    claimed, claimed_at, prepared = chunk
     async with state.window:
         try:
             await _record_left_over(sender, state)
@@ -224,6 +200,67 @@ async def _claim_and_send(
             # opens it before they are (or reconcile settles them from it).
             state.unrecorded = done
             raise
+    await _after_chunk(sender, conn, campaign, bound, inv_by_id, early, done)
+    return early + done
+
+
+async def _claim(
+    sender: Sender,
+    conn: Conn,
+    tx: Transaction,
+    campaign: records.Campaign,
+    first_id: int,
+    last_id: int,
+    bound: Any,
+) -> tuple[list[records.Invitation], float, list[compose.Prepared | records.Outcome]] | None:
+    """Claim a chunk in `tx` and compose its messages: the invitations, when they were
+    claimed, and each one's message (or its early outcome); None, `tx` rolled back, when
+    there is nothing to claim or the template failed the campaign. A template not on this
+    worker rolls back and raises TemplateMissing."""
+    try:
+        claimed = await ledger.claim(
+            conn,
+            campaign_id=campaign.id,
+            first_id=first_id,
+            last_id=last_id,
+            limit=sender.settings.chunk_size,
+        )
+        if not claimed:
+            await tx.rollback()
+            return None
+        claimed_at = time.monotonic()
+        now = datetime.now(UTC).replace(microsecond=0)
+        # Rendering needs no window: it overlaps with other slices' database and SMTP waits.
+        # Messages of people the check then suppresses are simply dropped.
+        prepared = [compose.prepare(sender.composer, campaign, inv, now) for inv in claimed]
+        return claimed, claimed_at, prepared
+    except TemplateMissing as e:
+        # A deployment that has not reached this worker yet: the template is no reason to
+        # fail anything, the slice is tried again later.
+        await tx.rollback()
+        bound.warning("template.missing", template=campaign.template, detail=str(e))
+        raise
+    except TemplateProblem as e:
+        await tx.rollback()
+        if await ledger.fail_campaign(conn, campaign.id, f"template: {e}"):
+            bound.error("campaign.failed", reason=f"template: {e}")
+        return None
+    except BaseException:
+        await _abandon(tx)
+        raise
+
+
+async def _after_chunk(
+    sender: Sender,
+    conn: Conn,
+    campaign: records.Campaign,
+    bound: Any,
+    inv_by_id: dict[int, records.Invitation],
+    early: list[records.Outcome],
+    done: list[records.Outcome],
+) -> None:
+    """Count and log a recorded chunk's decisions; a hard bounce may pause the campaign."""
+    metrics = sender.metrics
     metrics.decisions(early, smtp=False)
     metrics.decisions(done, smtp=True)
     for o in done:
@@ -233,7 +270,6 @@ async def _claim_and_send(
         pause = await feedback.guard(conn, campaign.id, sender.policy)
         if pause is not None:
             bound.warning("campaign.paused", reason=pause.reason, rate=pause.rate, sent=pause.sent)
-    return early + done
 
 
 async def _record_left_over(sender: Sender, state: RunState) -> None:
@@ -268,25 +304,7 @@ async def _check_and_start(
     if sender.limiter is not None:
         # Wait for permits before the opt-out check, so the check stays next to the send.
         await sender.limiter.acquire(len(claimed))
-    timeout = sender.settings.suppression_timeout_seconds
-    hashes = [inv.email_hash for inv in claimed]
-    # Clicks accepted while Postgres was down, read before Postgres: a click the job moves
-    # from Redis to Postgres meanwhile commits there before it leaves Redis.
-    try:
-        held = await held_optouts.held(
-            sender.redis, campaign.client_token_id, campaign.kind, hashes
-        )
-    except queue.ERRORS as e:
-        raise SuppressionUnavailable(f"held opt-outs unreadable: {type(e).__name__}") from e
-    hits = await suppression.lookup(
-        conn,
-        scope,
-        hashes,
-        timeout=timeout,
-        followed_up=[inv.parent_id for inv in claimed if inv.parent_id is not None],
-    )
-    for email_hash, held_reason in held.items():
-        hits[email_hash] = hits.get(email_hash, frozenset()) | {held_reason}
+    hits = await _suppression_hits(sender, conn, campaign, scope, claimed)
     early: list[records.Outcome] = []
     ready: dict[int, compose.Prepared] = {}
     for inv, item in zip(claimed, prepared, strict=True):
@@ -297,16 +315,7 @@ async def _check_and_start(
             ready[inv.id] = item
         else:
             early.append(item)
-    limit = sender.contact_cap
-    if limit is not None and campaign.kind == "survey":
-        # First survey invitations only: reminders and marketing mail are not counted.
-        firsts = {i: p.invitation.email_hash for i, p in ready.items() if p.invitation.round == 0}
-        over = await suppression.count_contacts(
-            conn, firsts, cap=limit[0], window=limit[1], timeout=timeout
-        )
-        for invitation_id in over:
-            del ready[invitation_id]
-            early.append(records.Outcome(invitation_id, "suppressed", reason="contact_cap"))
+    early += await _over_contact_cap(sender, conn, campaign, ready)
     # Before the database's lease begins: the journal's deadline is never later than it.
     leased_at = time.monotonic()
     started = await ledger.start_chunk(
@@ -325,6 +334,59 @@ async def _check_and_start(
             started, lease_seconds=sender.settings.claim_lease_seconds, leased_at=leased_at
         )
     return early, [ready[i] for i in started]
+
+
+async def _suppression_hits(
+    sender: Sender,
+    conn: Conn,
+    campaign: records.Campaign,
+    scope: suppression.Scope,
+    claimed: list[records.Invitation],
+) -> dict[bytes, frozenset[str]]:
+    """The lists that forbid each claimed address: Postgres's, and the clicks Redis holds.
+
+    Raises SuppressionUnavailable when either cannot be read.
+    """
+    hashes = [inv.email_hash for inv in claimed]
+    # Clicks accepted while Postgres was down, read before Postgres: a click the job moves
+    # from Redis to Postgres meanwhile commits there before it leaves Redis.
+    try:
+        held = await held_optouts.held(
+            sender.redis, campaign.client_token_id, campaign.kind, hashes
+        )
+    except queue.ERRORS as e:
+        raise SuppressionUnavailable(f"held opt-outs unreadable: {type(e).__name__}") from e
+    hits = await suppression.lookup(
+        conn,
+        scope,
+        hashes,
+        timeout=sender.settings.suppression_timeout_seconds,
+        followed_up=[inv.parent_id for inv in claimed if inv.parent_id is not None],
+    )
+    for email_hash, held_reason in held.items():
+        hits[email_hash] = hits.get(email_hash, frozenset()) | {held_reason}
+    return hits
+
+
+async def _over_contact_cap(
+    sender: Sender, conn: Conn, campaign: records.Campaign, ready: dict[int, compose.Prepared]
+) -> list[records.Outcome]:
+    """Take the first survey invitations over CONTACT_CAP out of `ready`; their outcomes.
+    Reminders and marketing mail are not counted."""
+    limit = sender.contact_cap
+    if limit is None or campaign.kind != "survey":
+        return []
+    firsts = {i: p.invitation.email_hash for i, p in ready.items() if p.invitation.round == 0}
+    over = await suppression.count_contacts(
+        conn,
+        firsts,
+        cap=limit[0],
+        window=limit[1],
+        timeout=sender.settings.suppression_timeout_seconds,
+    )
+    for invitation_id in over:
+        del ready[invitation_id]
+    return [records.Outcome(i, "suppressed", reason="contact_cap") for i in over]
 
 
 async def _deliver(sender: Sender, p: compose.Prepared, claimed_at: float) -> records.Outcome:
@@ -397,3 +459,37 @@ async def log_completion(conn: Conn, campaign: records.Campaign) -> None:
         seconds=round(elapsed or 0, 3),
         rate=round(total / elapsed, 1) if elapsed else None,
     )
+
+
+async def complete_finished(conn: Conn) -> int:
+    """Complete the running campaigns with nothing left open, logging each; how many."""
+    completed = 0
+    for campaign_id in await ledger.finished_running_campaigns(conn):
+        campaign = await ledger.load_campaign(conn, campaign_id)
+        if campaign is not None and await ledger.complete_if_done(conn, campaign_id):
+            await log_completion(conn, campaign)
+            completed += 1
+    return completed
+
+
+async def settle_lost(
+    conn: Conn, redis: Redis, worker_id: str, expired: list[records.Expired], *, resend: bool
+) -> list[records.Outcome]:
+    """Settle what a lost worker left `sending` from its send journal and record it: accepted
+    messages `sent`, unstarted ones `pending`, those on the wire `unknown` (`pending` with
+    `resend`). Without the journal (Redis away) every one counts as on the wire."""
+    try:
+        marks = await journal.take_back(redis, worker_id)
+    except queue.ERRORS:
+        marks = None
+    settled = [
+        journal.settle(
+            e,
+            (marks or {}).get(e.id),
+            message_id=message.message_id_for(e.id, e.sender_email.rpartition("@")[2]),
+            resend=resend,
+        )
+        for e in expired
+    ]
+    await ledger.record(conn, settled, worker_id)
+    return settled

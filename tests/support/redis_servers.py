@@ -53,13 +53,19 @@ def redis_server(
     password: str | None = None,
     users: Sequence[tuple[str, str]] = (),
     tls: tuple[Path, Path] | None = None,
+    replica_of: int | None = None,
 ) -> Iterator[int]:
     """A Redis on a free port for the block: `requirepass password` (the default user's),
     each (user, password) of `users` an ACL user allowed everything, and with `tls`
-    (certificate chain, key; PEM) TLS only, clients not asked for a certificate."""
+    (certificate chain, key; PEM) TLS only, clients not asked for a certificate. With
+    `replica_of` it replicates the Redis on that port (logging in with `password`)."""
     config = "" if password is None else f"requirepass {_quote(password)}\n"
     for user, secret in users:
         config += f"user {user} on {_quote('>' + secret)} ~* &* +@all\n"
+    if replica_of is not None:
+        config += f"replicaof 127.0.0.1 {replica_of}\n"
+        if password is not None:
+            config += f"masterauth {_quote(password)}\n"
     if tls is not None:
         config += f"tls-cert-file {tls[0]}\ntls-key-file {tls[1]}\ntls-auth-clients no\n"
     with _serving(folder, config, tls=tls is not None) as port:

@@ -23,6 +23,7 @@ from tests.support.smtp import RecordingHandler
 from tests.support.system import free_port
 from tests.support.web import cli
 from worker import verp
+from worker.dev import embedded
 from worker.settings import Settings
 
 SMTP = tuple[RecordingHandler, int]
@@ -215,6 +216,19 @@ async def test_inbound_without_tls_settings_offers_no_starttls(settings: Setting
             assert not client.supports_extension("starttls")
         finally:
             client.close()
+
+
+async def test_inbound_needs_only_redis(settings: Settings, tmp_path: Path) -> None:
+    # No DATABASE_URL: inbound uses no database, so it starts no embedded Postgres either.
+    data_dir = tmp_path / "data"
+    async with inbound(settings, env={"DATABASE_URL": None, "DATA_DIR": str(data_dir)}) as port:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
+        await client.connect()
+        try:
+            await client.ehlo()
+        finally:
+            client.close()
+        assert embedded.EmbeddedPostgres(data_dir).running_port() is None
 
 
 @pytest.mark.parametrize("problem", ["missing cert", "missing key", "only cert", "mismatch"])

@@ -112,11 +112,12 @@ class Env:
 
 
 @contextmanager
-def _services(settings: Settings) -> Iterator[ServiceUrls]:
-    """The configured servers; the embedded ones (worker.dev) for those not configured."""
+def _services(settings: Settings, *, postgres: bool = True) -> Iterator[ServiceUrls]:
+    """The configured servers; the embedded ones (worker.dev) for those not configured
+    (no Postgres at all for a command that uses none)."""
     redis_url = settings.queue_url()
-    if settings.database_url and redis_url:
-        yield ServiceUrls(settings.database_url, redis_url)
+    if (settings.database_url or not postgres) and redis_url:
+        yield ServiceUrls(settings.database_url or "", redis_url)
         return
     from worker.dev import embedded
 
@@ -124,19 +125,26 @@ def _services(settings: Settings) -> Iterator[ServiceUrls]:
         database_url=settings.database_url,
         redis_url=redis_url,
         data_dir=settings.data_dir,
+        postgres=postgres,
     ) as urls:
         yield urls
 
 
 @contextmanager
 def environment(
-    *, secrets: bool = False, database: bool = True, redis: bool = False, service: bool = False
+    *,
+    secrets: bool = False,
+    database: bool = True,
+    redis: bool = False,
+    service: bool = False,
+    postgres: bool = True,
 ) -> Iterator[Env]:
     """Load and check the settings, configure logging, start embedded services if none are
     configured, and check that the services the command uses answer, before it writes
     anything.
 
-    `database` and `redis` name the services to check. A `service` (worker, web) logs on
+    `database` and `redis` name the services to check; a command that never uses Postgres
+    (`postgres=False`: inbound) starts no embedded one. A `service` (worker, web) logs on
     stdout, and SIGTERM makes it leave through this context with exit status 0, so the
     embedded servers stop when it was their last user; other commands log on stderr, their
     stdout being their answer.
@@ -151,7 +159,7 @@ def environment(
         if secrets:
             settings.check_secrets()
         with (
-            _services(settings) as urls,
+            _services(settings, postgres=postgres) as urls,
             _exit_on_sigterm() if service else nullcontext(),
         ):
             env = Env(settings, urls)

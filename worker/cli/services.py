@@ -208,7 +208,8 @@ def inbound(host: str, port: int) -> None:
     with _clear_errors():
         check_listen(host, port)
     # Like the web app, it starts while Redis is down, and answers 451 until it is back.
-    with environment(secrets=True, database=False, service=True) as env:
+    # It needs only Redis: no DATABASE_URL, and no embedded Postgres.
+    with environment(secrets=True, database=False, service=True, postgres=False) as env:
         domain = env.settings.bounce_domain
         if domain is None:
             raise click.ClickException(

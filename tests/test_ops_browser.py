@@ -130,26 +130,88 @@ async def test_an_operator_watches_and_pauses_campaigns_in_a_real_browser(
             chart = await page.locator("#rate-chart").screenshot(path=tmp_path / "chart.png")
             blue, total = bar_pixels(chart)
             assert blue > 0.01 * total, (blue, total)  # bars drawn, not an empty box
+
+            # Each campaign's rate is a framed sparkline over the whole window with its time
+            # axis and label: a short campaign's burst is a peak on a line, not a lone bar.
+            spark = done.locator("svg.spark")
+            assert await done.locator(".spark rect").count() == 0
+            assert await spark.locator("polyline").count() == 1
+            caption = await done.locator("figcaption").text_content() or ""
+            assert caption.startswith("Send rate, last 10 minutes: now ")
+            axis = await done.locator(".axis span").all_text_contents()
+            assert axis == ["\u221210 min", "\u22125 min", "now"]
+            border = await spark.evaluate("e => getComputedStyle(e).borderTopWidth")
+            assert border == "1px"
+            box = await spark.bounding_box()
+            section = await done.bounding_box()
+            assert box is not None and section is not None
+            assert box["width"] > 0.8 * section["width"]  # no longer a third of the width
+            _, _, found = pixels(await spark.screenshot())
+            width = int(box["width"])
+            columns = {i % width for i, (r, g, b) in enumerate(found) if b - r > 60 and b > 140}
+            # The line runs from the window's start to now.
+            assert min(columns) < 0.05 * width and max(columns) > 0.95 * width, sorted(columns)
             idle = page.locator(f"#campaign-{waiting.campaign_id} .spark")
-            assert bar_pixels(await idle.screenshot())[0] == 0  # nothing sent: no bar
+            assert bar_pixels(await idle.screenshot())[0] == 0  # nothing sent: no line
+            assert "nothing sent" in (
+                await page.locator(f"#campaign-{waiting.campaign_id} figcaption").text_content()
+                or ""
+            )
             await page.screenshot(path=tmp_path / "ops.png", full_page=True)
 
             row = page.locator(f"#campaign-{waiting.campaign_id}")
             async with page.expect_navigation() as navigation:
                 await row.get_by_role("button", name="Pause").click()
             result = await navigation.value
+            # Post/redirect/get: the browser ends on GET /ops, with the result shown once.
             assert result is not None and result.status == 200
-            assert result.request.method == "POST"
+            assert result.request.method == "GET"
+            posted = result.request.redirected_from
+            assert posted is not None and posted.method == "POST"
+            assert page.url == f"{base}/ops"
             assert f"campaign {waiting.campaign_id}: paused" in (
                 await page.text_content("[role=status]") or ""
             )
             status = "SELECT status FROM campaigns WHERE id = $1"
+            assert await pg.fetchval(status, waiting.campaign_id) == "paused"
+            reloaded = await page.reload()
+            assert reloaded is not None and reloaded.request.method == "GET"
+            assert await page.locator("[role=status]").count() == 0
             assert await pg.fetchval(status, waiting.campaign_id) == "paused"
 
             row = page.locator(f"#campaign-{waiting.campaign_id}")
             async with page.expect_navigation():
                 await row.get_by_role("button", name="Resume").click()
             assert await pg.fetchval(status, waiting.campaign_id) == "running"
+
+            # Cancel asks first, without script; "No, keep it" leaves it running.
+            states = "SELECT array_agg(state ORDER BY id) FROM invitations WHERE campaign_id = $1"
+            before = await pg.fetchval(states, waiting.campaign_id)
+            row = page.locator(f"#campaign-{waiting.campaign_id}")
+            async with page.expect_navigation():
+                await row.get_by_role("button", name="Cancel").click()
+            dialog = page.get_by_role("alertdialog")
+            assert f"Cancel campaign #{waiting.campaign_id}" in (await dialog.text_content() or "")
+            assert await pg.fetchval(status, waiting.campaign_id) == "running"
+            assert await pg.fetchval(states, waiting.campaign_id) == before
+            async with page.expect_navigation():
+                await dialog.get_by_role("link", name="No, keep it").click()
+            assert page.url == f"{base}/ops"
+            assert await pg.fetchval(status, waiting.campaign_id) == "running"
+
+            row = page.locator(f"#campaign-{waiting.campaign_id}")
+            async with page.expect_navigation():
+                await row.get_by_role("button", name="Cancel").click()
+            async with page.expect_navigation():
+                await page.get_by_role(
+                    "button", name=f"Yes, cancel campaign #{waiting.campaign_id}"
+                ).click()
+            assert page.url == f"{base}/ops"
+            assert await pg.fetchval(status, waiting.campaign_id) == "cancelled"
+            assert f"campaign {waiting.campaign_id}: cancelled" in (
+                await page.text_content("[role=status]") or ""
+            )
+            # The flash cookie lived from the redirect to the page that showed it.
             assert await context.cookies() == []
         finally:
             await browser.close()

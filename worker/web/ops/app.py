@@ -4,14 +4,21 @@
                                                the ledger's campaigns by status; with
                                                METRICS_TOKEN set, `Authorization: Bearer`
     GET  /ops                                  campaigns: progress by state, send rate,
-                                               feedback rates, pause reason
+                                               feedback rates, pause reason; with
+                                               `?cancel=ID`, the confirmation of a cancel
     POST /ops/campaigns/{id}/{pause|resume|cancel}
+                                               303 See Other to /ops (post/redirect/get);
+                                               a cancel without `confirm=yes` cancels
+                                               nothing and leads to its confirmation
 
 `/ops` is 404 while OPS_USERS is unset. Its users sign in with HTTP Basic authentication
-(RFC 7617) against OPS_USERS's scrypt hashes; the app sets no cookie. A POST must carry the
-form's CSRF token, an HMAC of the user and the time under a key derived from that user's
-password hash (never from the unsubscribe secrets), valid for CSRF_LIFETIME, and must not
-come from another site (`Sec-Fetch-Site`). It reads and acts through the client API's
+(RFC 7617) against OPS_USERS's scrypt hashes. A POST must carry the form's CSRF token, an
+HMAC of the user and the time under a key derived from that user's password hash (never
+from the unsubscribe secrets), valid for CSRF_LIFETIME, and must not come from another site
+(`Sec-Fetch-Site`). An action's result ("campaign 12: paused") rides to the next GET in the
+one cookie /ops sets, `ops_flash` (Path=/ops, HttpOnly, SameSite=Strict, a minute): the
+campaign's number and status signed like the CSRF token, for that user only; the GET that
+shows it deletes it, so a reload does not show it again. It reads and acts through the client API's
 database connection (API_DATABASE_URL, else DATABASE_URL): pausing takes a login that
 may update campaigns, as `pause` on the command line does.
 """
@@ -35,12 +42,13 @@ import jinja2
 import structlog
 from markupsafe import Markup
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from worker import campaigns, db, metrics, passwords, queue
+from worker import campaigns, db, metrics, passwords, queue, states
 from worker.errors import NotFound, TooLarge
 from worker.settings import Settings
+from worker.states import DISPLAY_ORDER, MOVES, Action, actions_from, decided
 from worker.web import http
 from worker.web.api.app import ApiContext
 from worker.web.ops import charts, store
@@ -53,14 +61,12 @@ CSRF_LIFETIME = 12 * 3600
 # tenths of a second: not for every request of a page).
 VERIFIED_FOR = 300.0
 MAX_FORM = 1024
+# The flash cookie: its name, and how long an action's result waits for the page.
+FLASH = "ops_flash"
+FLASH_LIFETIME = 60
 LEDGER_TIMEOUT = 3.0
 CHALLENGE = 'Basic realm="survey-worker ops", charset="UTF-8"'
-ACTIONS: dict[str, tuple[str, ...]] = {
-    "running": ("pause", "cancel"),
-    "paused": ("resume", "cancel"),
-}
-CONTROLS: dict[str, campaigns.Action] = {"pause": "pause", "resume": "resume", "cancel": "cancel"}
-FINAL = ("sent", "suppressed", "failed", "unknown", "cancelled")
+CONTROLS: dict[str, Action] = {action: action for action in MOVES}
 # A rate this close to its pause threshold is shown in red.
 WARN_SHARE = 0.8
 
@@ -126,9 +132,47 @@ class Users:
         # As bytes: compare_digest refuses str with characters beyond ASCII.
         return hmac.compare_digest(mac.encode(), self._mac(user, issued).encode())
 
-    def _mac(self, user: str, issued: str) -> str:
-        key = self._users[user].secret("survey-worker ops csrf")
-        return hmac.new(key, f"{user}:{issued}".encode(), hashlib.sha256).hexdigest()
+    def flash(self, user: str, result: Flash, *, now: float) -> str:
+        """The `ops_flash` cookie's value that carries `result` to `user`'s next page."""
+        body = f"{int(now)}.{result.campaign_id}.{result.status}.{int(result.moved)}"
+        return f"{body}.{self._mac(user, body, purpose='flash')}"
+
+    def flash_of(self, user: str, value: str, *, now: float) -> Flash | None:
+        """The result an `ops_flash` cookie carries, when it is `user`'s and fresh."""
+        body, _, mac = value.rpartition(".")
+        issued, number, status, moved = [*body.split("."), "", "", ""][:4]
+        if not (
+            issued.isascii()
+            and issued.isdigit()
+            and len(issued) <= 12
+            and 0 <= now - int(issued) <= FLASH_LIFETIME
+            and number.isascii()
+            and number.isdigit()
+            and len(number) <= 18
+            and status in states.CAMPAIGN_STATUSES
+            and moved in ("0", "1")
+        ):
+            return None
+        if not hmac.compare_digest(mac.encode(), self._mac(user, body, purpose="flash").encode()):
+            return None
+        return Flash(int(number), status, moved == "1")
+
+    def _mac(self, user: str, message: str, *, purpose: str = "csrf") -> str:
+        key = self._users[user].secret(f"survey-worker ops {purpose}")
+        return hmac.new(key, f"{user}:{message}".encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Flash:
+    """An action's result, shown once on the page the action redirects to."""
+
+    campaign_id: int
+    status: str
+    moved: bool
+
+    def __str__(self) -> str:
+        unchanged = "" if self.moved else " (unchanged)"
+        return f"campaign {self.campaign_id}: {self.status}{unchanged}"
 
 
 class Pages:
@@ -172,10 +216,8 @@ def _view(row: store.CampaignRow, limits: Thresholds) -> dict[str, Any]:
     return {
         "row": row,
         "segments": charts.progress(row.counts),
-        "chart": charts.rate_chart(
-            row.sends, bucket_seconds=store.BUCKET_SECONDS, width=400, height=40
-        ),
-        "done": sum(row.counts.get(s, 0) for s in FINAL),
+        "chart": charts.sparkline(row.sends, bucket_seconds=store.BUCKET_SECONDS),
+        "done": decided(row.counts),
         "hard": hard,
         "soft": fb.get("soft", 0),
         "policy": fb.get("policy", 0),
@@ -185,7 +227,7 @@ def _view(row: store.CampaignRow, limits: Thresholds) -> dict[str, Any]:
         "bounce_warn": bounce_rate is not None and bounce_rate >= WARN_SHARE * limits.bounce,
         "complaint_warn": complaint_rate is not None
         and complaint_rate >= WARN_SHARE * limits.complaint,
-        "actions": ACTIONS.get(row.status, ()),
+        "actions": actions_from(row.status),
     }
 
 
@@ -244,11 +286,19 @@ class Ops:
         return user
 
     async def ops_page(self, request: Request) -> Response:
-        """GET /ops: the campaigns."""
+        """GET /ops: the campaigns, the result of the last action once, and with
+        `?cancel=ID` the confirmation of that campaign's cancel."""
         user = await self._user(request)
         if isinstance(user, Response):
             return user
-        return await self._page(request, user, notice=None)
+        cookie = request.cookies.get(FLASH)
+        notice = None if cookie is None else self.users.flash_of(user, cookie, now=time.time())
+        asked = request.query_params.get("cancel", "")
+        confirm = int(asked) if asked.isascii() and asked.isdigit() and len(asked) <= 18 else None
+        response = await self._page(request, user, notice=notice, confirm=confirm)
+        if cookie is not None:
+            response.delete_cookie(FLASH, path="/ops", httponly=True, samesite="strict")
+        return response
 
     async def ops_action(self, request: Request) -> Response:
         """POST /ops/campaigns/{id}/{action}: pause, resume or cancel (idempotent)."""
@@ -261,7 +311,8 @@ class Ops:
             form = await http.read_body(request, MAX_FORM)
         except TooLarge:
             form = b""  # no token: refused below
-        token = parse_qs(form.decode("latin-1")).get("csrf", [""])[0]
+        fields = parse_qs(form.decode("latin-1"))
+        token = fields.get("csrf", [""])[0]
         if not self.users.csrf_ok(user, token, now=time.time()):
             log.warning("ops.csrf_refused", user=user)
             return PlainTextResponse(
@@ -272,6 +323,9 @@ class Ops:
         if action is None or not number.isdigit() or len(number) > 18:
             return PlainTextResponse("not found\n", status_code=404)
         campaign_id = int(number)
+        if action == "cancel" and fields.get("confirm") != ["yes"]:
+            # Cannot be undone: the first POST only asks (a page that works without script).
+            return RedirectResponse(f"/ops?cancel={campaign_id}#confirm", status_code=303)
         api: ApiContext = request.state.api
         try:
             async with api.connection() as conn:
@@ -284,10 +338,22 @@ class Ops:
             log.info(f"campaign.{status}", campaign_id=campaign_id, via="ops", user=user)
             if status == "running":
                 await _enqueue_launch(api, campaign_id)
-        notice = f"campaign {campaign_id}: {status}" + ("" if moved else " (unchanged)")
-        return await self._page(request, user, notice=notice)
+        # Post/redirect/get: a reload of the page shows fresh figures and posts nothing.
+        answer = RedirectResponse("/ops", status_code=303)
+        answer.set_cookie(
+            FLASH,
+            self.users.flash(user, Flash(campaign_id, status, moved), now=time.time()),
+            max_age=FLASH_LIFETIME,
+            path="/ops",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+        return answer
 
-    async def _page(self, request: Request, user: str, *, notice: str | None) -> Response:
+    async def _page(
+        self, request: Request, user: str, *, notice: Flash | None, confirm: int | None = None
+    ) -> Response:
         api: ApiContext = request.state.api
         try:
             async with api.connection() as conn:
@@ -295,15 +361,20 @@ class Ops:
         except db.DB_ERRORS as e:
             return _unavailable(e)
         views = [_view(row, self.limits) for row in rows]
+        # Only a campaign that can still be cancelled is asked about.
+        asking = next(
+            (v for v in views if v["row"].id == confirm and "cancel" in v["actions"]), None
+        )
         total = charts.summed([row.sends for row in rows], store.BUCKETS)
         html = self.pages.render(
             user=user,
             now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            notice=notice,
+            notice=None if notice is None else str(notice),
+            asking=asking,
             chart=charts.rate_chart(total, bucket_seconds=store.BUCKET_SECONDS),
             window_minutes=store.BUCKETS * store.BUCKET_SECONDS // 60,
             bucket_seconds=store.BUCKET_SECONDS,
-            states=charts.STATES,
+            states=DISPLAY_ORDER,
             campaigns=views,
             csrf=self.users.csrf_token(user, now=time.time()),
             pause_bounce_rate=self.limits.bounce,

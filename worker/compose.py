@@ -13,7 +13,7 @@ from typing import Any
 
 from worker import addresses, links, locales, message, records, tokens, verp
 from worker.errors import InvalidAddress, UnsafeHeaderValue
-from worker.render import TemplateStore
+from worker.render import DEFAULT_FIRM_NAME, TemplateStore
 from worker.settings import Settings
 
 # Larger messages are refused here rather than by the relay: oversized CSV variables.
@@ -30,6 +30,7 @@ class Composer:
     public_base_url: str  # where the unsubscribe pages are
     bounce_domain: str | None = None  # BOUNCE_DOMAIN: the envelope sender is a VERP address
     postmark_metadata: bool = False  # POSTMARK_WEBHOOK_USER set: sent through Postmark
+    firm_name: str = DEFAULT_FIRM_NAME  # FIRM_NAME: who "we" are in every message
 
     @classmethod
     def from_settings(cls, settings: Settings, templates: TemplateStore) -> Composer:
@@ -41,6 +42,7 @@ class Composer:
             public_base_url=settings.public_base_url,
             bounce_domain=settings.bounce_domain,
             postmark_metadata=settings.postmark_webhook_user is not None,
+            firm_name=settings.firm_name,
         )
 
 
@@ -97,6 +99,9 @@ def prepare(
                 list_id=_list_id(campaign),
                 unsubscribe_url=unsubscribe_url,
                 postmark_metadata=composer.postmark_metadata,
+                feedback_id=message.feedback_id(
+                    campaign.id, campaign.client_id, campaign.kind, composer.firm_name
+                ),
             )
         )
     except UnsafeHeaderValue:
@@ -139,6 +144,7 @@ def _context(
     context = {
         **inv.vars,
         "client_name": campaign.client_name,
+        "firm_name": composer.firm_name,
         "survey_url": survey_url,
         "unsubscribe_url": unsubscribe_url,
         "reminder": inv.round,

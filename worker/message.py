@@ -8,7 +8,8 @@ both UTF-8 in quoted-printable, with the list headers of RFC 2369, 2919 and 8058
 Every header value is checked: a character no header can carry (see
 `UNSAFE_IN_HEADER`) raises `UnsafeHeaderValue`, addresses must be bare addr-specs, and
 display names and the subject are quoted or encoded so that no value can add a header or
-a recipient.
+a recipient. The `Feedback-ID` (Gmail's feedback loop) is made of fields `feedback_id_field`
+made safe.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import binascii
 import functools
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
@@ -56,6 +58,11 @@ _OUR_MESSAGE_ID = re.compile(
 _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
 _MSG_ID = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 _LIST_ID = re.compile(rf"(.*?) *<({_DOT_ATOM}\.{_DOT_ATOM})>")
+# A Feedback-ID's fields (see `feedback_id`): what `feedback_id_field` leaves, at most 64
+# characters, and at most four fields joined by ":".
+_FEEDBACK_FIELD_LIMIT = 64
+_NOT_FEEDBACK_FIELD = re.compile(r"[^a-z0-9._-]+")
+_FEEDBACK_ID = re.compile(r"[a-z0-9._-]{1,64}(?::[a-z0-9._-]{1,64}){0,3}")
 # RFC 3986 characters, which never include space, quotes or angle brackets.
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 
@@ -77,11 +84,40 @@ class OutgoingMessage:
     unsubscribe_url: str
     # Sent through Postmark: repeat the Message-ID as metadata, which its webhooks return.
     postmark_metadata: bool = False
+    # The Feedback-ID header's value, as `feedback_id` makes it; None: no such header.
+    feedback_id: str | None = None
 
 
 def message_id_for(invitation_id: int, domain: str) -> str:
     """The Message-ID (without angle brackets) of an invitation: the same on every attempt."""
     return f"invitation-{invitation_id}@{domain}"
+
+
+@functools.lru_cache(maxsize=256)
+def feedback_id_field(value: str) -> str:
+    """`value` made fit for a field of a Feedback-ID: never empty, at most 64 characters
+    from lower-case ASCII letters, digits, ".", "_" and "-", so never a ":" (the field
+    separator), a space or anything a header cannot carry.
+
+    Letters lose their accents and case ("Études Dupont & Fils" gives
+    "etudes-dupont-fils"), every other run of characters becomes one "-", and a "-" does
+    not start or end it. A value with nothing left (a name in another script, say) becomes
+    "x" and twelve hex digits of its SHA-256, so that such names stay apart. A field
+    already made safe comes back unchanged.
+    """
+    ascii_only = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
+    slug = _NOT_FEEDBACK_FIELD.sub("-", ascii_only.lower())[:_FEEDBACK_FIELD_LIMIT].strip("-")
+    if slug:
+        return slug
+    return "x" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def feedback_id(campaign_id: int, client: str, kind: str, firm: str) -> str:
+    """The Feedback-ID header's value, `CAMPAIGN_ID:CLIENT:KIND:FIRM`: the fields Gmail's
+    feedback loop reports complaint rates by (Postmaster Tools), the firm, which sends, as
+    the last one. Each field is made safe by `feedback_id_field`."""
+    fields = (str(campaign_id), client, kind, firm)
+    return ":".join(feedback_id_field(f) for f in fields)
 
 
 def invitation_of_message_id(message_id: str) -> tuple[int, str] | None:
@@ -119,6 +155,8 @@ def build(msg: OutgoingMessage) -> bytes:
         raise ValueError("message_id is not an RFC 5322 msg-id")
     if not _URL.fullmatch(msg.unsubscribe_url):
         raise ValueError("unsubscribe_url is not a URL")
+    if msg.feedback_id is not None and not _FEEDBACK_ID.fullmatch(msg.feedback_id):
+        raise ValueError("feedback_id is not a Feedback-ID of `feedback_id`")
 
     text = _qp(msg.text)
     html = _qp(msg.html)
@@ -139,6 +177,8 @@ def build(msg: OutgoingMessage) -> bytes:
         "MIME-Version: 1.0",
         _fold("Content-Type", [" multipart/alternative;", f' boundary="{boundary}"']),
     ]
+    if msg.feedback_id is not None:
+        headers.append(f"Feedback-ID: {msg.feedback_id}")
     if msg.postmark_metadata:
         headers.append(_fold("X-PM-Metadata-message-id", [f" {msg.message_id}"]))
     part_headers = "charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"

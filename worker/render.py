@@ -25,9 +25,20 @@ from worker import grammar, locales
 from worker.errors import TemplateMissing, TemplateProblem, UnsafeHeaderValue
 from worker.message import UNSAFE_IN_HEADER
 
-__all__ = ["FALLBACK_LOCALE", "Rendered", "TemplateStore", "oneline", "shows_link"]
+__all__ = [
+    "DEFAULT_FIRM_NAME",
+    "FALLBACK_LOCALE",
+    "Rendered",
+    "TemplateStore",
+    "oneline",
+    "shows_link",
+]
 
 FALLBACK_LOCALE = locales.FALLBACK
+
+# The research firm a template names when its store was given none: the default of the
+# FIRM_NAME setting (`worker.settings`), so a launch check or a preview renders too.
+DEFAULT_FIRM_NAME = "Survey Research"
 
 Part = Literal["subject.txt", "body.txt", "body.html"]
 
@@ -40,6 +51,7 @@ _CONTROL_TO_SPACE = {c: " " for c in [*range(0x20), *range(0x7F, 0xA0)]}
 # a permissive undefined instead (see `TemplateStore.check`).
 _SAMPLE_CONTEXT: Mapping[str, object] = {
     "client_name": "Sample Client",
+    "firm_name": "Sample Research",
     "first_name": "Sam",
     "survey_url": "https://survey.example.com/s/sample-survey",
     "unsubscribe_url": "https://unsubscribe.example.com/unsubscribe/sample-token",
@@ -396,8 +408,10 @@ def _where(name: str, locale: str, part: Part) -> str:
 class TemplateStore:
     """The templates under one directory, compiled on first use and kept for the process."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, firm_name: str = DEFAULT_FIRM_NAME) -> None:
         self._root = root
+        # What a template sees when the context does not say it (see `_compile`).
+        self._defaults: dict[str, object] = {"firm_name": firm_name}
         self._text_env = _environment(autoescape=False)
         self._html_env = _environment(autoescape=True)
         self._locales: dict[str, list[str]] = {}
@@ -554,9 +568,10 @@ class TemplateStore:
         try:
             tree = env.parse(source)
             template = env.from_string(tree)
-            # The environment has no globals (see `_environment`); a plain empty mapping
-            # instead of Jinja's chain of them saves merging it into every render's context.
-            template.globals = {}
+            # The environment has no globals (see `_environment`): a plain mapping of the
+            # store's defaults instead of Jinja's chain of them saves merging the chain into
+            # every render's context. A context value wins over a default.
+            template.globals = self._defaults
             return _Compiled(
                 template=template,
                 variables=frozenset(jinja_meta.find_undeclared_variables(tree)),

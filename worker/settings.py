@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker import durations, passwords
 from worker.errors import ConfigError
+from worker.message import UNSAFE_IN_HEADER
 from worker.resources import bundled
 
 PLACEHOLDER_PREFIX = "change-me"
@@ -167,6 +168,10 @@ class Settings(BaseSettings):
     unsubscribe_secrets: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "-unsubscribe-secret")
     address_hash_key: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "-address-hash-key")
     templates_dir: Path = Field(default_factory=lambda: bundled("templates"))
+    # The research firm that sends for its clients: named in every message's body and
+    # footer, and the last field of its Feedback-ID. The default is
+    # worker.render.DEFAULT_FIRM_NAME, what a template store shows when given none.
+    firm_name: str = Field(default="Survey Research", max_length=100)
 
     log_format: Literal["json", "console"] | None = None
     log_level: str = "INFO"
@@ -292,6 +297,16 @@ class Settings(BaseSettings):
             return self.redis_url
         joiner = "&" if urlsplit(self.redis_url).query else "?"
         return self.redis_url + joiner + urlencode(extra, quote_via=quote)
+
+    @field_validator("firm_name")
+    @classmethod
+    def _firm_name(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("must name the research firm, e.g. Survey Research")
+        if UNSAFE_IN_HEADER.search(value):
+            raise ValueError("holds a control character")
+        return value
 
     @field_validator("bounce_domain")
     @classmethod

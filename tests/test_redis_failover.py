@@ -19,11 +19,12 @@ import pytest
 import redis.asyncio
 
 from tests.faults.harness import wait_until
+from tests.support.campaign_cli import add_and_launch
 from tests.support.commands import running
-from tests.support.pipeline import csv_of, received_by
+from tests.support.pipeline import received_by
 from tests.support.redis_servers import BINARY, redis_server, sentinel
 from tests.support.smtp import RecordingHandler
-from tests.support.web import cli, launch_args
+from tests.support.web import cli
 from worker.settings import Settings
 
 pytestmark = pytest.mark.skipif(not BINARY.exists(), reason="Debian's redis-server is missing")
@@ -59,15 +60,7 @@ async def test_the_campaign_completes_once_after_the_primary_is_killed(
             "REDIS_SENTINEL_MASTER": MASTER,
             "RECONCILE_INTERVAL_SECONDS": "2",
         }
-        added = await cli(
-            settings, "client", "add", "acme", "--name", "Acme", "--sender", "s@acme.example"
-        )
-        assert added.code == 0, added.stderr
-        recipients = tmp_path / "people.csv"
-        recipients.write_text(csv_of(*PEOPLE))
-        launched = await cli(settings, *launch_args(recipients), "--json", env=env)
-        assert launched.code == 0, launched.stderr
-        campaign_id = json.loads(launched.stdout)["campaign_id"]
+        campaign_id = await add_and_launch(settings, PEOPLE, tmp_path, env=env)
 
         async with running(settings, "worker", env=env):
 

@@ -15,6 +15,7 @@ import pytest
 import trustme
 
 from tests.faults.harness import wait_until
+from tests.support.campaign_cli import add_and_launch
 from tests.support.commands import running
 from tests.support.pipeline import csv_of, received_by
 from tests.support.redis_servers import BINARY, redis_server, sentinel
@@ -49,15 +50,7 @@ def test_user_and_password_are_percent_decoded() -> None:
 
 async def launch_and_send(settings: Settings, env: dict[str, str], tmp_path: Path) -> None:
     """`client add`, `launch`, `worker --burst`, `status` and `health` with `env`."""
-    added = await cli(
-        settings, "client", "add", "acme", "--name", "Acme", "--sender", "s@acme.example", env=env
-    )
-    assert added.code == 0, added.stderr
-    recipients = tmp_path / "people.csv"
-    recipients.write_text(csv_of(*PEOPLE))
-    launched = await cli(settings, *launch_args(recipients), "--json", env=env)
-    assert launched.code == 0, launched.stderr
-    campaign_id = json.loads(launched.stdout)["campaign_id"]
+    campaign_id = await add_and_launch(settings, PEOPLE, tmp_path, env=env)
     ran = await cli(settings, "worker", "--burst", env=env)
     assert ran.code == 0, ran.stderr
     shown = await cli(settings, "status", str(campaign_id), "--json", env=env)

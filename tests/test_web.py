@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from tests.deploy.servers import debian_redis
 from tests.support.pipeline import add_client, csv_of, launch, received_by, run_workers
 from tests.support.smtp import RecordingHandler
-from tests.support.web import email_hash, private_logs, serving, token_for, token_id
+from tests.support.web import cli, email_hash, private_logs, serving, token_for, token_id
 from worker import held_optouts
 from worker.dev import embedded
 from worker.settings import Settings
@@ -178,6 +178,78 @@ async def test_tampered_truncated_and_unknown_key_tokens_get_one_400_page(
     assert 'lang="nl"' in responses[0].text and 'lang="fr"' in responses[0].text
     assert await opt_outs(pg) == []
     assert await audit_rows(pg) == []
+
+
+@pytest.mark.parametrize(
+    ("contact", "label"),
+    [
+        ("mailto:privacy@acme.example", "privacy@acme.example"),
+        ("https://acme.example/privacy?from=unsubscribe", "https://acme.example/privacy"),
+    ],
+    ids=["mailto", "https"],
+)
+async def test_the_invalid_link_page_shows_the_privacy_contact(
+    settings: Settings, contact: str, label: str
+) -> None:
+    local = settings.model_copy(update={"privacy_contact": contact})
+    async with serving(local) as base, httpx.AsyncClient(base_url=base) as client:
+        page = await client.get("/unsubscribe/not-a-token")
+    assert page.status_code == 400
+    escaped = contact.replace("&", "&amp;")
+    link = f'<a href="{escaped}">{label}</a>'
+    assert page.text.count(link) == 3  # in English, Dutch and French
+    assert "contact the sender" not in page.text
+
+
+async def test_without_a_privacy_contact_the_invalid_link_page_names_the_sender(
+    settings: Settings,
+) -> None:
+    assert settings.privacy_contact is None
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        page = await client.get("/unsubscribe/not-a-token")
+    assert page.status_code == 400
+    assert "<a " not in page.text
+    assert "please contact the sender of the e-mail." in page.text
+    assert "neem contact op met de afzender van de e-mail" in page.text.lower()
+    assert "contactez l&#39;expéditeur de l&#39;e-mail." in page.text
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["javascript:alert(1)", "http://acme.example/privacy", "privacy@acme.example", "mailto:x"],
+)
+async def test_a_privacy_contact_that_is_not_mailto_or_https_is_refused_at_start_up(
+    settings: Settings, value: str
+) -> None:
+    port = str(embedded.free_port())
+    done = await cli(settings, "web", "--port", port, env={"PRIVACY_CONTACT": value}, timeout=30)
+    assert done.code == 1, done
+    assert done.stderr.splitlines() == [
+        "Error: PRIVACY_CONTACT: must be a mailto: address (mailto:privacy@example.com) "
+        "or an https:// URL"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "phrase"),
+    [
+        ("Acme Research", "des enquêtes d&#39;Acme Research"),
+        ("Hermès", "des enquêtes d&#39;Hermès"),
+        ("Globex", "des enquêtes de Globex"),
+    ],
+)
+async def test_french_pages_elide_de_before_the_clients_name(
+    pg: asyncpg.Pool, settings: Settings, name: str, phrase: str
+) -> None:
+    await add_client(pg, "acme", name)
+    token = token_for(settings, ANN, await token_id(pg, "acme"), locale="fr")
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as client:
+        asked = await client.get(f"/unsubscribe/{token}")
+        done = await client.post(f"/unsubscribe/{token}", data={"confirm": "yes"})
+    assert (asked.status_code, done.status_code) == (200, 200)
+    assert f"recevoir d&#39;invitations à {phrase}" in asked.text
+    assert f"Vous ne recevrez plus d&#39;invitations à {phrase}." in done.text
+    assert "de Acme" not in asked.text + done.text and "de Hermès" not in asked.text
 
 
 async def test_key_rotation_old_key_works_while_listed_and_not_after(

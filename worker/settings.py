@@ -27,6 +27,26 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 # Where Amazon SNS serves the certificates that sign its messages, in every region.
 SNS_CERT_HOSTS = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
 # A domain name of at least two labels (letters, digits, hyphens; no leading or trailing -).
+# PRIVACY_CONTACT: mailto:ADDRESS, or an https:// URL with a host; nothing a page could
+# not show as a plain link (no spaces, quotes or angle brackets).
+_MAILTO = re.compile(r"mailto:[^@\s\"'<>?]+@[a-z0-9.-]+\.[a-z]{2,63}", re.IGNORECASE)
+_URL_UNSAFE = re.compile(r"[\s\"'<>\\]|[\x00-\x1f\x7f]")
+
+
+def _is_contact(value: str) -> bool:
+    """Whether PRIVACY_CONTACT's value is a mailto: address or an https:// URL."""
+    if _URL_UNSAFE.search(value):
+        return False
+    if value.lower().startswith("mailto:"):
+        return bool(_MAILTO.fullmatch(value))
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return False
+    return parts.scheme == "https" and bool(parts.hostname) and (port is None or port > 0)
+
+
 _DOMAIN = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
@@ -165,6 +185,10 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(default=30.0, gt=0)
 
     public_base_url: str = "https://unsubscribe.example.com"
+    # Where the invalid-link page sends a person (questions about their data, another way to
+    # unsubscribe): a mailto: address or an https:// URL; unset, the page says to contact
+    # the sender.
+    privacy_contact: str | None = None
     unsubscribe_secrets: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "-unsubscribe-secret")
     address_hash_key: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "-address-hash-key")
     templates_dir: Path = Field(default_factory=lambda: bundled("templates"))
@@ -337,6 +361,17 @@ class Settings(BaseSettings):
     def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value().strip()) < 16:
             raise ValueError("must be at least 16 characters (or unset: /metrics is open)")
+        return value
+
+    @field_validator("privacy_contact", mode="before")
+    @classmethod
+    def _privacy_contact(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip() or None
+        if value is not None and not (isinstance(value, str) and _is_contact(value)):
+            raise ValueError(
+                "must be a mailto: address (mailto:privacy@example.com) or an https:// URL"
+            )
         return value
 
     @field_validator("ops_users")

@@ -112,7 +112,7 @@ def create_app(
 ) -> Starlette:
     """The unsubscribe app (and the provider webhooks, and the client API at /v1) for these
     settings, Postgres and Redis; ConfigError when a webhook setting is unusable."""
-    renderer = pages.Renderer()
+    renderer = pages.Renderer(privacy_contact=settings.privacy_contact)
     keys = settings.signing_keys()
     hash_key, completion_key = settings.hash_key(), settings.completion_webhook_key()
     webhook_config = providers.WebhookConfig.from_settings(settings)

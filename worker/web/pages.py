@@ -1,6 +1,7 @@
 """The unsubscribe app's pages: what each says in English, Dutch and French, and their HTML.
 
 Building a page is pure (`confirm`, `done`, `pending`, `retry`, `invalid` return a `Page`);
+French puts a client's name after "de" with `grammar.french_de` ("des enquêtes d'Acme").
 `Renderer` turns one into HTML with an autoescaped Jinja template, so a client's name can
 never inject markup, and gives the Content-Security-Policy that allows exactly the page's
 one inline style sheet.
@@ -16,7 +17,7 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
-from worker import locales
+from worker import grammar, locales
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 LOCALES = ("en", "nl", "fr")
@@ -38,6 +39,8 @@ TEXTS: dict[str, dict[str, str]] = {
         ),
         "invalid_heading": "This unsubscribe link is not valid",
         "invalid_body": "Please use the link in the most recent e-mail you received from us.",
+        "contact": "For questions about your data, or to unsubscribe another way, contact",
+        "no_contact": "To unsubscribe another way, please contact the sender of the e-mail.",
         "unknown_client": "this organisation",
     },
     "nl": {
@@ -56,17 +59,24 @@ TEXTS: dict[str, dict[str, str]] = {
         ),
         "invalid_heading": "Deze afmeldlink is niet geldig",
         "invalid_body": "Gebruik de link in de meest recente e-mail die u van ons ontving.",
+        "contact": (
+            "Voor vragen over uw gegevens, of om u op een andere manier af te melden: neem "
+            "contact op via"
+        ),
+        "no_contact": (
+            "Neem contact op met de afzender van de e-mail om u op een andere manier af te melden."
+        ),
         "unknown_client": "deze organisatie",
     },
     "fr": {
         "unsubscribe": "Se désabonner",
         "button": "Me désabonner",
         "confirm_survey": (
-            "Voulez-vous ne plus recevoir d'invitations à des enquêtes de {client}\u00a0?"
+            "Voulez-vous ne plus recevoir d'invitations à des enquêtes {de_client}\u00a0?"
         ),
         "confirm_marketing": "Voulez-vous ne plus recevoir nos e-mails marketing\u00a0?",
         "done_heading": "Votre désabonnement est enregistré",
-        "done_survey": "Vous ne recevrez plus d'invitations à des enquêtes de {client}.",
+        "done_survey": "Vous ne recevrez plus d'invitations à des enquêtes {de_client}.",
         "done_marketing": "Vous ne recevrez plus nos e-mails marketing.",
         "pending_heading": "Votre demande est en cours de traitement",
         "pending_lead": "Nous avons bien reçu votre demande.",
@@ -77,18 +87,33 @@ TEXTS: dict[str, dict[str, str]] = {
         ),
         "invalid_heading": "Ce lien de désabonnement n'est pas valide",
         "invalid_body": "Utilisez le lien du dernier e-mail que vous avez reçu de notre part.",
+        "contact": (
+            "Pour toute question sur vos données, ou pour vous désabonner autrement, "
+            "contactez\u00a0:"
+        ),
+        "no_contact": "Pour vous désabonner autrement, contactez l'expéditeur de l'e-mail.",
         "unknown_client": "cette organisation",
     },
 }
 
 
 @dataclass(frozen=True)
+class Link:
+    """A sentence that ends with a link: its text, the link's label and its address."""
+
+    text: str
+    label: str
+    href: str
+
+
+@dataclass(frozen=True)
 class Section:
-    """A heading and paragraphs in one language."""
+    """A heading and paragraphs in one language, and a closing link if any."""
 
     lang: str
     heading: str
     paragraphs: tuple[str, ...]
+    link: Link | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +134,8 @@ def _list_sentence(lang: str, kind: str, *, marketing: bool, client_name: str | 
     text = TEXTS[lang]
     if marketing:
         return text[f"{kind}_marketing"]
-    return text[f"{kind}_survey"].format(client=client_name or text["unknown_client"])
+    name = client_name or text["unknown_client"]
+    return text[f"{kind}_survey"].format(client=name, de_client=grammar.french_de(name))
 
 
 def confirm(locale: str, *, marketing: bool, client_name: str | None) -> Page:
@@ -142,20 +168,36 @@ def retry(locale: str) -> Page:
     return Page(503, (Section(lang, text["retry_heading"], (text["retry_body"],)),))
 
 
-def invalid() -> Page:
+def invalid(privacy_contact: str | None = None) -> Page:
     """The one page for every unusable token, in all three languages (the token's own
-    locale cannot be trusted, and the page must not tell what was wrong)."""
+    locale cannot be trusted, and the page must not tell what was wrong); it offers the
+    way out PRIVACY_CONTACT gives (a mailto: or https:// address), else the sender."""
     sections = tuple(
-        Section(lang, TEXTS[lang]["invalid_heading"], (TEXTS[lang]["invalid_body"],))
+        Section(
+            lang,
+            TEXTS[lang]["invalid_heading"],
+            (TEXTS[lang]["invalid_body"],)
+            + (() if privacy_contact else (TEXTS[lang]["no_contact"],)),
+            _contact(lang, privacy_contact),
+        )
         for lang in LOCALES
     )
     return Page(400, sections)
 
 
+def _contact(lang: str, privacy_contact: str | None) -> Link | None:
+    if not privacy_contact:
+        return None
+    label = privacy_contact.removeprefix("mailto:").partition("?")[0]
+    return Link(TEXTS[lang]["contact"], label, privacy_contact)
+
+
 class Renderer:
     """Renders pages with the template and style sheet in `folder`."""
 
-    def __init__(self, folder: Path = TEMPLATES_DIR) -> None:
+    def __init__(self, folder: Path = TEMPLATES_DIR, *, privacy_contact: str | None = None) -> None:
+        # PRIVACY_CONTACT: the way out the invalid-link page offers.
+        self.privacy_contact = privacy_contact
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(folder),
             autoescape=True,

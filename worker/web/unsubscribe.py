@@ -74,7 +74,7 @@ async def unsubscribe_page(request: Request) -> Response:
     claims = tokens.verify(web.keys, request.path_params["token"])
     if claims is None:
         log.info("unsubscribe.invalid_token", method="GET")
-        return _page(web, pages.invalid())
+        return _page(web, pages.invalid(web.renderer.privacy_contact))
     marketing = claims.client_id is None
     client_name = None
     if not marketing:
@@ -87,7 +87,7 @@ async def unsubscribe_page(request: Request) -> Response:
         else:
             if client_name is None:
                 log.info("unsubscribe.unknown_client", method="GET")
-                return _page(web, pages.invalid())
+                return _page(web, pages.invalid(web.renderer.privacy_contact))
     return _page(web, pages.confirm(claims.locale, marketing=marketing, client_name=client_name))
 
 
@@ -98,7 +98,7 @@ async def unsubscribe(request: Request) -> Response:
     claims = tokens.verify(web.keys, token)
     if claims is None:
         log.info("unsubscribe.invalid_token", method="POST")
-        return _page(web, pages.invalid())
+        return _page(web, pages.invalid(web.renderer.privacy_contact))
     try:
         body = await http.read_body(request, MAX_BODY)
     except TooLarge:
@@ -116,7 +116,7 @@ async def unsubscribe(request: Request) -> Response:
         return await _queue_opt_out(web, token, claims, source, error=type(e).__name__)
     if scopes is None:
         log.info("unsubscribe.unknown_client", method="POST")
-        return _page(web, pages.invalid())
+        return _page(web, pages.invalid(web.renderer.privacy_contact))
     log.info(
         "opt_out.recorded", scope=optouts.scopes_label(scopes), recipient=recipient, source=source
     )

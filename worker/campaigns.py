@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 import orjson
 
@@ -25,7 +25,7 @@ from worker.errors import (
 )
 from worker.render import TemplateStore
 from worker.request_digest import RequestDigest
-from worker.states import CampaignStatus
+from worker.states import MOVES, Action, CampaignStatus
 
 
 @dataclass(frozen=True)
@@ -377,15 +377,6 @@ async def status_report(conn: Conn, campaign_id: int) -> StatusReport:
     )
 
 
-Action = Literal["pause", "resume", "cancel"]
-# Where each action may start from, and where it leads.
-_MOVES: dict[Action, tuple[tuple[CampaignStatus, ...], CampaignStatus]] = {
-    "pause": (("running",), "paused"),
-    "resume": (("paused",), "running"),
-    "cancel": (("running", "paused"), "cancelled"),
-}
-
-
 async def control(conn: Conn, campaign_id: int, action: Action) -> tuple[bool, CampaignStatus]:
     """Pause, resume or cancel a campaign (idempotent); whether it moved, and its status.
 
@@ -394,7 +385,7 @@ async def control(conn: Conn, campaign_id: int, action: Action) -> tuple[bool, C
     """
     if await ledger.campaign_status(conn, campaign_id) is None:
         raise NotFound(f"no campaign {campaign_id}")
-    allowed_from, to = _MOVES[action]
+    allowed_from, to = MOVES[action]
     moved = await ledger.set_status(conn, campaign_id, to, allowed_from)
     if action == "cancel":
         await ledger.cancel_open(conn, campaign_id)

@@ -21,6 +21,7 @@ import structlog
 from worker import addresses, feedback, ledger, optouts, suppression
 from worker.db import Conn
 from worker.errors import PermissionDenied, PrivacyRequestError
+from worker.states import ENDED_STATUSES
 from worker.suppression import Scope
 
 log = structlog.get_logger("worker.privacy")
@@ -217,11 +218,12 @@ async def purge(conn: Conn, *, retention_days: int, counts_days: int | None = No
         r["id"]
         for r in await conn.fetch(
             """SELECT c.id FROM campaigns c
-               WHERE c.status IN ('completed', 'cancelled', 'failed')
+               WHERE c.status = ANY($2::text[])
                  AND c.completed_at < now() - make_interval(days => $1)
                  AND EXISTS (SELECT 1 FROM invitations i WHERE i.campaign_id = c.id)
                ORDER BY c.id""",
             retention_days,
+            list(ENDED_STATUSES),
         )
     ]
     deleted = 0

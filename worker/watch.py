@@ -21,24 +21,15 @@ from tqdm import tqdm
 
 from worker import campaigns
 from worker.db import Conn
-from worker.web.ops.charts import STATES
+from worker.states import ENDED_STATUSES, decided, in_display_order
 
 INTERVAL = 1.0
 RATE_WINDOW = 30.0
-ENDED = ("completed", "cancelled", "failed")
-# The states an invitation of a campaign that ended can be in.
-FINAL = ("sent", "suppressed", "failed", "unknown", "cancelled")
-
-
-def decided(counts: Mapping[str, int]) -> int:
-    """How many invitations reached a final state."""
-    return sum(counts.get(s, 0) for s in FINAL)
 
 
 def counts_text(counts: Mapping[str, int]) -> str:
     """`sent 10, suppressed 2, pending 5`: non-zero states in a fixed order."""
-    ordered = [s for s in STATES if s in counts] + sorted(set(counts) - set(STATES))
-    return ", ".join(f"{s} {counts[s]}" for s in ordered if counts[s])
+    return ", ".join(f"{s} {counts[s]}" for s in in_display_order(counts) if counts[s])
 
 
 def line(report: campaigns.StatusReport, rate: float | None, now: datetime) -> str:
@@ -110,7 +101,7 @@ class Bar:
     def close(self, report: campaigns.StatusReport | None) -> None:
         if self._bar is not None:
             self._bar.close()
-        if report is not None and report.status in ENDED:
+        if report is not None and report.status in ENDED_STATUSES:
             print(line(report, None, datetime.now(UTC)), file=self._out, flush=True)
 
 
@@ -178,7 +169,7 @@ async def follow(
             report = await campaigns.status_report(conn, campaign_id)
             now = clock()
             display.show(report, meter.add(now, decided(report.counts)))
-            if report.status in ENDED:
+            if report.status in ENDED_STATUSES:
                 return report
             await asyncio.sleep(max(interval, 4 * (now - started)))
     finally:

@@ -11,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker import passwords
+from worker.states import DISPLAY_ORDER
 from worker.web.ops import charts
 from worker.web.ops.app import CSRF_LIFETIME, Users
 
-STATES = st.sampled_from([*charts.STATES, "weird"])
+STATES = st.sampled_from([*DISPLAY_ORDER, "weird"])
 
 
 @given(st.dictionaries(STATES, st.integers(0, 10**7)))
@@ -25,7 +26,7 @@ def test_a_progress_bar_fills_its_width_in_state_order(counts: dict[str, int]) -
         return
     assert math.isclose(sum(s.width for s in segments), 1000, abs_tol=0.1 * len(segments))
     assert [s.state for s in segments] == [
-        s for s in [*charts.STATES, "weird"] if counts.get(s, 0) > 0
+        s for s in [*DISPLAY_ORDER, "weird"] if counts.get(s, 0) > 0
     ]
     for before, after in itertools.pairwise(segments):
         assert math.isclose(before.x + before.width, after.x, abs_tol=0.02)

@@ -20,6 +20,7 @@ from worker import campaigns, completion, durations, queue
 from worker.cli.base import Env, _clear_errors, _emit, environment, main, run
 from worker.render import TemplateStore
 from worker.settings import Settings
+from worker.states import Action
 
 
 def _duration(_ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
@@ -216,7 +217,7 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
     _emit(as_json, report.as_json(), "\n".join(lines))
 
 
-def _control(campaign_id: int, action: campaigns.Action) -> str:
+def _control(campaign_id: int, action: Action) -> str:
     """Pause, resume or cancel a campaign; idempotent; returns what happened."""
     with environment(redis=action == "resume") as env:
         moved, state = run(env, lambda conn: campaigns.control(conn, campaign_id, action))

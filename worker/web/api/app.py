@@ -49,6 +49,7 @@ from worker.errors import (
 )
 from worker.render import TemplateStore
 from worker.settings import Settings, postgres_url_problem
+from worker.states import Action
 from worker.web import http
 from worker.web.api.models import (
     IDEMPOTENCY_KEY,
@@ -427,7 +428,7 @@ async def campaign_status(campaign_id: str, request: Request, caller: Authentica
 
 
 async def _control(
-    request: Request, caller: Caller, campaign_id: str, action: campaigns.Action
+    request: Request, caller: Caller, campaign_id: str, action: Action
 ) -> JSONResponse:
     number = _campaign_id(campaign_id)
     api = _api(request)

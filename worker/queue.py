@@ -68,6 +68,11 @@ def redis_settings(url: str, *, retries: int = 1, ride_out: bool = False) -> Red
     return settings
 
 
+class SentinelProblem(ConfigError, redis.exceptions.ConnectionError):
+    """The Sentinels refuse REDIS_SENTINEL_PASSWORD or know no REDIS_SENTINEL_MASTER: a
+    setting to fix, and, to a process that rides out Redis errors, a Redis that is down."""
+
+
 def sentinel_client(target: RedisTarget) -> Sentinel:
     """A client of the target's Sentinels; its connections to the primary find it anew
     at each connect, so a failover needs no restart."""
@@ -82,7 +87,7 @@ def sentinel_client(target: RedisTarget) -> Sentinel:
 
 
 async def primary_address(target: RedisTarget) -> tuple[str, int]:
-    """The address of the primary the target's Sentinels name. ConfigError naming the
+    """The address of the primary the target's Sentinels name. SentinelProblem naming the
     setting when no Sentinel takes the password (REDIS_SENTINEL_PASSWORD) or none knows
     the name (REDIS_SENTINEL_MASTER); redis-py's ConnectionError when none answers."""
     master = target.sentinel_master or ""
@@ -117,13 +122,15 @@ async def primary_address(target: RedisTarget) -> tuple[str, int]:
             return found[0].decode(), int(found[1])
         unknown = True
     if refused:
-        raise ConfigError(
+        raise SentinelProblem(
             "REDIS_SENTINEL_PASSWORD: the Sentinels refuse it"
             if target.sentinel_password
             else "REDIS_SENTINEL_PASSWORD: the Sentinels ask for a password"
         )
     if unknown:
-        raise ConfigError(f"REDIS_SENTINEL_MASTER: no Sentinel knows a primary named {master!r}")
+        raise SentinelProblem(
+            f"REDIS_SENTINEL_MASTER: no Sentinel knows a primary named {master!r}"
+        )
     raise redis.exceptions.ConnectionError(
         "REDIS_SENTINELS: no Sentinel answers (" + "; ".join(unreachable) + ")"
     )
@@ -142,7 +149,6 @@ async def connect(url: str, *, retries: int = 1, ride_out: bool = False) -> ArqR
     }
     for attempt in range(retries + 1):
         if target.sentinels:
-            await primary_address(target)
             pool = cast(
                 ArqRedis,
                 sentinel_client(target).master_for(
@@ -159,6 +165,9 @@ async def connect(url: str, *, retries: int = 1, ride_out: bool = False) -> ArqR
         pool.job_serializer = serialize
         pool.job_deserializer = deserialize
         try:
+            if target.sentinels:
+                # Asked first for its errors: redis-py's own would not say which setting.
+                await primary_address(target)
             await pool.ping()
         except ERRORS:
             await pool.aclose()
@@ -172,7 +181,7 @@ async def connect(url: str, *, retries: int = 1, ride_out: bool = False) -> ArqR
 
 async def check(url: str, *, timeout: float) -> None:
     """Return once the Redis at `url` answers a PING; raise one of `ERRORS` if it does not
-    within `timeout` seconds (ConfigError for Sentinels that refuse or do not know it)."""
+    within `timeout` seconds (SentinelProblem for Sentinels that refuse or do not know it)."""
     async with asyncio.timeout(timeout):
         redis = await connect(url, retries=0)
         await redis.aclose()

@@ -204,6 +204,8 @@ def _reach(
     """Raise ConfigError naming `variable` unless the server at `url` answers `probe`."""
     try:
         asyncio.run(probe(url))
+    except queue.SentinelProblem:
+        raise  # names its own setting
     except (*db.DB_ERRORS, *queue.ERRORS) as e:
         configured = getattr(env.settings, variable.lower()) is not None
         raise ConfigError(

@@ -121,10 +121,10 @@ def health() -> None:
 
     try:
         ok = asyncio.run(asyncio.wait_for(fresh(), REACH_TIMEOUT))
+    except queue.SentinelProblem as e:
+        raise click.ClickException(str(e)) from None
     except queue.ERRORS as e:
         raise click.ClickException(_unreachable("REDIS_URL", "Redis", url, e)) from None
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
     click.echo("healthy" if ok else "unhealthy: no fresh worker heartbeat")
     sys.exit(0 if ok else 1)
 

@@ -51,10 +51,11 @@ lock: $(STAMP)  ## pin every runtime dependency, with hashes, into requirements.
 	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
 	  --no-emit-find-links --output-file requirements.lock pyproject.toml
 
-lint: $(STAMP)  ## ruff, formatting and mypy --strict
+lint: $(STAMP)  ## ruff, formatting, mypy --strict and the import layers (import-linter)
 	$(BIN)/ruff check worker tests
 	$(BIN)/ruff format --check worker tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix worker tests

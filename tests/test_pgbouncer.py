@@ -78,3 +78,19 @@ async def test_migrate_through_pgbouncer_in_transaction_pooling(
                 await conn.close()
     finally:
         await admin(database_url, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+async def test_the_worker_pool_commits_asynchronously_through_session_pooling(
+    database_url: str,
+) -> None:
+    """No startup parameter (PgBouncer's default refuses it): `synchronous_commit` is set
+    on each new connection and again after asyncpg's RESET ALL at each release."""
+    with pgbouncer(database_url, pool_mode="session") as url:
+        pool = await db.create_pool(url, max_size=1, synchronous_commit=False)
+        try:
+            for _ in range(3):
+                async with pool.acquire() as conn:
+                    assert await conn.fetchval("SHOW synchronous_commit") == "off"
+                    await conn.execute("SET synchronous_commit TO on")
+        finally:
+            await pool.close()

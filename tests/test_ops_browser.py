@@ -18,7 +18,12 @@ from pydantic import SecretStr
 from tests.support.pipeline import add_client, csv_of, launch, run_workers
 from tests.support.smtp import RecordingHandler
 from tests.support.web import private_logs, serving
-from tests.test_browser import CHROMIUM_ARGS, chromium  # noqa: F401 (the fixture)
+from tests.test_browser import (  # noqa: F401 (the fixture)
+    CHROMIUM_ARGS,
+    VIEWPORTS,
+    chromium,
+    screenshots,
+)
 from worker import passwords
 from worker.settings import Settings
 
@@ -174,6 +179,14 @@ async def test_an_operator_watches_and_pauses_campaigns_in_a_real_browser(
             )
             status = "SELECT status FROM campaigns WHERE id = $1"
             assert await pg.fetchval(status, waiting.campaign_id) == "paused"
+            # What the docs show: the page with the result, on a desktop and a phone.
+            folder = screenshots(tmp_path)
+            for name, viewport in VIEWPORTS.items():
+                await page.set_viewport_size(viewport)
+                scroll_width = await page.evaluate("document.documentElement.scrollWidth")
+                assert scroll_width <= viewport["width"], name
+                await page.screenshot(path=folder / f"ops-{name}.png", full_page=True)
+            await page.set_viewport_size(VIEWPORTS["desktop"])
             reloaded = await page.reload()
             assert reloaded is not None and reloaded.request.method == "GET"
             assert await page.locator("[role=status]").count() == 0
@@ -194,6 +207,7 @@ async def test_an_operator_watches_and_pauses_campaigns_in_a_real_browser(
             assert f"Cancel campaign #{waiting.campaign_id}" in (await dialog.text_content() or "")
             assert await pg.fetchval(status, waiting.campaign_id) == "running"
             assert await pg.fetchval(states, waiting.campaign_id) == before
+            await page.screenshot(path=folder / "ops-cancel-desktop.png", full_page=True)
             async with page.expect_navigation():
                 await dialog.get_by_role("link", name="No, keep it").click()
             assert page.url == f"{base}/ops"

@@ -75,15 +75,13 @@ def prepare(
         return records.Outcome(inv.id, "failed", reason=f"invalid_address: {e.reason}")
     locale = (inv.locale or campaign.locale).lower()
     context = _context(composer, campaign, inv, locale)
-    unsubscribe_url = context["unsubscribe_url"]
     try:
         rendered = composer.templates.render(
             campaign.template, [locale, campaign.locale, "en"], context
         )
     except UnsafeHeaderValue:
         return records.Outcome(inv.id, "failed", reason="unsafe_header_value")
-    domain = campaign.sender_email.rpartition("@")[2]
-    message_id = message.message_id_for(inv.id, domain)
+    message_id = message.message_id_for(inv.id, campaign.sender_email.rpartition("@")[2])
     try:
         data = message.build(
             message.OutgoingMessage(
@@ -97,7 +95,7 @@ def prepare(
                 message_id=message_id,
                 date=now,
                 list_id=_list_id(campaign),
-                unsubscribe_url=unsubscribe_url,
+                unsubscribe_url=context["unsubscribe_url"],
                 postmark_metadata=composer.postmark_metadata,
                 feedback_id=message.feedback_id(
                     campaign.id, campaign.client_id, campaign.kind, composer.firm_name

@@ -1,6 +1,8 @@
 """`/ops` in a real browser: Debian's Chromium, driven by Playwright, signs in with an
-OPS_USERS user, sees the campaigns a real worker sent with the send-rate chart drawn (its
-pixels counted in a screenshot), and pauses and resumes a campaign with the buttons."""
+OPS_USERS user, sees the campaigns a real worker sent with the send-rate chart and each
+campaign's sparkline drawn (their pixels counted in screenshots), pauses and resumes a
+campaign with the buttons (each a POST answered 303 See Other to /ops, its result shown
+once) and cancels one through the confirmation step, which needs no script."""
 
 from __future__ import annotations
 

@@ -103,10 +103,15 @@ async def startup(ctx: Context) -> None:
 
 
 async def shutdown(ctx: Context) -> None:
-    """Close the SMTP connections and the database pool."""
-    await ctx["mailer"].close()
-    ctx["sender"].journal.close()
-    await ctx["pool"].close()
+    """Close the SMTP connections and the database pool: whatever `startup` opened, also
+    when it failed half-way (arq runs this after a failed start too, and the start's own
+    error is the one to report)."""
+    if "mailer" in ctx:
+        await ctx["mailer"].close()
+    if "sender" in ctx:
+        ctx["sender"].journal.close()
+    if "pool" in ctx:
+        await ctx["pool"].close()
     server = ctx.get("metrics_server")
     if server is not None:
         metrics.stop(server)

@@ -365,6 +365,8 @@ class FaultRun:
         ids = list(self.campaigns)
 
         async def done() -> bool:
+            # A supervisor keeps restarting workers while the campaigns finish.
+            self.supervise()
             conn = await asyncpg.connect(self.url)
             try:
                 statuses = await conn.fetch(

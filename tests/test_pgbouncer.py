@@ -5,11 +5,14 @@ worker work through it, and `migrate` of an empty database."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
+import httpx
 import pytest
 
 from tests.faults.harness import wait_until
@@ -18,7 +21,7 @@ from tests.support.campaign_cli import add_and_launch
 from tests.support.pgbouncer import BINARY, pgbouncer
 from tests.support.pipeline import received_by
 from tests.support.smtp import RecordingHandler
-from tests.support.web import cli
+from tests.support.web import cli, serving, unsubscribe_link
 from worker import db
 from worker.settings import Settings
 
@@ -94,3 +97,48 @@ async def test_the_worker_pool_commits_asynchronously_through_session_pooling(
                     await conn.execute("SET synchronous_commit TO on")
         finally:
             await pool.close()
+
+
+# In session pooling each of the app's connections holds a server connection for good, so
+# PgBouncer needs at least the app's pools' size; in transaction pooling 3 are enough.
+@pytest.mark.parametrize(("mode", "server_connections"), [("transaction", 3), ("session", 40)])
+async def test_the_web_app_and_the_api_work_through_pgbouncer(
+    settings: Settings,
+    pg: asyncpg.Pool,
+    smtp: tuple[RecordingHandler, int],
+    tmp_path: Path,
+    mode: str,
+    server_connections: int,
+) -> None:
+    assert settings.database_url is not None
+    with pgbouncer(settings.database_url, pool_mode=mode, pool_size=server_connections) as url:
+        bounced = settings.model_copy(update={"database_url": url, "database_pool_mode": mode})
+        await _web_app_and_api(bounced, pg, smtp[0], tmp_path)
+
+
+async def _web_app_and_api(
+    bounced: Settings, pg: asyncpg.Pool, handler: RecordingHandler, tmp_path: Path
+) -> None:
+    campaign_id = await run_campaign(bounced, tmp_path)
+    key = await cli(bounced, "client", "key", "create", "acme", "--name", "pgbouncer")
+    assert key.code == 0, key.stderr
+    token = key.stdout.split()[-1]
+    async with serving(bounced) as base, httpx.AsyncClient(base_url=base) as http:
+        clicked = await http.post(
+            unsubscribe_link(handler.messages[0]).replace("https://unsubscribe.test", base),
+            data={"List-Unsubscribe": "One-Click"},
+        )
+        assert clicked.status_code == 200, clicked.text
+        # More requests at once than PgBouncer has server connections (3): the app's
+        # connections take turns on them (503 DuplicatePreparedStatementError without
+        # the pool mode).
+        shown = await asyncio.gather(
+            *(
+                http.get(
+                    f"/v1/campaigns/{campaign_id}", headers={"Authorization": f"Bearer {token}"}
+                )
+                for _ in range(30)
+            )
+        )
+        assert {answer.status_code for answer in shown} == {200}, shown[0].text
+    assert await pg.fetchval("SELECT count(*) FROM client_opt_outs") == 1

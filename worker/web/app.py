@@ -121,7 +121,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, object]]:
-        backends = Backends(database_url, redis_url)
+        backends = Backends(database_url, redis_url, pool_mode=settings.database_pool_mode)
         await backends.open()
         try:
             async with (

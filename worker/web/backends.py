@@ -27,7 +27,9 @@ QUEUE_TIMEOUT = 3.0
 POOL_SIZE = 5
 
 
-async def open_pool(url: str, *, query_timeout: float) -> asyncpg.Pool | None:
+async def open_pool(
+    url: str, *, query_timeout: float, pool_mode: db.PoolMode = "session"
+) -> asyncpg.Pool | None:
     """A pool of one web role's Postgres login (min_size=0: it connects on the first query,
     so the app starts while Postgres is down); None when `url` cannot work."""
     if postgres_url_problem(url):
@@ -38,6 +40,7 @@ async def open_pool(url: str, *, query_timeout: float) -> asyncpg.Pool | None:
         max_size=POOL_SIZE,
         connect_timeout=CONNECT_TIMEOUT,
         command_timeout=query_timeout,
+        pool_mode=pool_mode,
     )
 
 
@@ -49,8 +52,11 @@ class Backends:
     cannot work counts as a server that is down.
     """
 
-    def __init__(self, database_url: str, redis_url: str) -> None:
+    def __init__(
+        self, database_url: str, redis_url: str, *, pool_mode: db.PoolMode = "session"
+    ) -> None:
         self._database_url = database_url
+        self._pool_mode: db.PoolMode = pool_mode
         self._database_url_problem = postgres_url_problem(database_url)
         self._pool: asyncpg.Pool | None = None
         # A click waits for Redis: it fails at once rather than retry.
@@ -58,7 +64,9 @@ class Backends:
 
     async def open(self) -> None:
         """Create the connection pool (min_size=0: it connects on the first query)."""
-        self._pool = await open_pool(self._database_url, query_timeout=QUERY_TIMEOUT)
+        self._pool = await open_pool(
+            self._database_url, query_timeout=QUERY_TIMEOUT, pool_mode=self._pool_mode
+        )
 
     async def close(self) -> None:
         """Close whatever was opened."""

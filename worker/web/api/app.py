@@ -136,7 +136,7 @@ async def running(
     """The API's connections for the web app's lifetime; nothing connects before use, so
     the app starts while Postgres or Redis is down."""
     url = settings.api_database_url or database_url
-    pool = await open_pool(url, query_timeout=QUERY_TIMEOUT)
+    pool = await open_pool(url, query_timeout=QUERY_TIMEOUT, pool_mode=settings.database_pool_mode)
     jobs = queue.LazyQueue(redis_url)
     try:
         yield ApiContext(
@@ -218,9 +218,12 @@ def _launch_blocking(
     import parses and checks every line, which would stall the app's other requests."""
 
     async def go() -> campaigns.LaunchReport:
-        conn = await asyncpg.connect(api.database_url, timeout=CONNECT_TIMEOUT)
+        conn = await db.connect(
+            api.database_url,
+            pool_mode=api.settings.database_pool_mode,
+            connect_timeout=CONNECT_TIMEOUT,
+        )
         try:
-            await db.init_connection(conn)
             return await campaigns.launch(
                 conn,
                 request,

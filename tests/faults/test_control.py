@@ -35,7 +35,8 @@ async def slow_campaign_under_way(
     pg: asyncpg.Pool, fast: Settings, handler: RecordingHandler, spawn: Spawn
 ) -> tuple[int, list[str]]:
     """60 invitations to a slow server, one worker, the first 8 delivered."""
-    handler.data_delay = 0.05
+    # Slow enough that the campaign is still sending when the command, a new process, runs.
+    handler.data_delay = 0.3
     await add_client(pg, "acme")
     emails = [f"p{i:02d}@example.com" for i in range(60)]
     report = await launch(pg, fast, csv_of(*emails))

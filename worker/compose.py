@@ -13,7 +13,8 @@ from typing import Any
 
 from worker import addresses, links, locales, message, records, tokens, verp
 from worker.errors import InvalidAddress, UnsafeHeaderValue
-from worker.render import DEFAULT_FIRM_NAME, TemplateStore
+from worker.message import DEFAULT_FIRM_NAME
+from worker.render import TemplateStore
 from worker.settings import Settings
 
 # Larger messages are refused here rather than by the relay: oversized CSV variables.

@@ -21,17 +21,22 @@ from worker.tokens import TokenClaims
 KEY = "survey-worker:opt-outs-held"
 
 
+def _names(client_token_id: int | None, marketing: bool, email_hash: bytes) -> list[str]:
+    """The set's members for an address on that client's list and, with `marketing`, on
+    the marketing list."""
+    hexed = email_hash.hex()
+    named = [] if client_token_id is None else [f"c{client_token_id}:{hexed}"]
+    return named + ([f"m:{hexed}"] if marketing else [])
+
+
 def members(claims: TokenClaims) -> list[str]:
     """The set's members for the lists a token's click leaves."""
-    hexed = claims.email_hash.hex()
-    named = [] if claims.client_id is None else [f"c{claims.client_id}:{hexed}"]
-    return named + ([f"m:{hexed}"] if claims.lists_marketing else [])
+    return _names(claims.client_id, claims.lists_marketing, claims.email_hash)
 
 
 def checked(client_token_id: int, kind: Kind, email_hash: bytes) -> list[str]:
     """The members that suppress a message of `kind` from that client to that address."""
-    hexed = email_hash.hex()
-    return [f"c{client_token_id}:{hexed}"] + ([f"m:{hexed}"] if kind == "marketing" else [])
+    return _names(client_token_id, kind == "marketing", email_hash)
 
 
 async def durable(redis: Redis) -> bool:

@@ -38,6 +38,8 @@ _WORD_OVERHEAD = len("=?utf-8?b??=")
 # What no header may carry, even RFC 2047-encoded: CR, LF and NUL, which would end the
 # header or the message, and every other C0 control but tab, DEL, the C1 controls (NEL is
 # one) and U+2028/U+2029, which software reading the decoded text takes for line breaks.
+# FIRM_NAME's default: who "we" are in a message and its Feedback-ID when no firm is named.
+DEFAULT_FIRM_NAME = "Survey Research"
 UNSAFE_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 # RFC 5322 section 3.2.3 atext, the characters a phrase may show without quoting.
 _ATEXT = "a-zA-Z0-9!#$%&'*+/=?^_`{|}~-"

@@ -159,15 +159,6 @@ class RedisPipe:
         protocol.waiting.append((time.monotonic(), on_reply))
         protocol.transport.write(encode(*args))
 
-    def send(self, *commands: tuple[str | bytes | int, ...]) -> bool:
-        """Write commands whose replies the server was told not to send (`CLIENT REPLY
-        OFF`), in one write; False when the connection is closed."""
-        protocol = self._protocol
-        if protocol is None or protocol.lost is not None or protocol.transport is None:
-            return False
-        protocol.transport.write(b"".join(encode(*c) for c in commands))
-        return True
-
     def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()

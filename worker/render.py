@@ -23,10 +23,9 @@ from markupsafe import Markup, escape
 
 from worker import grammar, locales
 from worker.errors import TemplateMissing, TemplateProblem, UnsafeHeaderValue
-from worker.message import UNSAFE_IN_HEADER
+from worker.message import DEFAULT_FIRM_NAME, UNSAFE_IN_HEADER
 
 __all__ = [
-    "DEFAULT_FIRM_NAME",
     "FALLBACK_LOCALE",
     "Rendered",
     "TemplateStore",
@@ -35,10 +34,6 @@ __all__ = [
 ]
 
 FALLBACK_LOCALE = locales.FALLBACK
-
-# The research firm a template names when its store was given none: the default of the
-# FIRM_NAME setting (`worker.settings`), so a launch check or a preview renders too.
-DEFAULT_FIRM_NAME = "Survey Research"
 
 Part = Literal["subject.txt", "body.txt", "body.html"]
 

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker import durations, passwords
 from worker.errors import ConfigError
-from worker.message import UNSAFE_IN_HEADER
+from worker.message import DEFAULT_FIRM_NAME, UNSAFE_IN_HEADER
 from worker.resources import bundled
 
 PLACEHOLDER_PREFIX = "change-me"
@@ -193,9 +193,9 @@ class Settings(BaseSettings):
     address_hash_key: SecretStr = SecretStr(PLACEHOLDER_PREFIX + "-address-hash-key")
     templates_dir: Path = Field(default_factory=lambda: bundled("templates"))
     # The research firm that sends for its clients: named in every message's body and
-    # footer, and the last field of its Feedback-ID. The default is
-    # worker.render.DEFAULT_FIRM_NAME, what a template store shows when given none.
-    firm_name: str = Field(default="Survey Research", max_length=100)
+    # footer, and the last field of its Feedback-ID; a template store given none shows the
+    # same default.
+    firm_name: str = Field(default=DEFAULT_FIRM_NAME, max_length=100)
 
     log_format: Literal["json", "console"] | None = None
     log_level: str = "INFO"

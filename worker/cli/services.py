@@ -7,7 +7,9 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import click
@@ -25,6 +27,8 @@ from worker.cli.base import (
 )
 from worker.errors import ConfigError
 from worker.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @main.command()
@@ -146,15 +150,26 @@ def demo(output: Path) -> None:
         demo_run.main(output)
 
 
+def _listen_options(port: int, port_help: str) -> Callable[[F], F]:
+    """`--host` and `--port` of a server command."""
+
+    def add(command: F) -> F:
+        command = click.option(
+            "--port",
+            default=port,
+            show_default=True,
+            type=click.IntRange(0, 65535),
+            help=port_help,
+        )(command)
+        return click.option(
+            "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+        )(command)
+
+    return add
+
+
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    default=8000,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="Port to listen on.",
-)
+@_listen_options(8000, "Port to listen on.")
 def web(host: str, port: int) -> None:
     """Run the web app.
 
@@ -187,14 +202,7 @@ def web(host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    default=2525,
-    show_default=True,
-    type=click.IntRange(0, 65535),
-    help="Port to listen on (the MX of BOUNCE_DOMAIN forwards port 25 here).",
-)
+@_listen_options(2525, "Port to listen on (the MX of BOUNCE_DOMAIN forwards port 25 here).")
 def inbound(host: str, port: int) -> None:
     """Receive bounces and complaints: an SMTP server for BOUNCE_DOMAIN only.
 

@@ -92,20 +92,18 @@ class Backends:
         except queue.ERRORS as e:
             raise QueueUnavailable(type(e).__name__) from e
 
-    async def enqueue_opt_out(self, token: str, source: str, *, job_id: str) -> None:
-        """Leave the opt-out to the `record_opt_out` job (a no-op if one with `job_id` is
-        queued); raises `QueueUnavailable` when Redis cannot take it."""
-        async with self._redis() as redis:
-            await queue.enqueue_opt_out(redis, token, source, job_id=job_id)
-
-    async def hold_opt_out(self, claims: tokens.TokenClaims) -> bool:
-        """Hold a click in Redis where the send-time check reads it; False (nothing held)
+    async def queue_opt_out(
+        self, claims: tokens.TokenClaims, token: str, source: str, *, job_id: str
+    ) -> bool:
+        """Hold a click in Redis where the send-time check reads it, then leave it to the
+        `record_opt_out` job (a no-op if one with `job_id` is queued); False, nothing done,
         when that Redis would not keep it across a restart. Raises `QueueUnavailable` when
         Redis cannot answer."""
         async with self._redis() as redis:
             if not await held_optouts.durable(redis):
                 return False
             await held_optouts.hold(redis, claims)
+            await queue.enqueue_opt_out(redis, token, source, job_id=job_id)
         return True
 
     async def enqueue_feedback(self, report: dict[str, Any], *, job_id: str) -> None:

@@ -130,24 +130,14 @@ async def _queue_opt_out(
     recipient = addresses.recipient_id(claims.email_hash)
     # One job per link however often it is clicked; the id must not reveal the token.
     job_id = "record_opt_out:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+    # Not in a Redis that a restart would empty: accept the click nowhere but Postgres.
+    why = "redis has no append-only file"
     try:
-        held = await web.backends.hold_opt_out(claims)
-        if held:
-            await web.backends.enqueue_opt_out(token, source, job_id=job_id)
+        queued = await web.backends.queue_opt_out(claims, token, source, job_id=job_id)
     except QueueUnavailable as e:
-        log.error(
-            "opt_out.unavailable", recipient=recipient, source=source, error=error, queue=str(e)
-        )
-        return _page(web, pages.retry(claims.locale))
-    if not held:
-        # A restart of this Redis would forget the click: accept it nowhere but Postgres.
-        log.error(
-            "opt_out.unavailable",
-            recipient=recipient,
-            source=source,
-            error=error,
-            queue="redis has no append-only file",
-        )
+        queued, why = False, str(e)
+    if not queued:
+        log.error("opt_out.unavailable", recipient=recipient, source=source, error=error, queue=why)
         return _page(web, pages.retry(claims.locale))
     log.warning("opt_out.queued", recipient=recipient, source=source, error=error)
     return _page(

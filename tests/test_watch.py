@@ -20,8 +20,8 @@ import asyncpg
 
 from tests.support.pipeline import add_client, csv_of, launch, run_workers
 from tests.support.web import ROOT, cli, cli_environment, start_cli
-from worker import watch as watching
 from worker.campaigns import StatusReport
+from worker.cli import watch as watching
 from worker.settings import Settings
 
 LINE = re.compile(r"campaign (\d+) (\w+)(?: \(\w+\))?: (\d+)/(\d+) done")

@@ -195,7 +195,7 @@ def _enqueue_launch(env: Env, campaign_id: int, what: str) -> None:
 def status(campaign_id: int, as_json: bool, watch: bool) -> None:
     """Show a campaign's status and how many invitations are in each state."""
     if watch:
-        from worker import watch as watching
+        from worker.cli import watch as watching
 
         with environment() as env:
             display = watching.display_for(sys.stdout, as_json=as_json)

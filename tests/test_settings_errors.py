@@ -211,3 +211,53 @@ async def test_the_worker_starts_with_the_smtp_relay_down_and_says_so(
     assert done.code == 0, done.stderr
     warning = next(line for line in done.stdout.splitlines() if "worker.smtp_unreachable" in line)
     assert f'"smtp_port":{port}' in warning
+
+
+async def test_a_malformed_relay_url_is_one_line_for_every_command(
+    pg: asyncpg.Pool, settings: Settings, tmp_path: Path
+) -> None:
+    await add_client(pg, "acme")
+    # An unescaped '/' in the password (it should be %2F): the URL's "port" is its start.
+    env: dict[str, str | None] = {
+        "SMTP_RELAYS": "ses",
+        "SMTP_RELAY_SES_URL": f"smtp+starttls://AKIA:{PASSWORD}/x+y=@email-smtp.example.com",
+    }
+    for name, done in (await run_all(settings, commands(tmp_path), env)).items():
+        assert_one_line_error(name, done, "Error: SMTP_RELAY_SES_URL: not a valid URL")
+    await nothing_written(pg)
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        (
+            {"SMTP_RELAYS": "main,back-up", "SMTP_RELAY_MAIN_URL": "smtp://relay.test"},
+            "SMTP_RELAYS: 'back-up' is not a relay name (lower-case letters, digits and _)",
+        ),
+        ({"SMTP_RELAYS": "main"}, "SMTP_RELAY_MAIN_URL: must be set"),
+        (
+            {"SMTP_RELAYS": "main", "SMTP_RELAY_MAIN_URL": f"http://u:{PASSWORD}@relay.test"},
+            "SMTP_RELAY_MAIN_URL: not an smtp://, smtp+starttls:// or smtps:// URL",
+        ),
+        (
+            {
+                "SMTP_RELAYS": "main",
+                "SMTP_RELAY_MAIN_URL": "smtp://relay.test",
+                "SMTP_RELAY_MAIN_WEIGHT": "-1",
+            },
+            "SMTP_RELAY_MAIN_WEIGHT: must be a whole number, 0 or more",
+        ),
+    ],
+)
+async def test_bad_relay_settings_are_one_line(
+    pg: asyncpg.Pool,
+    settings: Settings,
+    tmp_path: Path,
+    env: dict[str, str | None],
+    complaint: str,
+) -> None:
+    await add_client(pg, "acme")
+    runs = {k: v for k, v in commands(tmp_path).items() if k in ("worker", "demo", "launch", "web")}
+    for name, done in (await run_all(settings, runs, env)).items():
+        assert_one_line_error(name, done, f"Error: {complaint}")
+    await nothing_written(pg)

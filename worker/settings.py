@@ -9,13 +9,27 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-from worker import durations, passwords
+from worker import durations, passwords, relay_config
 from worker.errors import ConfigError
 from worker.message import DEFAULT_FIRM_NAME, UNSAFE_IN_HEADER
 from worker.resources import bundled
@@ -150,6 +164,39 @@ def location(url: str) -> str:
     return parts.netloc.rpartition("@")[2] + parts.path
 
 
+# The key under which `_RelayVariables` hands the SMTP_RELAY_<NAME>_… variables to Settings
+# (also accepted as a keyword argument: Settings(smtp_relays="a", smtp_relay_variables={…})).
+RELAY_VARIABLES = "smtp_relay_variables"
+_RELAY_PREFIX = "smtp_relay_"
+
+
+class _RelayVariables(PydanticBaseSettingsSource):
+    """The SMTP_RELAY_<NAME>_… variables, from the environment and the `.env` file (the
+    environment wins): their names depend on SMTP_RELAYS, so no field can declare them."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        environment: EnvSettingsSource,
+        dotenv: DotEnvSettingsSource,
+    ) -> None:
+        super().__init__(settings_cls)
+        self._sources = (dotenv, environment)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        # Both sources hold every variable they read, names lower-cased; blank ones are unset.
+        found = {
+            name.upper(): value
+            for source in self._sources
+            for name, value in source.env_vars.items()
+            if name.startswith(_RELAY_PREFIX) and value and value.strip()
+        }
+        return {RELAY_VARIABLES: found}
+
+
 @dataclass(frozen=True)
 class ServiceUrls:
     """Where the database and the job queue are (configured, or the embedded servers)."""
@@ -183,6 +230,9 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_tls: Literal["none", "starttls", "tls"] = "starttls"
     smtp_timeout: float = Field(default=30.0, gt=0)
+    # Several relays: NAME,NAME… each described by SMTP_RELAY_<NAME>_URL (worker/relay_config.py);
+    # set, the SMTP_HOST… settings above are not used.
+    smtp_relays: str | None = None
 
     public_base_url: str = "https://unsubscribe.example.com"
     # Where the invalid-link page sends a person (questions about their data, another way to
@@ -206,8 +256,13 @@ class Settings(BaseSettings):
     smtp_connections: int = Field(default=20, ge=1, le=200)
     send_rate: float = Field(default=0.0, ge=0)
     suppression_timeout_seconds: float = Field(default=5.0, gt=0)
-    smtp_max_attempts: int = Field(default=5, ge=1)
+    # Ignored since retries are measured in time (RETRY_HORIZON); the worker warns once.
+    smtp_max_attempts: int | None = None
     retry_base_seconds: float = Field(default=30.0, gt=0)
+    # A deferred message's delay doubles up to this, and it is retried until RETRY_HORIZON
+    # after its first attempt (durations as users write them: 90s, 15m, 12h, 3d, 2w).
+    retry_max_delay: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0))
+    retry_horizon: timedelta = Field(default=timedelta(hours=48), gt=timedelta(0))
     claim_lease_seconds: float = Field(default=300.0, gt=0)
     reconcile_interval_seconds: int = Field(default=60, ge=1)
     unknown_policy: Literal["hold", "resend"] = "hold"
@@ -255,6 +310,35 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_token: SecretStr | None = None
     ops_users: SecretStr | None = None
+
+    # The SMTP_RELAY_<NAME>_… variables found when the settings were read.
+    _relay_variables: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(env_settings, EnvSettingsSource)
+        assert isinstance(dotenv_settings, DotEnvSettingsSource)
+        relay_variables = _RelayVariables(settings_cls, env_settings, dotenv_settings)
+        return init_settings, env_settings, dotenv_settings, relay_variables, file_secret_settings
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _relays(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        # Every command reads the relays' variables at start, so a bad one stops it there
+        # with a ConfigError (one line), not when the first message goes out.
+        found = data.pop(RELAY_VARIABLES, None) if isinstance(data, dict) else None
+        settings = handler(data)
+        if found is not None:
+            settings._relay_variables = {str(k).upper(): str(v) for k, v in found.items()}
+        relay_config.relays(settings)
+        return settings
 
     @field_validator(
         "database_url", "redis_url", "api_database_url", "feed_database_url", mode="before"
@@ -332,6 +416,11 @@ class Settings(BaseSettings):
             raise ValueError("holds a control character")
         return value
 
+    @field_validator("retry_max_delay", "retry_horizon", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return durations.parse(value) if isinstance(value, str) else value
+
     @field_validator("bounce_domain")
     @classmethod
     def _bounce_domain(cls, value: str | None) -> str | None:
@@ -407,8 +496,19 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
+            elif isinstance(value, timedelta):
+                value = f"{int(value.total_seconds())}s"
             env[name.upper()] = str(value)
-        return env
+        return {**env, **self._relay_variables}
+
+    def relay_variables(self) -> dict[str, str]:
+        """The SMTP_RELAY_<NAME>_… variables read with these settings, by name (upper case);
+        `worker.relay_config` makes relays of them."""
+        return dict(self._relay_variables)
+
+    def ignored_settings(self) -> list[str]:
+        """The settings that are set but no longer do anything (the worker warns of them)."""
+        return ["SMTP_MAX_ATTEMPTS"] if self.smtp_max_attempts is not None else []
 
     def signing_keys(self) -> list[bytes]:
         """The unsubscribe signing keys, newest first: the first signs, all verify."""

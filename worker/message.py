@@ -139,6 +139,29 @@ def build(msg: OutgoingMessage) -> bytes:
     the sender or recipient is not a bare address, and `ValueError` for a malformed
     message id, list id, URL or a naive date.
     """
+    _check(msg)
+    text = _qp(msg.text)
+    html = _qp(msg.html)
+    # "=_" never occurs in quoted-printable, where "=" always starts "=XX" or a soft line
+    # break (RFC 2045 section 6.7), so the boundary cannot occur in either body (RFC
+    # 2046 section 5.1.1); the hash only makes it unique and repeatable.
+    boundary = "=_" + hashlib.sha256(msg.message_id.encode()).hexdigest()[:32]
+    part_headers = "charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    return b"".join(
+        (
+            "\r\n".join(_headers(msg, boundary)).encode(),
+            f"\r\n\r\n--{boundary}\r\nContent-Type: text/plain; {part_headers}".encode(),
+            text,
+            f"\r\n--{boundary}\r\nContent-Type: text/html; {part_headers}".encode(),
+            html,
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+
+
+def _check(msg: OutgoingMessage) -> None:
+    """Refuse what no header may carry and the values that are not what they claim to be
+    (the errors `build` names)."""
     for field in (
         "sender",
         "sender_name",
@@ -160,12 +183,9 @@ def build(msg: OutgoingMessage) -> bytes:
     if msg.feedback_id is not None and not _FEEDBACK_ID.fullmatch(msg.feedback_id):
         raise ValueError("feedback_id is not a Feedback-ID of `feedback_id`")
 
-    text = _qp(msg.text)
-    html = _qp(msg.html)
-    # "=_" never occurs in quoted-printable, where "=" always starts "=XX" or a soft line
-    # break (RFC 2045 section 6.7), so the boundary cannot occur in either body (RFC
-    # 2046 section 5.1.1); the hash only makes it unique and repeatable.
-    boundary = "=_" + hashlib.sha256(msg.message_id.encode()).hexdigest()[:32]
+
+def _headers(msg: OutgoingMessage, boundary: str) -> list[str]:
+    """The message's header lines (folded), the multipart one naming `boundary`."""
     headers = [
         _date_header(msg.date),
         _from_header(msg.sender_name, msg.sender),
@@ -183,17 +203,7 @@ def build(msg: OutgoingMessage) -> bytes:
         headers.append(f"Feedback-ID: {msg.feedback_id}")
     if msg.postmark_metadata:
         headers.append(_fold("X-PM-Metadata-message-id", [f" {msg.message_id}"]))
-    part_headers = "charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
-    return b"".join(
-        (
-            "\r\n".join(headers).encode(),
-            f"\r\n\r\n--{boundary}\r\nContent-Type: text/plain; {part_headers}".encode(),
-            text,
-            f"\r\n--{boundary}\r\nContent-Type: text/html; {part_headers}".encode(),
-            html,
-            f"\r\n--{boundary}--\r\n".encode(),
-        )
-    )
+    return headers
 
 
 # The headers below are the same for many messages: a chunk shares its Date, a campaign

@@ -108,34 +108,47 @@ def launch(
     # Redis is checked too before anything is imported: a campaign that could not be
     # queued would wait for the next reconcile.
     with environment(secrets=True, redis=True) as env:
-        with _clear_errors():
-            stream = campaigns.open_recipients(recipients)
-            size = os.fstat(stream.fileno()).st_size
-        with (
-            stream,
-            tqdm(
-                total=size,
-                unit="B",
-                unit_scale=True,
-                desc="importing",
-                disable=None,
-                file=sys.stderr,
-            ) as bar,
-        ):
-            report = run(
-                env,
-                lambda conn: campaigns.launch(
-                    conn,
-                    request,
-                    stream,
-                    templates=TemplateStore(env.settings.templates_dir),
-                    hash_key=env.settings.hash_key(),
-                    progress=bar.update,
-                ),
-            )
+        report = _import(env, request, recipients)
         _enqueue_launch(
             env, report.campaign_id, "already existed" if report.existing else "created"
         )
+    _print_launch(report, idempotency_key, as_json=as_json)
+
+
+def _import(env: Env, request: campaigns.LaunchRequest, recipients: Path) -> campaigns.LaunchReport:
+    """Create the campaign and import its recipients, with a progress bar (in bytes of the
+    file) on a terminal."""
+    with _clear_errors():
+        stream = campaigns.open_recipients(recipients)
+        size = os.fstat(stream.fileno()).st_size
+    with (
+        stream,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc="importing",
+            disable=None,
+            file=sys.stderr,
+        ) as bar,
+    ):
+        return run(
+            env,
+            lambda conn: campaigns.launch(
+                conn,
+                request,
+                stream,
+                templates=TemplateStore(env.settings.templates_dir),
+                hash_key=env.settings.hash_key(),
+                progress=bar.update,
+            ),
+        )
+
+
+def _print_launch(
+    report: campaigns.LaunchReport, idempotency_key: str | None, *, as_json: bool
+) -> None:
+    """What `launch` prints: the campaign, how many were imported, the rejected lines."""
     rejected = [{"line": r.line, "reason": r.reason} for r in report.rejected]
     if report.existing:
         text = [

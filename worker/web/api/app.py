@@ -348,47 +348,10 @@ async def create_campaign(
     (`multipart/form-data`, field `recipients`); the answer is `launch --json`'s."""
     api = _api(request)
     given = await _campaign_input(request, api.settings)
-    fields, stream, mapping = given.fields, given.stream, given.mapping
-    try:
-        interval = (
-            None if fields.reminder_interval is None else durations.parse(fields.reminder_interval)
-        )
-    except ValueError as e:
-        stream.close()
-        raise Malformed(f"reminder_interval: {e}") from e
-    launch = campaigns.LaunchRequest(
-        client_id=caller.client_id,
-        template=fields.template,
-        kind=fields.kind,
-        survey_url=fields.survey_url,
-        name=given.name,
-        locale=fields.locale.lower(),
-        idempotency_key=idempotency_key,
-        reminders=fields.reminders,
-        reminder_interval=interval,
-    )
-    try:
-        report = await asyncio.to_thread(_launch_blocking, api, launch, stream)
-    except LaunchConflict as e:
-        raise Refused(422, e.api_message()) from e
-    except NoValidRecipient as e:
-        if mapping is None:
-            raise Malformed(e.api_message()) from e
-        named = e.naming(lambda line: f"recipient {mapping.position(line)}", "in `recipients`")
-        raise Malformed(api_names(named)) from e
-    except LaunchProblem as e:
-        raise Malformed(e.api_message()) from e
-    except CsvProblem as e:
-        raise Malformed(str(e)) from e
-    finally:
-        stream.close()
+    launch = _launch_request(caller, given, idempotency_key)
+    report = await _import(api, launch, given)
     queued = await _enqueue(api, report.campaign_id)
-    rejected = [
-        {"recipient": mapping.position(r.line), "reason": api_names(r.reason)}
-        if mapping
-        else {"line": r.line, "reason": api_names(r.reason)}
-        for r in report.rejected
-    ]
+    rejected = _rejected(report, given.mapping)
     log.info(
         "api.campaign_launched",
         client_id=caller.client_id,
@@ -408,6 +371,69 @@ async def create_campaign(
         },
         status_code=200 if report.existing else 201,
     )
+
+
+def _launch_request(
+    caller: Caller, given: CampaignInput, idempotency_key: str | None
+) -> campaigns.LaunchRequest:
+    """The launch `given` asks for, for the caller's client; a malformed
+    `reminder_interval` is a 400 (and the recipients' stream is closed)."""
+    fields = given.fields
+    try:
+        interval = (
+            None if fields.reminder_interval is None else durations.parse(fields.reminder_interval)
+        )
+    except ValueError as e:
+        given.stream.close()
+        raise Malformed(f"reminder_interval: {e}") from e
+    return campaigns.LaunchRequest(
+        client_id=caller.client_id,
+        template=fields.template,
+        kind=fields.kind,
+        survey_url=fields.survey_url,
+        name=given.name,
+        locale=fields.locale.lower(),
+        idempotency_key=idempotency_key,
+        reminders=fields.reminders,
+        reminder_interval=interval,
+    )
+
+
+async def _import(
+    api: ApiContext, launch: campaigns.LaunchRequest, given: CampaignInput
+) -> campaigns.LaunchReport:
+    """Launch with `given`'s recipients (in a thread), then close their stream. A reused
+    Idempotency-Key is a 422, other refusals a 400; a JSON launch's recipients are named
+    by their position in `recipients`."""
+    stream, mapping = given.stream, given.mapping
+    try:
+        return await asyncio.to_thread(_launch_blocking, api, launch, stream)
+    except LaunchConflict as e:
+        raise Refused(422, e.api_message()) from e
+    except NoValidRecipient as e:
+        if mapping is None:
+            raise Malformed(e.api_message()) from e
+        named = e.naming(lambda line: f"recipient {mapping.position(line)}", "in `recipients`")
+        raise Malformed(api_names(named)) from e
+    except LaunchProblem as e:
+        raise Malformed(e.api_message()) from e
+    except CsvProblem as e:
+        raise Malformed(str(e)) from e
+    finally:
+        stream.close()
+
+
+def _rejected(
+    report: campaigns.LaunchReport, mapping: JsonRecipients | None
+) -> list[dict[str, int | str]]:
+    """The rejected recipients as the answer lists them: by position in a JSON launch's
+    `recipients`, by line of an uploaded CSV."""
+    return [
+        {"recipient": mapping.position(r.line), "reason": api_names(r.reason)}
+        if mapping
+        else {"line": r.line, "reason": api_names(r.reason)}
+        for r in report.rejected
+    ]
 
 
 def _campaign_id(text: str) -> int:
@@ -525,6 +551,14 @@ def create_app() -> FastAPI:
         # Operation ids are the handlers' names (create_campaign, opt_out_feed, ...).
         generate_unique_id_function=lambda route: route.name,
     )
+    _add_routes(app)
+    _add_error_handlers(app)
+    app.openapi = lambda: _document(app)  # type: ignore[method-assign]
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    """The API's operations, each with the answers the OpenAPI document lists."""
     app.add_api_route(
         "/campaigns",
         create_campaign,
@@ -567,13 +601,16 @@ def create_app() -> FastAPI:
         response_model=None,
         responses={200: {"model": FeedPage, "description": "OK."}, **ERRORS},
     )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal as `{"error": ...}` with its status: the API's own, Starlette's (an
+    unknown path, say), bad input as a 400, Postgres unavailable as a 503."""
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http)
     for error in db.DB_ERRORS:
         app.add_exception_handler(error, _unavailable)
-    app.openapi = lambda: _document(app)  # type: ignore[method-assign]
-    return app
 
 
 def _document(app: FastAPI) -> dict[str, Any]:

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 import orjson
 import structlog
 
-from worker import addresses, links
+from worker import addresses, ledger, links
 from worker.db import Conn
 from worker.errors import Malformed, SurveyWorkerError, Unauthenticated
+from worker.records import Completed
 
 log = structlog.get_logger("worker.completion")
 
@@ -198,16 +199,6 @@ def ref_of(key: bytes, invitation_id: int) -> bytes:
 # --- The ledger --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Completed:
-    """An invitation completed now (its first completion)."""
-
-    invitation_id: int
-    campaign_id: int
-    client_id: str
-    email_hash: bytes
-
-
 @dataclass
 class CompletionReport:
     """What became of a request's references.
@@ -262,30 +253,12 @@ async def complete(
     async with conn.transaction():
         if webhook_id is not None and not await _first_delivery(conn, webhook_id):
             return CompletionReport(duplicate=True)
-        # Locked in id order first, so concurrent completions never deadlock; NO KEY UPDATE
-        # does not wait for rows that merely reference these (reminders' parent_id).
-        still_there = await conn.fetch(
-            """SELECT id FROM invitations WHERE id = ANY($1::bigint[])
-               ORDER BY id FOR NO KEY UPDATE""",
-            ids,
-        )
-        rows = await conn.fetch(
-            """UPDATE invitations i SET completed_at = now()
-               FROM campaigns c
-               WHERE i.id = ANY($1::bigint[]) AND i.completed_at IS NULL
-                 AND c.id = i.campaign_id
-               RETURNING i.id, i.campaign_id, c.client_id, i.email_hash""",
-            ids,
-        )
-    existing = {r["id"] for r in still_there}
+        existing, completed = await ledger.mark_completed(conn, ids)
     # Those purged by retention since the lookup (their references went with them) too.
     known = {ref for ref, invitation_id in found.items() if invitation_id in existing}
     return CompletionReport(
-        completed=[
-            Completed(r["id"], r["campaign_id"], r["client_id"], bytes(r["email_hash"]))
-            for r in rows
-        ],
-        already_completed=len(existing) - len(rows),
+        completed=completed,
+        already_completed=len(existing) - len(completed),
         unknown=[ref for ref in wanted if ref not in known],
     )
 

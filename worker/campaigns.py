@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 import orjson
 
-from worker import addresses, completion, feedback, imports, ledger, links, records
+from worker import addresses, completion, feedback, imports, ledger, links, records, relay_config
 from worker.db import Conn
 from worker.errors import (
     InvalidAddress,
@@ -106,8 +106,12 @@ MAX_CLIENT_NAME = 200
 _NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-async def add_client(conn: Conn, client_id: str, name: str, sender: str) -> bool:
-    """Register a client, or update its name and sender; True if it is new.
+async def add_client(
+    conn: Conn, client_id: str, name: str, sender: str, *, relays: list[str] | None = None
+) -> bool:
+    """Register a client, or update its name and sender; True if it is new. `relays`
+    (checked with `check_route`) is its route; None leaves an existing client's route as
+    it is, and a new client's is every relay.
 
     The name is stripped of surrounding white space. Raises InvalidClient, writing
     nothing, for an id that is not 1-63 lower-case letters, digits, '-' or '_', a name that
@@ -119,6 +123,27 @@ async def add_client(conn: Conn, client_id: str, name: str, sender: str) -> bool
             "a client id is 1-63 lower-case letters, digits, '-' or '_', "
             "starting with a letter or digit"
         )
+    name = _client_name(name)
+    try:
+        sender = addresses.normalise(sender)
+    except InvalidAddress as e:
+        raise InvalidClient(f"--sender is not a usable address: {e.reason}") from e
+    created: bool = await conn.fetchval(
+        """INSERT INTO clients (id, name, sender_email, relays) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (id) DO UPDATE
+           SET name = $2, sender_email = $3, relays = coalesce($4, clients.relays)
+           RETURNING xmax = 0""",
+        client_id,
+        name,
+        sender,
+        relays,
+    )
+    return created
+
+
+def _client_name(name: str) -> str:
+    """The name stripped of surrounding white space; InvalidClient for a name no message of
+    the client could carry."""
     name = name.strip()
     if not name:
         raise InvalidClient("--name must not be blank")
@@ -126,19 +151,76 @@ async def add_client(conn: Conn, client_id: str, name: str, sender: str) -> bool
         raise InvalidClient("--name must not hold a line break or control character")
     if len(name) > MAX_CLIENT_NAME:
         raise InvalidClient(f"--name must be at most {MAX_CLIENT_NAME} characters")
-    try:
-        sender = addresses.normalise(sender)
-    except InvalidAddress as e:
-        raise InvalidClient(f"--sender is not a usable address: {e.reason}") from e
-    created: bool = await conn.fetchval(
-        """INSERT INTO clients (id, name, sender_email) VALUES ($1, $2, $3)
-           ON CONFLICT (id) DO UPDATE SET name = $2, sender_email = $3
-           RETURNING xmax = 0""",
+    return name
+
+
+def check_route(names: Sequence[str], configured: Sequence[str]) -> list[str]:
+    """The relays of a client's route (`--relays`), each named once in the order given.
+
+    Raises InvalidClient for no name, a name that breaks the rule of SMTP_RELAYS or one that
+    is not among the `configured` relays, naming those.
+    """
+    route = list(dict.fromkeys(name.strip() for name in names))
+    if not route or "" in route:
+        raise InvalidClient("--relays needs relay names, e.g. --relays esp,backup")
+    for name in route:
+        if not relay_config.NAME.fullmatch(name):
+            raise InvalidClient(f"{name!r} is not a relay name (lower-case letters, digits and _)")
+        if name not in configured:
+            raise InvalidClient(f"no relay named {name} (relays: {', '.join(configured)})")
+    return route
+
+
+@dataclass(frozen=True)
+class Client:
+    """A client as `client list` shows it; `relays` None: every configured relay."""
+
+    id: str
+    name: str
+    sender: str
+    relays: list[str] | None
+
+    def as_json(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "sender": self.sender, "relays": self.relays}
+
+
+async def update_client(
+    conn: Conn,
+    client_id: str,
+    *,
+    name: str | None = None,
+    relays: list[str] | None = None,
+    all_relays: bool = False,
+) -> Client:
+    """Rename a client and set its route (`relays`, checked with `check_route`, or every
+    relay with `all_relays`), leaving what is not given as it is; the client as it now is.
+
+    Raises InvalidClient for a bad name or both `relays` and `all_relays`, NotFound for no
+    such client; either way nothing was written.
+    """
+    if relays is not None and all_relays:
+        raise InvalidClient("give --relays or --all-relays, not both")
+    row = await conn.fetchrow(
+        """UPDATE clients
+           SET name = coalesce($2, name),
+               relays = CASE WHEN $4 THEN NULL ELSE coalesce($3, relays) END
+           WHERE id = $1 RETURNING id, name, sender_email AS sender, relays""",
         client_id,
-        name,
-        sender,
+        None if name is None else _client_name(name),
+        relays,
+        all_relays,
     )
-    return created
+    if row is None:
+        raise NotFound(f"no client {client_id!r}; add it with `client add`")
+    return Client(**dict(row))
+
+
+async def list_clients(conn: Conn) -> list[Client]:
+    """Every client, by id."""
+    rows = await conn.fetch(
+        "SELECT id, name, sender_email AS sender, relays FROM clients ORDER BY id"
+    )
+    return [Client(**dict(r)) for r in rows]
 
 
 def check_template(

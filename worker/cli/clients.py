@@ -1,11 +1,14 @@
-"""The firm's clients: `client add`, and their API keys (`client key create|list|revoke`)."""
+"""The firm's clients: `client add|update|list` (names, senders, relay routes), and their
+API keys (`client key create|list|revoke`)."""
 
 from __future__ import annotations
 
+import json
+
 import click
 
-from worker import apikeys, campaigns
-from worker.cli.base import _emit, environment, main, run
+from worker import apikeys, campaigns, relay_config
+from worker.cli.base import Env, _clear_errors, _emit, environment, main, run
 
 
 @main.group()
@@ -13,15 +16,74 @@ def client() -> None:
     """Manage the firm's clients."""
 
 
+RELAYS_HELP = "The relays (SMTP_RELAYS names, comma-separated) its mail may leave through."
+
+
+def _route(env: Env, relays: str | None) -> list[str] | None:
+    """The route `--relays` names, checked against the configured relays (None: not given)."""
+    if relays is None:
+        return None
+    with _clear_errors():
+        return campaigns.check_route(relays.split(","), relay_config.relay_names(env.settings))
+
+
 @client.command("add")
 @click.argument("client_id")
 @click.option("--name", required=True, help="The client's name, shown in every message.")
 @click.option("--sender", required=True, help="The From address of the client's invitations.")
-def client_add(client_id: str, name: str, sender: str) -> None:
-    """Register client CLIENT_ID (or update its name and sender)."""
+@click.option(
+    "--relays",
+    metavar="NAME,NAME",
+    help=RELAYS_HELP + " A new client's default: every relay; an existing one's: unchanged.",
+)
+def client_add(client_id: str, name: str, sender: str, relays: str | None) -> None:
+    """Register client CLIENT_ID (or update its name and sender, and its relays if given)."""
     with environment() as env:
-        created = run(env, lambda conn: campaigns.add_client(conn, client_id, name, sender))
+        route = _route(env, relays)
+        created = run(
+            env, lambda conn: campaigns.add_client(conn, client_id, name, sender, relays=route)
+        )
     click.echo(f"client {client_id} {'added' if created else 'updated'}")
+
+
+@client.command("update")
+@click.argument("client_id")
+@click.option("--name", help="The client's new name, shown in every message.")
+@click.option("--relays", metavar="NAME,NAME", help=RELAYS_HELP)
+@click.option("--all-relays", is_flag=True, help="Let its mail leave through every relay.")
+def client_update(client_id: str, name: str | None, relays: str | None, all_relays: bool) -> None:
+    """Change client CLIENT_ID's name or route; what is not given stays as it is."""
+    if name is None and relays is None and not all_relays:
+        raise click.UsageError("give --name, --relays or --all-relays")
+    if relays is not None and all_relays:
+        raise click.UsageError("give --relays or --all-relays, not both")
+    with environment() as env:
+        route = _route(env, relays)
+        updated = run(
+            env,
+            lambda conn: campaigns.update_client(
+                conn, client_id, name=name, relays=route, all_relays=all_relays
+            ),
+        )
+    click.echo(f"client {client_id} updated: {_describe(updated)}")
+
+
+@client.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def client_list(as_json: bool) -> None:
+    """List the clients: id, name, sender and relays."""
+    with environment() as env:
+        clients = run(env, campaigns.list_clients)
+    if as_json:
+        click.echo(json.dumps([c.as_json() for c in clients]))
+        return
+    click.echo("\n".join(f"{c.id}: {_describe(c)}" for c in clients) or "no clients")
+
+
+def _describe(c: campaigns.Client) -> str:
+    """`NAME <SENDER>, relays a, b` (or `all relays`)."""
+    route = "all relays" if c.relays is None else "relays " + ", ".join(c.relays)
+    return f"{c.name} <{c.sender}>, {route}"
 
 
 @client.group("key")

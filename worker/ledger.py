@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from worker.db import Conn, row_count
-from worker.records import Campaign, Expired, Invitation, Outcome, Round
+from worker.records import Campaign, Completed, Expired, Invitation, Outcome, Round
 from worker.states import CampaignStatus
 
 
@@ -601,6 +601,31 @@ async def reopen_unknown(conn: Conn, campaign_id: int) -> int:
         campaign_id,
     )
     return row_count(result)
+
+
+async def mark_completed(
+    conn: Conn, invitation_ids: Sequence[int]
+) -> tuple[set[int], list[Completed]]:
+    """Set `completed_at` on those of the invitations that have none yet (in the caller's
+    transaction): the ids of those that still exist, and those completed now."""
+    # Locked in id order first, so concurrent completions never deadlock; NO KEY UPDATE
+    # does not wait for rows that merely reference these (reminders' parent_id).
+    still_there = await conn.fetch(
+        """SELECT id FROM invitations WHERE id = ANY($1::bigint[])
+           ORDER BY id FOR NO KEY UPDATE""",
+        invitation_ids,
+    )
+    rows = await conn.fetch(
+        """UPDATE invitations i SET completed_at = now()
+           FROM campaigns c
+           WHERE i.id = ANY($1::bigint[]) AND i.completed_at IS NULL
+             AND c.id = i.campaign_id
+           RETURNING i.id, i.campaign_id, c.client_id, i.email_hash""",
+        invitation_ids,
+    )
+    return {r["id"] for r in still_there}, [
+        Completed(r["id"], r["campaign_id"], r["client_id"], bytes(r["email_hash"])) for r in rows
+    ]
 
 
 async def erase_addresses(conn: Conn, email_hash: bytes) -> int:

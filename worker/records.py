@@ -1,7 +1,7 @@
 """The ledger's records as values: a campaign, a claimed invitation, an outcome to record,
-an expired claim, a reminder round. Frozen dataclasses with no I/O, so that pure steps
-(composing, pacing, settling from the journal) can take and return them without importing
-the SQL module that reads and writes them (`ledger`)."""
+an expired claim, a reminder round, a completed invitation. Frozen dataclasses with no I/O,
+so that pure steps (composing, pacing, settling from the journal) can take and return them
+without importing the SQL module that reads and writes them (`ledger`)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,16 @@ class Expired:
     email_hash: bytes
     sender_email: str
     round: int = 0  # a reminder's round (0: the first message)
+
+
+@dataclass(frozen=True)
+class Completed:
+    """An invitation completed now (its first completion)."""
+
+    invitation_id: int
+    campaign_id: int
+    client_id: str
+    email_hash: bytes
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,12 @@ from worker.errors import (
     AmbiguousSmtpError,
     NotStarted,
     PermanentSmtpError,
+    RelayTrouble,
     TransientSmtpError,
 )
-from worker.mailer import SmtpConfig, SmtpPool
+from worker.mailer import SmtpPool
 from worker.outcomes import is_hard_bounce
-from worker.settings import Settings
+from worker.relay_config import Relay
 from worker.smtp_session import ContentGate
 
 SENDER = "surveys@client.example"
@@ -40,15 +41,16 @@ MESSAGE = (
 )
 
 
-def config(port: int, **overrides: Any) -> SmtpConfig:
+def config(port: int, **overrides: Any) -> Relay:
     values: dict[str, Any] = {
+        "name": "main",
         "host": "127.0.0.1",
         "port": port,
         "tls": "none",
         "timeout": 5.0,
         "connections": 2,
     }
-    return SmtpConfig(**(values | overrides))
+    return Relay(**(values | overrides))
 
 
 @pytest.fixture(params=[True, False], ids=["pipelining", "lock-step"])
@@ -261,11 +263,41 @@ async def test_a_5xx_after_the_content_is_permanent(
     assert handler.connections == 1
 
 
-async def test_a_server_that_is_down_is_transient() -> None:
+async def test_a_server_that_is_down_is_the_relays_trouble_not_the_recipients() -> None:
     async with SmtpPool(config(free_port())) as pool:
-        with pytest.raises(TransientSmtpError) as caught:
+        with pytest.raises(RelayTrouble) as caught:
             await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
-    assert caught.value.code is None
+    trouble = caught.value
+    assert (trouble.relay, trouble.reason, trouble.code) == ("main", "unreachable", None)
+    assert trouble.error is not None and "Connect" in trouble.error
+
+
+async def test_a_421_at_any_step_is_the_relay_throttling(
+    pool: SmtpPool, handler: RecordingHandler
+) -> None:
+    handler.on(ALICE, reply="421 4.7.0 Too many connections, slow down", times=1)
+    with pytest.raises(RelayTrouble) as caught:
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    trouble = caught.value
+    assert (trouble.reason, trouble.code, trouble.status) == ("throttled", 421, "4.7.0")
+    assert trouble.reply is not None and "slow down" in trouble.reply
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        ("530 5.7.0 Authentication required", "auth_failed"),
+        ("550 5.7.1 Sender not allowed to relay", "refused"),
+    ],
+)
+async def test_a_refused_sender_is_the_relays_trouble(
+    pool: SmtpPool, handler: RecordingHandler, reply: str, reason: str
+) -> None:
+    handler.on(SENDER, stage="MAIL", reply=reply, times=1)
+    with pytest.raises(RelayTrouble) as caught:
+        await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert (caught.value.reason, caught.value.code) == (reason, int(reply[:3]))
+    assert handler.messages == []
 
 
 async def test_a_drop_after_the_content_is_ambiguous(
@@ -324,8 +356,10 @@ async def test_required_starttls_never_falls_back_to_plaintext(
     port: int, handler: RecordingHandler
 ) -> None:
     async with SmtpPool(config(port, tls="starttls")) as pool:
-        with pytest.raises(TransientSmtpError, match="STARTTLS"):
+        with pytest.raises(RelayTrouble) as caught:
             await pool.send(sender=SENDER, recipient=ALICE, message=MESSAGE)
+    assert caught.value.reason == "tls_failed"
+    assert caught.value.error is not None and "STARTTLS" in caught.value.error
     assert handler.messages == []
     assert handler.connections == 1
 
@@ -413,27 +447,3 @@ async def test_close_waits_for_sends_in_flight(port: int, handler: RecordingHand
     await pool.close()
     assert send.done()
     assert send.result() == 250
-
-
-def test_config_from_settings_keeps_the_password_out_of_repr() -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        smtp_host="mail.example.com",
-        smtp_port=587,
-        smtp_username="worker",
-        smtp_password="s3cret",  # type: ignore[arg-type]
-        smtp_tls="starttls",
-        smtp_timeout=10,
-        smtp_connections=3,
-    )
-    smtp = SmtpConfig.from_settings(settings)
-    assert smtp == SmtpConfig(
-        host="mail.example.com",
-        port=587,
-        tls="starttls",
-        timeout=10,
-        connections=3,
-        username="worker",
-        password="s3cret",
-    )
-    assert "s3cret" not in repr(smtp)

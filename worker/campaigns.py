@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Literal, get_args
 
 import orjson
 
-from worker import addresses, completion, feedback, imports, ledger, links, records, relay_config
+from worker import (
+    addresses,
+    completion,
+    feedback,
+    imports,
+    ledger,
+    links,
+    queue,
+    records,
+    relay_config,
+)
 from worker.db import Conn
 from worker.errors import (
     InvalidAddress,
@@ -21,8 +32,10 @@ from worker.errors import (
     LaunchProblem,
     NotFound,
     NoValidRecipient,
+    RetryRefused,
     TemplateProblem,
 )
+from worker.relays import route_report
 from worker.render import TemplateStore
 from worker.request_digest import RequestDigest
 from worker.states import MOVES, Action, CampaignStatus
@@ -422,6 +435,11 @@ class StatusReport:
     reminders: list[records.Round]
     # Invitations the survey platform reported answered.
     completed: int = 0
+    # The client's route (None: every relay), the state of each of its relays, and whether
+    # the campaign waits for one of them (`relays.route_report` fills the last two).
+    route: list[str] | None = None
+    relays: list[dict[str, Any]] = field(default_factory=list)
+    waiting_for_relay: bool = False
 
     @property
     def total(self) -> int:
@@ -439,14 +457,17 @@ class StatusReport:
             "feedback": self.feedback,
             "reminders": [r.as_json() for r in self.reminders],
             "completed": self.completed,
+            "relays": self.relays,
+            "waiting_for_relay": self.waiting_for_relay,
         }
 
 
 async def status_report(conn: Conn, campaign_id: int) -> StatusReport:
     """The campaign's status and counts; NotFound when there is no such campaign."""
-    status = await ledger.campaign_status(conn, campaign_id)
-    if status is None:
+    campaign = await ledger.load_campaign(conn, campaign_id)
+    if campaign is None:
         raise NotFound(f"no campaign {campaign_id}")
+    status = campaign.status
     return StatusReport(
         campaign_id,
         status,
@@ -456,7 +477,24 @@ async def status_report(conn: Conn, campaign_id: int) -> StatusReport:
         await feedback.counts(conn, campaign_id),
         await ledger.rounds(conn, campaign_id),
         await completion.completed_count(conn, campaign_id),
+        campaign.relays,
     )
+
+
+async def with_relays(
+    report: StatusReport, redis_url: str, relays: Sequence[relay_config.Relay]
+) -> StatusReport:
+    """The report with its route's relays and whether the campaign waits for one, read
+    from the Redis at `redis_url` (each relay "unknown" when Redis does not answer)."""
+    redis = None
+    with contextlib.suppress(*queue.ERRORS):
+        redis = await queue.connect(redis_url, retries=0)
+    try:
+        listed, waiting = await route_report(redis, relays, report.route, report.status)
+    finally:
+        if redis is not None:
+            await redis.aclose()
+    return replace(report, relays=listed, waiting_for_relay=waiting)
 
 
 async def control(conn: Conn, campaign_id: int, action: Action) -> tuple[bool, CampaignStatus]:
@@ -486,3 +524,72 @@ async def resend_unknown(conn: Conn, campaign_id: int) -> int:
         if count:
             await ledger.set_status(conn, campaign_id, "running", ("completed",))
     return count
+
+
+# The reasons of `failed` invitations that `retry` puts back: the recipient refused nothing,
+# the tries ran out (`retry_horizon`; `max_attempts` before RETRY_HORIZON) or the relay
+# stopped them. Never a hard bounce, a refusal (`smtp_rejected`), an address or message no
+# server can take, nor an opt-out (those are `suppressed`). The last five are
+# `relay_check.REASONS`.
+RetryReason = Literal[
+    "retry_horizon",
+    "max_attempts",
+    "smtp_transient",
+    "unreachable",
+    "tls_failed",
+    "auth_failed",
+    "throttled",
+    "refused",
+]
+RETRYABLE: tuple[RetryReason, ...] = get_args(RetryReason)
+
+
+@dataclass(frozen=True)
+class RetryReport:
+    """What `retry` did: how many invitations it put back, per reason they had failed for,
+    and the campaign's status after it."""
+
+    campaign_id: int
+    status: CampaignStatus
+    by_reason: dict[str, int]
+
+    @property
+    def requeued(self) -> int:
+        return sum(self.by_reason.values())
+
+    def as_json(self) -> dict[str, object]:
+        """The `retry --json` answer (and the API's)."""
+        return {
+            "campaign_id": self.campaign_id,
+            "status": self.status,
+            "requeued": self.requeued,
+            "by_reason": self.by_reason,
+        }
+
+
+async def retry(conn: Conn, campaign_id: int, reasons: Sequence[str] = ()) -> RetryReport:
+    """Put the campaign's invitations that failed for a transient reason (RETRYABLE, or
+    only those of `reasons`) back to pending with fresh tries, and a completed or failed
+    campaign back to running; the send-time checks run again when they are sent.
+
+    A paused campaign stays paused (`resume` sends them). Raises NotFound when there is no
+    such campaign, RetryRefused for a cancelled one or a reason not in RETRYABLE; then
+    nothing changed.
+    """
+    for reason in reasons:
+        if reason not in RETRYABLE:
+            raise RetryRefused(
+                f"{reason!r} is not a reason retry puts back (reasons: {', '.join(RETRYABLE)})"
+            )
+    status = await ledger.campaign_status(conn, campaign_id)
+    if status is None:
+        raise NotFound(f"no campaign {campaign_id}")
+    async with conn.transaction():
+        by_reason = await ledger.reopen_failed(conn, campaign_id, list(reasons or RETRYABLE))
+        if by_reason is None:
+            raise RetryRefused(f"campaign {campaign_id} was cancelled: nothing is sent again")
+        if by_reason:
+            await ledger.set_status(conn, campaign_id, "running", ("completed", "failed"))
+    status = await ledger.campaign_status(conn, campaign_id)
+    assert status is not None
+    return RetryReport(campaign_id, status, by_reason)

@@ -96,6 +96,11 @@ class InvalidClient(SurveyWorkerError):
     """A client cannot be registered as asked (bad id, name or sender); nothing was written."""
 
 
+class RetryRefused(SurveyWorkerError):
+    """`retry` cannot put a campaign's failures back as asked (a cancelled campaign, a reason
+    that is not transient); nothing was changed."""
+
+
 class InvalidAddress(SurveyWorkerError):
     """An e-mail address that must not be used; `reason` says why, without the address."""
 
@@ -131,11 +136,22 @@ class SuppressionUnavailable(SurveyWorkerError):
 
 
 class SmtpError(SurveyWorkerError):
-    """An SMTP transaction did not end in acceptance; `code` is the reply code if any."""
+    """An SMTP transaction did not end in acceptance; `code` is the reply code if any,
+    `command` the one the server refused (`MAIL FROM`, `RCPT TO`, `DATA`) and `reply` its
+    reply text, addresses redacted."""
 
-    def __init__(self, message: str, *, code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        command: str | None = None,
+        reply: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.command = command
+        self.reply = reply
 
 
 class TransientSmtpError(SmtpError):
@@ -148,6 +164,29 @@ class NotStarted(TransientSmtpError):
 
 class PermanentSmtpError(SmtpError):
     """5xx reply: never retry this recipient."""
+
+
+class RelayTrouble(TransientSmtpError):
+    """The relay, not the recipient, stopped the message (down, TLS, login, throttling, a
+    refused sender): nothing was sent, no attempt counts. `reason` is one of
+    `worker.relay_check.REASONS`; `status` the enhanced status code of the reply, if any;
+    `error` the exception when there was no reply."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        relay: str,
+        code: int | None = None,
+        status: str | None = None,
+        reply: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        super().__init__(f"relay {relay}: {reason}", code=code, reply=reply)
+        self.reason = reason
+        self.relay = relay
+        self.status = status
+        self.error = error
 
 
 class AmbiguousSmtpError(SmtpError):

@@ -16,8 +16,10 @@ import asyncpg
 import structlog
 from arq import Retry
 from arq.connections import ArqRedis
+from arq.constants import default_queue_name
 
 from worker import (
+    __version__,
     addresses,
     db,
     feedback,
@@ -29,14 +31,15 @@ from worker import (
     privacy,
     queue,
     records,
+    relay_config,
     sender,
     tokens,
 )
 from worker.compose import Composer
 from worker.db import Conn
 from worker.errors import SuppressionUnavailable, TemplateMissing, WorkerStopping
-from worker.mailer import SmtpConfig, SmtpPool
 from worker.ratelimit import RateLimiter
+from worker.relays import Relays
 from worker.render import TemplateStore
 from worker.settings import Settings
 from worker.states import decision_event
@@ -59,7 +62,7 @@ class Context(TypedDict):
     database_url: str
     redis_url: str
     pool: asyncpg.Pool
-    mailer: SmtpPool
+    relays: Relays
     sender: sender.Sender
     run_state: sender.RunState
     metrics: metrics.WorkerMetrics
@@ -75,11 +78,20 @@ async def startup(ctx: Context) -> None:
         synchronous_commit=False,
         pool_mode=settings.database_pool_mode,
     )
-    ctx["mailer"] = SmtpPool(SmtpConfig.from_settings(settings))
+    for name in settings.ignored_settings():
+        log.warning("setting.ignored", setting=name)
+    ctx["relays"] = Relays(
+        relay_config.relays(settings),
+        ctx["redis"],
+        probe_base=settings.retry_base_seconds,
+        metrics=ctx["metrics"],
+    )
+    # A relay in trouble does not stop the start: its mail waits until a probe passes.
+    await ctx["relays"].check()
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     ctx["sender"] = sender.Sender(
         pool=ctx["pool"],
-        mailer=ctx["mailer"],
+        relays=ctx["relays"],
         composer=Composer.from_settings(settings, TemplateStore(settings.templates_dir)),
         settings=settings,
         worker_id=worker_id,
@@ -100,14 +112,21 @@ async def startup(ctx: Context) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    log.info(
+        "worker.started",
+        version=__version__,
+        worker_id=worker_id,
+        queues=[default_queue_name],
+        relays=ctx["relays"].states(),
+    )
 
 
 async def shutdown(ctx: Context) -> None:
     """Close the SMTP connections and the database pool: whatever `startup` opened, also
     when it failed half-way (arq runs this after a failed start too, and the start's own
     error is the one to report)."""
-    if "mailer" in ctx:
-        await ctx["mailer"].close()
+    if "relays" in ctx:
+        await ctx["relays"].close()
     if "sender" in ctx:
         ctx["sender"].journal.close()
     if "pool" in ctx:
@@ -115,6 +134,8 @@ async def shutdown(ctx: Context) -> None:
     server = ctx.get("metrics_server")
     if server is not None:
         metrics.stop(server)
+    if "sender" in ctx:
+        log.info("worker.stopped", worker_id=ctx["sender"].worker_id)
 
 
 def _malformed(ctx: Context, *ids: object) -> bool:

@@ -168,7 +168,8 @@ async def claim(
     commits, its locks vanish with its connection and the rows are simply due again.
     """
     rows = await conn.fetch(
-        """SELECT id, email, email_hash, locale, vars, attempts, round, parent_id
+        """SELECT id, email, email_hash, locale, vars, attempts, round, parent_id,
+                  first_attempt_at
            FROM invitations
            WHERE campaign_id = $1 AND id BETWEEN $2 AND $3
              AND (state = 'pending' OR (state = 'deferred' AND next_attempt_at <= now()))
@@ -255,6 +256,9 @@ async def record(conn: Conn, outcomes: Sequence[Outcome], worker_id: str) -> Non
                    message_id = COALESCE(o.message_id, i.message_id),
                    next_attempt_at = o.next_attempt_at,
                    attempts = i.attempts - (NOT o.started)::int,
+                   first_attempt_at = CASE WHEN o.started
+                                           THEN COALESCE(i.first_attempt_at, now())
+                                           ELSE i.first_attempt_at END,
                    sent_at = CASE WHEN o.state = 'sent' THEN now() ELSE i.sent_at END,
                    lease_until = NULL, claimed_by = NULL, updated_at = now()
                FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[],
@@ -601,6 +605,39 @@ async def reopen_unknown(conn: Conn, campaign_id: int) -> int:
         campaign_id,
     )
     return row_count(result)
+
+
+async def reopen_failed(
+    conn: Conn, campaign_id: int, reasons: Sequence[str]
+) -> dict[str, int] | None:
+    """Put the campaign's `failed` invitations whose reason is one of `reasons` back to
+    `pending` with no attempt counted (`retry`: a fresh RETRY_HORIZON); how many per
+    reason, or None when the campaign is cancelled (then nothing changed).
+
+    Call inside a transaction: the campaign's row stays locked until it ends, so a cancel
+    either comes first (and this finds it cancelled) or marks these cancelled after it.
+    """
+    status = await conn.fetchval(
+        "SELECT status FROM campaigns WHERE id = $1 FOR UPDATE", campaign_id
+    )
+    if status == "cancelled":
+        return None
+    rows = await conn.fetch(
+        """WITH picked AS (
+               SELECT id, reason FROM invitations
+               WHERE campaign_id = $1 AND state = 'failed' AND reason = ANY($2::text[])
+               FOR UPDATE),
+           upd AS (
+               UPDATE invitations i
+               SET state = 'pending', reason = 'retry', attempts = 0, smtp_code = NULL,
+                   first_attempt_at = NULL, next_attempt_at = NULL, updated_at = now()
+               FROM picked WHERE i.id = picked.id
+               RETURNING picked.reason)
+           SELECT reason, count(*) AS n FROM upd GROUP BY reason ORDER BY reason""",
+        campaign_id,
+        list(reasons),
+    )
+    return {r["reason"]: r["n"] for r in rows}
 
 
 async def mark_completed(

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Protocol, Self
 
-from aiosmtplib import SMTP, SMTPException, SMTPResponseException
+from aiosmtplib import SMTP, SMTPException
 
-from worker.errors import TransientSmtpError
-from worker.settings import Settings
+from worker import relay_check
+from worker.errors import RelayTrouble, SmtpError
+from worker.outcomes import enhanced_status
+from worker.relay_config import Relay
 from worker.smtp_session import ContentGate, Session, Unsent
 
 
@@ -40,54 +42,26 @@ class Mailer(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class SmtpConfig:
-    """Where and how to reach the SMTP server (see `SMTP_*` in `.env.example`)."""
-
-    host: str
-    port: int
-    tls: Literal["none", "starttls", "tls"]
-    timeout: float
-    connections: int
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.connections < 1:
-            raise ValueError("an SMTP pool needs at least one connection")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
-        """The SMTP part of the worker's settings."""
-        password = settings.smtp_password
-        return cls(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            tls=settings.smtp_tls,
-            timeout=settings.smtp_timeout,
-            connections=settings.smtp_connections,
-            username=settings.smtp_username,
-            password=None if password is None else password.get_secret_value(),
-        )
-
-
 class SmtpPool:
-    """At most `config.connections` SMTP sessions, opened on first use and kept open.
+    """At most `relay.connections` SMTP sessions to one relay, opened on first use and
+    kept open.
 
     Each `send` takes a place on a session for one transaction (MAIL, RCPT, DATA, pipelined
     when the server offers PIPELINING) and hands it back. A session has two places, so the
     next message's envelope can go with the content of the one before (worker/smtp_session.py).
     A session the server refused a message on is reset (RSET) and reused, one that failed is
-    closed and reopened by the next `send` that comes to it. TLS follows `config.tls` and
-    never falls back to plaintext.
+    closed and reopened by the next `send` that comes to it. TLS follows `relay.tls` and
+    never falls back to plaintext. Trouble with the relay itself raises `RelayTrouble`.
     """
 
-    def __init__(self, config: SmtpConfig) -> None:
-        self._config = config
+    def __init__(self, relay: Relay) -> None:
+        if relay.connections < 1:
+            raise ValueError("an SMTP pool needs at least one connection")
+        self._config = relay
         # Last in, first out: a burst reuses the sessions already open, and a session is
         # opened only when that many sends really run at once.
         self._idle: asyncio.LifoQueue[_Slot] = asyncio.LifoQueue()
-        slots = [_Slot() for _ in range(config.connections)]
+        slots = [_Slot() for _ in range(relay.connections)]
         for slot in [*slots, *slots][::-1]:
             self._idle.put_nowait(slot)
 
@@ -137,6 +111,19 @@ class SmtpPool:
                     if retried:
                         raise
                     retried = True
+                except RelayTrouble:
+                    raise
+                except SmtpError as e:
+                    reason = _relay_fault(e)
+                    if reason is None:
+                        raise
+                    raise RelayTrouble(
+                        reason,
+                        relay=self._config.name,
+                        code=e.code,
+                        status=enhanced_status(e.reply),
+                        reply=e.reply,
+                    ) from e
         except asyncio.CancelledError:
             # Cancelled in the middle of a command: the session's state is unknown.
             if slot.session is not None:
@@ -173,11 +160,11 @@ class SmtpPool:
             return session
 
     async def _open(self) -> Session:
-        """Connect, say EHLO, negotiate TLS as configured and log in; failures are transient.
+        """Connect, say EHLO, negotiate TLS as configured and log in.
 
-        None of this concerns the recipient, so even a 5xx here (a refused login, say) is
-        transient: the message is retried once the operator fixes the server or settings.
-        aiosmtplib does all of it; the transactions that follow are the `Session`'s.
+        None of this concerns the recipient: every failure here is the relay's
+        (`RelayTrouble`), and the message waits until the relay is fixed. aiosmtplib does all
+        of it; the transactions that follow are the `Session`'s.
         """
         config = self._config
         smtp = SMTP(
@@ -188,26 +175,35 @@ class SmtpPool:
             # STARTTLS is negotiated below, never opportunistically.
             start_tls=False,
         )
+        stage = "connect"
         try:
             await smtp.connect()
+            stage = "ehlo"
             await smtp.ehlo()
             if config.tls == "starttls":
                 # RFC 3207: TLS is required, so a server that does not offer STARTTLS (or an
                 # attacker who stripped it from the EHLO reply) gets nothing in plaintext;
                 # aiosmtplib's starttls() raises SMTPException before sending anything then.
+                stage = "starttls"
                 await smtp.starttls()
                 # RFC 3207 section 4.2: forget what was learnt before TLS and ask again.
                 await smtp.ehlo()
             if config.username is not None:
+                stage = "auth"
                 await smtp.login(config.username, config.password or "")
         except asyncio.CancelledError:
             smtp.close()
             raise
         except (SMTPException, OSError) as exc:
             smtp.close()
-            raise TransientSmtpError(
-                f"no SMTP session with {config.host}:{config.port}: {exc}",
-                code=_reply_code(exc),
+            found = relay_check.classify(stage, exc)
+            raise RelayTrouble(
+                found.reason,
+                relay=config.name,
+                code=found.code,
+                status=found.status,
+                reply=found.reply,
+                error=found.error,
             ) from exc
         return Session.take_over(smtp, timeout=config.timeout)
 
@@ -221,8 +217,16 @@ class _Slot:
     opening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def _reply_code(exc: BaseException) -> int | None:
-    """The server's reply code carried by an aiosmtplib error, if it carries a real one."""
-    if isinstance(exc, SMTPResponseException) and exc.code > 0:
-        return exc.code
+def _relay_fault(e: SmtpError) -> str | None:
+    """The relay trouble a refusal in a transaction shows, or None when it concerns the
+    recipient: a 421 at any step (the relay is closing), and a refused MAIL FROM, which
+    names the client's sender, never the recipient (530 and the other AUTH codes: the
+    relay wants a login)."""
+    if e.code == 421:
+        return "throttled"
+    if e.command == "MAIL FROM" and e.code is not None:
+        if e.code in relay_check.AUTH_CODES:
+            return "auth_failed"
+        if e.code >= 500:
+            return "refused"
     return None

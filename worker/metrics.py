@@ -119,6 +119,10 @@ class WorkerMetrics:
     queue_wait: Buckets = field(default_factory=lambda: Buckets(WAIT_BUCKETS))
     in_flight: int = 0
     heartbeat: float = 0.0
+    # Per relay: 1 while it carries mail, 0 while it is in trouble.
+    relay_up: dict[str, int] = field(default_factory=dict)
+    # Messages deferred or given back, by relay and reason (a recipient's or the relay's).
+    relay_deferrals: dict[tuple[str, str], int] = field(default_factory=dict)
     # arq's own job counters (complete, retried, failed), read at scrape time.
     jobs: Callable[[], tuple[int, int, int]] | None = None
 
@@ -136,6 +140,11 @@ class WorkerMetrics:
                 continue
             reply = ("none",) if code is None else (f"{code // 100}xx",)
             self.replies[reply] = self.replies.get(reply, 0) + n
+
+    def deferred(self, relay: str, reason: str) -> None:
+        """Count one message deferred (or given back) on `relay` for `reason`."""
+        key = (relay, reason_label(reason))
+        self.relay_deferrals[key] = self.relay_deferrals.get(key, 0) + 1
 
     def feedback_event(self, kind: str, source: str, result: str) -> None:
         """Count one bounce, complaint or delivery report by kind, source and what
@@ -181,6 +190,18 @@ class WorkerMetrics:
             "Bounce, complaint and delivery reports, by kind, source and result.",
             ("kind", "source", "result"),
             self.feedback,
+        )
+        up = GaugeMetricFamily(
+            f"{PREFIX}_relay_up", "1 while a relay carries mail, 0 in trouble.", labels=["relay"]
+        )
+        for relay, value in self.relay_up.items():
+            up.add_metric([relay], value)
+        yield up
+        yield _counter(
+            f"{PREFIX}_relay_deferrals",
+            "Messages deferred or given back, by relay and reason.",
+            ("relay", "reason"),
+            self.relay_deferrals,
         )
         jobs = CounterMetricFamily(
             f"{PREFIX}_jobs", "arq jobs this process ended, by result.", labels=["result"]

@@ -64,3 +64,11 @@ def is_hard_bounce(code: int, message: str) -> bool:
     if status is not None and status.group() != _UNSPECIFIED_STATUS:
         return status.group() in _BAD_DESTINATION
     return code in _MAILBOX_CODES and _NO_SUCH_MAILBOX.search(message) is not None
+
+
+def enhanced_status(text: str | None) -> str | None:
+    """The RFC 3463 enhanced status code at the start of a reply's text (`4.7.1`), if any."""
+    if not text:
+        return None
+    found = _ENHANCED_STATUS.match(text.strip())
+    return found.group() if found else None

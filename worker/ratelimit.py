@@ -2,7 +2,8 @@
 
 Each one-second window has a counter; a worker takes permits for a whole chunk with one
 INCRBY and waits for the next window for those it did not get. Workers on many machines
-therefore send at most `SEND_RATE` messages per second in total.
+therefore send at most `SEND_RATE` messages per second in total; a relay's
+`SMTP_RELAY_<NAME>_RATE` is counted the same way under the relay's own keys.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ def granted(rate: float, asked: int, total_after: int) -> int:
 
 
 class RateLimiter:
-    """Blocks until the caller may send; `rate` 0 means no limit."""
+    """Blocks until the caller may send; `rate` 0 means no limit. `scope` names a rate of
+    its own (a relay's), counted apart from the others."""
 
-    def __init__(self, redis: Redis, rate: float) -> None:
+    def __init__(self, redis: Redis, rate: float, scope: str = "") -> None:
         self._redis = redis
         self._rate = rate
+        self._prefix = f"{KEY_PREFIX}{scope}:" if scope else KEY_PREFIX
 
     async def acquire(self, count: int) -> None:
         """Wait until `count` messages may be sent."""
@@ -43,7 +46,7 @@ class RateLimiter:
         while remaining:
             now = time.time()
             window = int(now // length)
-            key = f"{KEY_PREFIX}{window}"
+            key = f"{self._prefix}{window}"
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.incrby(key, remaining)
                 pipe.expire(key, length * 2 + 1)

@@ -44,6 +44,9 @@ class Invitation:
     # 0 for the first message; r for reminder round r, which follows up `parent_id`.
     round: int = 0
     parent_id: int | None = None
+    # When the first attempt that reached a relay was made (None: not yet): retries stop
+    # RETRY_HORIZON after it.
+    first_attempt_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,12 @@ class Outcome:
     next_attempt_at: datetime | None = None
     # False for a message given back before any of it was sent: its attempt is not counted.
     started: bool = True
+    # For the log line only (not recorded): the relay it went to, the reply's enhanced
+    # status code and text (addresses redacted), or the error when no reply came.
+    relay: str | None = None
+    smtp_status: str | None = None
+    smtp_reply: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -40,6 +40,8 @@ from worker.errors import (
     AmbiguousSmtpError,
     NotStarted,
     PermanentSmtpError,
+    RelayTrouble,
+    SmtpError,
     SuppressionUnavailable,
     TemplateMissing,
     TemplateProblem,
@@ -47,9 +49,10 @@ from worker.errors import (
     WorkerStopping,
 )
 from worker.journal import Journal
-from worker.mailer import Mailer
 from worker.metrics import WorkerMetrics
+from worker.outcomes import enhanced_status
 from worker.ratelimit import RateLimiter
+from worker.relays import Relays
 from worker.settings import Settings
 from worker.states import decision_event
 
@@ -58,13 +61,13 @@ log = structlog.get_logger("worker.sender")
 
 @dataclass(frozen=True)
 class Sender:
-    """What a worker process sends with, fixed at start-up: the database pool, the SMTP
-    pool, the composer (templates and keys), the settings, its id and send journal, the
-    Redis that holds opt-outs not yet recorded, and the shared rate limiter if SEND_RATE is
-    set."""
+    """What a worker process sends with, fixed at start-up: the database pool, the relays
+    (an SMTP pool each), the composer (templates and keys), the settings, its id and send
+    journal, the Redis that holds opt-outs not yet recorded, and the shared rate limiter if
+    SEND_RATE is set."""
 
     pool: asyncpg.Pool
-    mailer: Mailer
+    relays: Relays
     composer: compose.Composer
     settings: Settings
     worker_id: str
@@ -127,7 +130,13 @@ async def send_slice(
             return SliceResult(totals, None)
         bound = log.bind(campaign_id=campaign.id, client_id=campaign.client_id, job_id=job_id)
         scope = suppression.Scope(campaign.kind, campaign.client_id)
+        waiting: datetime | None = None
         while campaign.status == "running" and not state.stopping:
+            if sender.relays.choose(campaign.relays) is None:
+                # Every relay of the client's route is in trouble: the slice comes back
+                # when one is probed next; nothing is claimed meanwhile.
+                waiting = sender.relays.resume_at(campaign.relays)
+                break
             pause = pacing.pause_after_pushback(sender.settings.retry_base_seconds, state.pushback)
             await asyncio.sleep(pause)
             done = await _claim_and_send(
@@ -140,7 +149,7 @@ async def send_slice(
                 totals[o.state] = totals.get(o.state, 0) + 1
         if state.stopping:
             raise WorkerStopping("worker stopping; the slice goes back to the queue")
-        retry_at = await ledger.next_retry_at(conn, campaign.id, first_id, last_id)
+        retry_at = waiting or await ledger.next_retry_at(conn, campaign.id, first_id, last_id)
         finished = await ledger.complete_if_done(conn, campaign.id)
         if finished:
             await log_completion(conn, campaign)
@@ -190,9 +199,14 @@ async def _claim_and_send(
         metrics = sender.metrics
         metrics.in_flight += len(ready)
         try:
-            done = list(await asyncio.gather(*(_deliver(sender, p, claimed_at) for p in ready)))
+            done = list(
+                await asyncio.gather(
+                    *(_deliver(sender, campaign.relays, r, p, claimed_at) for r, p in ready)
+                )
+            )
         finally:
             metrics.in_flight -= len(ready)
+        done = _relay_troubles(sender, campaign.relays, done)
         try:
             await ledger.record(conn, done, sender.worker_id)
         except BaseException:
@@ -264,6 +278,8 @@ async def _after_chunk(
     metrics.decisions(early, smtp=False)
     metrics.decisions(done, smtp=True)
     for o in done:
+        if o.relay is not None and o.state in ("deferred", "failed"):
+            metrics.deferred(o.relay, o.reason or "none")
         _log_decision(bound, inv_by_id, o)
     if any(o.reason == "hard_bounce" for o in done):
         # A 5xx at send time counts like a bounce that came back: it may pause the campaign.
@@ -296,14 +312,18 @@ async def _check_and_start(
     scope: suppression.Scope,
     claimed: list[records.Invitation],
     prepared: list[compose.Prepared | records.Outcome],
-) -> tuple[list[records.Outcome], list[compose.Prepared]] | None:
-    """Run the opt-out check for a claimed chunk and mark it; None if the campaign stopped.
+) -> tuple[list[records.Outcome], list[tuple[str, compose.Prepared]]] | None:
+    """Run the opt-out check for a claimed chunk, choose each message's relay and mark the
+    chunk; None if the campaign stopped. A message no relay of the route can take now is
+    left as it was (claimed again when one can).
 
     Raises SuppressionUnavailable when the check cannot run: the caller rolls back.
     """
+    routed = {inv.id: sender.relays.choose(campaign.relays) for inv in claimed}
+    # Wait for permits before the opt-out check, so the check stays next to the send.
     if sender.limiter is not None:
-        # Wait for permits before the opt-out check, so the check stays next to the send.
         await sender.limiter.acquire(len(claimed))
+    await sender.relays.acquire(r for r in routed.values() if r is not None)
     hits = await _suppression_hits(sender, conn, campaign, scope, claimed)
     early: list[records.Outcome] = []
     ready: dict[int, compose.Prepared] = {}
@@ -312,7 +332,8 @@ async def _check_and_start(
         if reason is not None:
             early.append(records.Outcome(inv.id, "suppressed", reason=reason))
         elif isinstance(item, compose.Prepared):
-            ready[inv.id] = item
+            if routed[inv.id] is not None:
+                ready[inv.id] = item
         else:
             early.append(item)
     early += await _over_contact_cap(sender, conn, campaign, ready)
@@ -333,7 +354,7 @@ async def _check_and_start(
         await sender.journal.open(
             started, lease_seconds=sender.settings.claim_lease_seconds, leased_at=leased_at
         )
-    return early, [ready[i] for i in started]
+    return early, [(routed[i] or "", ready[i]) for i in started]
 
 
 async def _suppression_hits(
@@ -389,10 +410,17 @@ async def _over_contact_cap(
     return [records.Outcome(i, "suppressed", reason="contact_cap") for i in over]
 
 
-async def _deliver(sender: Sender, p: compose.Prepared, claimed_at: float) -> records.Outcome:
+async def _deliver(
+    sender: Sender,
+    route: list[str] | None,
+    relay: str,
+    p: compose.Prepared,
+    claimed_at: float,
+) -> records.Outcome:
     inv = p.invitation
     try:
-        code = await sender.mailer.send(
+        code = await sender.relays.send(
+            relay,
             sender=p.envelope_sender,
             recipient=p.recipient,
             message=p.data,
@@ -401,27 +429,102 @@ async def _deliver(sender: Sender, p: compose.Prepared, claimed_at: float) -> re
     except NotStarted:
         # Reconcile took it back, or the journal could not be written: none of it left.
         return records.Outcome(inv.id, "pending", reason="not_started", started=False)
+    except RelayTrouble as e:
+        return _waiting_for_relay(sender, route, inv.id, e)
     except TransientSmtpError as e:
-        if inv.attempts + 1 >= sender.settings.smtp_max_attempts:
-            return records.Outcome(inv.id, "failed", reason="max_attempts", smtp_code=e.code)
-        delay = pacing.backoff(sender.settings.retry_base_seconds, inv.attempts + 1)
-        retry = datetime.now(UTC) + delay
-        return records.Outcome(
-            inv.id, "deferred", reason="smtp_transient", smtp_code=e.code, next_attempt_at=retry
-        )
+        return _retry_later(sender.settings, inv, e, relay)
     except PermanentSmtpError as e:
-        if e.code is None:
-            # Refused before any server reply: e.g. an SMTPUTF8 address to a plain server.
-            return records.Outcome(inv.id, "failed", reason=f"undeliverable: {e}")
-        bounce = outcomes.is_hard_bounce(e.code, str(e))
-        return records.Outcome(
-            inv.id, "failed", reason="hard_bounce" if bounce else "smtp_rejected", smtp_code=e.code
-        )
+        return _refused(inv.id, e, relay)
     except AmbiguousSmtpError as e:
-        return records.Outcome(inv.id, "unknown", reason="no_reply_after_data", smtp_code=e.code)
+        return records.Outcome(inv.id, "unknown", reason="no_reply_after_data", **_cause(e, relay))
     sender.journal.accepted(inv.id)
     sender.metrics.send_latency.observe(time.monotonic() - claimed_at)
-    return records.Outcome(inv.id, "sent", smtp_code=code, message_id=p.message_id)
+    return records.Outcome(inv.id, "sent", smtp_code=code, message_id=p.message_id, relay=relay)
+
+
+def _waiting_for_relay(
+    sender: Sender, route: list[str] | None, invitation_id: int, e: RelayTrouble
+) -> records.Outcome:
+    """A message its relay stopped: no attempt counts, it waits for a relay of the route."""
+    return records.Outcome(
+        invitation_id,
+        "deferred",
+        reason=e.reason,
+        next_attempt_at=sender.relays.resume_at(route),
+        started=False,
+        **_cause(e, e.relay),
+    )
+
+
+def _retry_later(
+    settings: Settings, inv: records.Invitation, e: TransientSmtpError, relay: str
+) -> records.Outcome:
+    """A message deferred for the recipient's sake: retried with backoff until
+    RETRY_HORIZON after its first attempt, then `failed` (`retry_horizon`)."""
+    now = datetime.now(UTC)
+    if now - (inv.first_attempt_at or now) >= settings.retry_horizon:
+        return records.Outcome(inv.id, "failed", reason="retry_horizon", **_cause(e, relay))
+    delay = pacing.backoff(
+        settings.retry_base_seconds,
+        inv.attempts + 1,
+        settings.retry_max_delay.total_seconds(),
+    )
+    return records.Outcome(
+        inv.id, "deferred", reason="smtp_transient", next_attempt_at=now + delay, **_cause(e, relay)
+    )
+
+
+def _refused(invitation_id: int, e: PermanentSmtpError, relay: str) -> records.Outcome:
+    if e.code is None:
+        # Refused before any server reply: e.g. an SMTPUTF8 address to a plain server.
+        return records.Outcome(invitation_id, "failed", reason=f"undeliverable: {e}", relay=relay)
+    bounce = outcomes.is_hard_bounce(e.code, str(e))
+    reason = "hard_bounce" if bounce else "smtp_rejected"
+    return records.Outcome(invitation_id, "failed", reason=reason, **_cause(e, relay))
+
+
+def _cause(e: SmtpError, relay: str) -> dict[str, Any]:
+    """The outcome's fields that say why: the relay, the reply's code, enhanced status and
+    text, or the error when no reply came."""
+    fields: dict[str, Any] = {"relay": relay, "smtp_code": e.code}
+    if e.reply is not None:
+        fields["smtp_status"] = enhanced_status(e.reply)
+        fields["smtp_reply"] = e.reply
+    elif isinstance(e, RelayTrouble) and e.error is not None:
+        fields["error"] = e.error
+    else:
+        fields["error"] = f"{type(e).__name__}: {e}"
+    return fields
+
+
+def _relay_troubles(
+    sender: Sender, route: list[str] | None, done: list[records.Outcome]
+) -> list[records.Outcome]:
+    """The chunk's outcomes, once the relay trouble it showed is taken out of them: a relay
+    that deferred most of its share with the same 4xx is throttling (marked in trouble),
+    and what a relay in trouble deferred waits for a relay, with no attempt counted."""
+    for relay, sample in pacing.throttled_relays(done).items():
+        sender.relays.trouble(
+            RelayTrouble(
+                "throttled",
+                relay=relay,
+                code=sample.smtp_code,
+                status=sample.smtp_status,
+                reply=sample.smtp_reply,
+            )
+        )
+    settled = []
+    for o in done:
+        health = sender.relays.health(o.relay) if o.relay is not None else None
+        if o.state == "deferred" and o.started and health is not None and health.reason:
+            o = replace(
+                o,
+                reason=health.reason,
+                started=False,
+                next_attempt_at=sender.relays.resume_at(route),
+            )
+        settled.append(o)
+    return settled
 
 
 def _log_decision(
@@ -434,9 +537,11 @@ def _log_decision(
     }
     if outcome.reason:
         fields["reason"] = outcome.reason
-    if outcome.smtp_code is not None:
-        fields["smtp_code"] = outcome.smtp_code
-    if outcome.state == "deferred":
+    for name in ("relay", "smtp_code", "smtp_status", "smtp_reply", "error"):
+        value = getattr(outcome, name)
+        if value is not None:
+            fields[name] = value
+    if outcome.state == "deferred" and outcome.started:
         fields["attempt"] = inv.attempts + 1
     if inv.round:
         fields["round"] = inv.round

@@ -392,12 +392,13 @@ class Session:
         send there: the session is out of step and closed, and the error is `otherwise`
         (transient before the content, ambiguous after).
         """
-        text = f"{command} refused: {reply.code} {_redact(reply.text, recipient)}"
+        said = redact(reply.text, recipient)
+        text = f"{command} refused: {reply.code} {said}"
         match classify_reply(reply.code):
             case "failed":
-                return PermanentSmtpError(text, code=reply.code)
+                return PermanentSmtpError(text, code=reply.code, command=command, reply=said)
             case "deferred":
-                return TransientSmtpError(text, code=reply.code)
+                return TransientSmtpError(text, code=reply.code, command=command, reply=said)
             case _:
                 self.close()
                 return otherwise(f"unexpected reply: {text}")
@@ -443,7 +444,8 @@ def dot_stuffed(message: bytes) -> bytes:
     return stuffed + b".\r\n"
 
 
-def _redact(text: str, address: str) -> str:
+def redact(text: str, address: str = "") -> str:
     """The server's reply text on one line, without the recipient's or any other address."""
-    text = re.sub(rf"<?{re.escape(address)}>?", _REDACTED, text, flags=re.IGNORECASE)
+    if address:
+        text = re.sub(rf"<?{re.escape(address)}>?", _REDACTED, text, flags=re.IGNORECASE)
     return " ".join(_ADDRESS_IN_TEXT.sub(_REDACTED, text).split())

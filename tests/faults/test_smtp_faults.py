@@ -8,9 +8,8 @@ import asyncpg
 
 from tests.faults.harness import WorkerProcess, campaign_status, ledger_rows, wait_until
 from tests.support.pipeline import add_client, csv_of, launch, opt_out, received_by
-from tests.support.smtp import RecordingHandler, start_smtp_server
+from tests.support.smtp import RecordingHandler
 from worker import addresses
-from worker.dev import embedded
 from worker.settings import Settings
 from worker.suppression import Scope
 
@@ -31,28 +30,6 @@ async def finished(settings: Settings, campaign_id: int, timeout: float = 60) ->
 async def rows(settings: Settings, campaign_id: int) -> dict[str, asyncpg.Record]:
     assert settings.database_url is not None
     return await ledger_rows(settings.database_url, campaign_id)
-
-
-async def test_smtp_down_at_launch_then_up_delivers_everything(
-    pg: asyncpg.Pool, fast: Settings, spawn: Spawn
-) -> None:
-    port = embedded.free_port()
-    settings = fast.model_copy(update={"smtp_port": port, "smtp_max_attempts": 50})
-    await add_client(pg, "acme")
-    emails = [f"p{i}@example.com" for i in range(10)]
-    report = await launch(pg, settings, csv_of(*emails))
-    spawn(settings)
-
-    async def all_tried() -> bool:
-        ledger = (await rows(settings, report.campaign_id)).values()
-        return all(r["attempts"] >= 1 and r["state"] in ("deferred", "pending") for r in ledger)
-
-    await wait_until(all_tried, what="every invitation tried and deferred")
-    handler = RecordingHandler()
-    async with start_smtp_server(handler, port=port):
-        await finished(settings, report.campaign_id)
-    assert received_by(handler.messages) == dict.fromkeys(emails, 1)
-    assert all(r["attempts"] >= 2 for r in (await rows(settings, report.campaign_id)).values())
 
 
 async def test_451_on_first_attempt_is_delivered_on_retry(

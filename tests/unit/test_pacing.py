@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker import ratelimit
-from worker.pacing import MAX_PUSHBACK_PAUSE, backoff, pause_after_pushback, pushed_back
+from worker.pacing import (
+    MAX_PUSHBACK_PAUSE,
+    backoff,
+    pause_after_pushback,
+    pushed_back,
+    throttled_relays,
+)
 from worker.records import Outcome
 
 BASE_SECONDS = 2.0
@@ -17,8 +23,40 @@ BASE_SECONDS = 2.0
 @given(attempts=st.integers(min_value=1, max_value=30))
 def test_backoff_doubles_per_attempt_with_jitter_in_the_upper_half(attempts: int) -> None:
     ceiling = 2.0 * 2 ** (attempts - 1)
-    delay = backoff(BASE_SECONDS, attempts)
+    delay = backoff(BASE_SECONDS, attempts, max_seconds=1e12)
     assert timedelta(seconds=ceiling / 2) <= delay <= timedelta(seconds=ceiling)
+
+
+@given(
+    attempts=st.integers(min_value=1, max_value=10_000),
+    max_seconds=st.floats(min_value=0.001, max_value=86_400),
+)
+def test_backoff_stops_doubling_at_the_max_delay(attempts: int, max_seconds: float) -> None:
+    ceiling = max(max_seconds, BASE_SECONDS)
+    delay = backoff(BASE_SECONDS, attempts, max_seconds)
+    assert delay <= timedelta(seconds=ceiling)
+    assert delay >= timedelta(seconds=min(BASE_SECONDS * 2 ** min(attempts - 1, 64), ceiling) / 2)
+
+
+def test_a_relay_deferring_most_of_its_share_with_one_code_is_throttling() -> None:
+    def on(relay: str, state: str, code: int) -> Outcome:
+        return Outcome(1, state, smtp_code=code, relay=relay)  # type: ignore[arg-type]
+
+    done = [
+        on("esp", "deferred", 451),
+        on("esp", "deferred", 451),
+        on("esp", "sent", 250),
+        on("backup", "deferred", 451),
+        on("backup", "sent", 250),
+        on("backup", "sent", 250),
+        on("mixed", "deferred", 451),
+        on("mixed", "deferred", 452),
+        on("mixed", "deferred", 450),
+    ]
+    assert set(throttled_relays(done)) == {"esp"}
+    assert throttled_relays([on("esp", "deferred", 451)]) == {}
+    given_back = Outcome(1, "deferred", smtp_code=451, relay="esp", started=False)
+    assert throttled_relays([given_back, given_back]) == {}
 
 
 def test_a_421_or_a_mostly_deferred_chunk_is_pushback() -> None:

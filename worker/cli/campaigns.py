@@ -1,5 +1,5 @@
 """A campaign's life: `launch`, `status` (and `status --watch`), `pause`, `resume`,
-`cancel`, `resend-unknown`, `complete` (answered invitations) and `preview` of a
+`cancel`, `resend-unknown`, `retry`, `complete` (answered invitations) and `preview` of a
 template."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import click
 import structlog
 from tqdm import tqdm
 
-from worker import campaigns, completion, durations, queue
+from worker import campaigns, completion, durations, queue, relay_config
 from worker.cli.base import Env, _clear_errors, _emit, environment, main, run
+from worker.relays import waiting_lines
 from worker.render import TemplateStore
 from worker.settings import Settings
 from worker.states import Action
@@ -219,8 +220,13 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
         return
     with environment() as env:
         report = run(env, lambda conn: campaigns.status_report(conn, campaign_id))
+        report = asyncio.run(
+            campaigns.with_relays(report, env.urls.redis_url, relay_config.relays(env.settings))
+        )
     because = f" ({report.status_reason})" if report.status_reason else ""
     lines = [f"campaign {campaign_id}: {report.status}{because}, {report.total} invitations"]
+    if report.waiting_for_relay:
+        lines += [f"  {line}" for line in waiting_lines(report.relays)]
     lines += [f"  {state}: {n}" for state, n in sorted(report.counts.items())]
     lines += [f"  {key}: {n}" for key, n in report.reasons.items()]
     if any(report.feedback.values()):
@@ -321,6 +327,36 @@ def resend_unknown(campaign_id: int) -> None:
             )
             _enqueue_launch(env, campaign_id, "reopened")
     click.echo(f"campaign {campaign_id}: {count} unknown invitations queued again")
+
+
+@main.command()
+@click.argument("campaign_id", type=int)
+@click.option(
+    "--reason",
+    "reasons",
+    multiple=True,
+    type=click.Choice(campaigns.RETRYABLE),
+    help="Put back only invitations that failed for this reason (repeatable; default: all "
+    "of them).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def retry(campaign_id: int, reasons: tuple[str, ...], as_json: bool) -> None:
+    """Send again the invitations that failed for a transient reason (retries ran out, the
+    relay's trouble), with fresh retries; never hard bounces, refusals or opt-outs."""
+    with environment(secrets=True, redis=True) as env:
+        report = run(env, lambda conn: campaigns.retry(conn, campaign_id, reasons))
+        if report.requeued:
+            structlog.get_logger().info(
+                "campaign.retry",
+                campaign_id=campaign_id,
+                requeued=report.requeued,
+                by_reason=report.by_reason,
+            )
+            if report.status == "running":
+                _enqueue_launch(env, campaign_id, "reopened")
+    lines = [f"campaign {campaign_id}: requeued {report.requeued} ({report.status})"]
+    lines += [f"  {reason}: {n}" for reason, n in report.by_reason.items()]
+    _emit(as_json, report.as_json(), "\n".join(lines))
 
 
 @main.command()

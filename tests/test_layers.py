@@ -28,11 +28,6 @@ def test_the_import_contracts_are_kept() -> None:
 
 # The longest a function in worker/ may be, counted from its `def` line to its last line.
 MAX_FUNCTION_LINES = 60
-# Functions allowed to be longer for now, by file and qualified name.
-TOO_LONG_FOR_NOW = {
-    # Being split by the change that owns worker/smtp_session.py; it removes this entry.
-    ("worker/smtp_session.py", "Session.deliver"),
-}
 
 
 def _function_lengths(path: Path) -> list[tuple[str, int]]:
@@ -65,9 +60,6 @@ def test_no_function_in_worker_is_over_60_lines() -> None:
     too_long = {
         f"{path} {name}: {lines} lines"
         for (path, name), lines in lengths.items()
-        if lines > MAX_FUNCTION_LINES and (path, name) not in TOO_LONG_FOR_NOW
+        if lines > MAX_FUNCTION_LINES
     }
     assert not too_long, f"over {MAX_FUNCTION_LINES} lines: split them: {sorted(too_long)}"
-    # An entry that no longer names a function over the limit goes.
-    stale = {entry for entry in TOO_LONG_FOR_NOW if lengths.get(entry, 0) <= MAX_FUNCTION_LINES}
-    assert not stale, f"remove from TOO_LONG_FOR_NOW: {sorted(stale)}"

@@ -241,19 +241,7 @@ class Session:
         mail, rcpt = self._envelope(sender, recipient, message)
         previous, self._last = self._last, asyncio.get_running_loop().create_future()
         done = self._last
-        invited = sent_content = given_up = False
-
-        def send_content(data: bytes) -> None:
-            nonlocal sent_content
-            sent_content = True
-            self._send_content(data)
-
-        def give_up() -> None:
-            nonlocal given_up
-            given_up = True
-            # The read below fails at once.
-            self.close()
-
+        progress = _Progress(self)
         envelope = _Envelope(mail + rcpt + b"DATA\r\n")
         try:
             if self._pipelining:
@@ -262,37 +250,48 @@ class Session:
                 await previous
             replies = await self._envelope_replies(envelope, mail, rcpt)
             await self._check_envelope(replies, recipient)
-            invited = True
-            content = partial(send_content, dot_stuffed(message))
-            if before_content is None:
-                content()
-            else:
-                before_content(content, give_up)
-            try:
-                reply = await self._replies.next()
-            except _SessionLost as exc:
-                self.close()
-                if given_up:
-                    raise NotStarted("the send journal did not let the message start") from None
-                if not sent_content:
-                    raise TransientSmtpError(f"before the content: {exc}") from None
-                # The content has left: the server may have accepted the message.
-                raise AmbiguousSmtpError(f"after the content: {exc}") from None
-            if reply.code != 250:
-                # The transaction is over either way (RFC 5321 section 4.1.1.4): no RSET,
-                # which would reset the next transaction, whose envelope may have left.
-                raise self._refusal("DATA", reply, recipient, otherwise=AmbiguousSmtpError)
-            return reply.code
+            progress.invited = True
+            return await self._content(progress, message, recipient, before_content)
         finally:
-            if invited and not sent_content:
+            if progress.invited and not progress.sent_content:
                 # After 354 the server waits for content, and SMTP has no way to cancel it:
                 # closing the connection before the final dot aborts the transaction
                 # (RFC 5321 section 4.1.1.4), so nothing is delivered.
                 self.close()
-            if not sent_content:
+            if not progress.sent_content:
                 # The envelopes held behind this one go now, after its RSET if it had one.
                 self._send_content()
             done.set_result(None)
+
+    async def _content(
+        self,
+        progress: _Progress,
+        message: bytes,
+        recipient: str,
+        before_content: ContentGate | None,
+    ) -> int:
+        """Once the server invited the content: send it (through `before_content` if
+        given) and read the verdict; the 2xx code, or the error the module describes."""
+        content = partial(progress.send_content, dot_stuffed(message))
+        if before_content is None:
+            content()
+        else:
+            before_content(content, progress.give_up)
+        try:
+            reply = await self._replies.next()
+        except _SessionLost as exc:
+            self.close()
+            if progress.given_up:
+                raise NotStarted("the send journal did not let the message start") from None
+            if not progress.sent_content:
+                raise TransientSmtpError(f"before the content: {exc}") from None
+            # The content has left: the server may have accepted the message.
+            raise AmbiguousSmtpError(f"after the content: {exc}") from None
+        if reply.code != 250:
+            # The transaction is over either way (RFC 5321 section 4.1.1.4): no RSET,
+            # which would reset the next transaction, whose envelope may have left.
+            raise self._refusal("DATA", reply, recipient, otherwise=AmbiguousSmtpError)
+        return reply.code
 
     async def _envelope_replies(self, envelope: _Envelope, mail: bytes, rcpt: bytes) -> list[Reply]:
         """The replies to MAIL, RCPT and DATA. Pipelined, the envelope has been written
@@ -416,6 +415,26 @@ class Session:
         if self._replies.lost is not None or self._transport.is_closing():
             raise _SessionLost(self._replies.lost or "connection closed")
         self._transport.write(data)
+
+
+class _Progress:
+    """How far one transaction got: invited to send its content, content sent, or given up
+    by the send journal (which then never lets the content leave)."""
+
+    __slots__ = ("given_up", "invited", "sent_content", "session")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.invited = self.sent_content = self.given_up = False
+
+    def send_content(self, data: bytes) -> None:
+        self.sent_content = True
+        self.session._send_content(data)
+
+    def give_up(self) -> None:
+        self.given_up = True
+        # The read of the verdict fails at once.
+        self.session.close()
 
 
 class _Envelope:

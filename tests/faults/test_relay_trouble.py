@@ -17,6 +17,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.faults.harness import WorkerProcess, campaign_status, wait_until
 from tests.support.pipeline import add_client, csv_of, launch, received_by
+from tests.support.postfix import GOOD, postfix_relay, relay_routes
 from tests.support.smtp import RecordingHandler, start_smtp_server
 from tests.support.web import assert_private, cli
 from worker.dev import embedded
@@ -184,3 +185,102 @@ async def test_a_deferral_line_carries_the_relay_and_the_reply(
     assert (deferred["smtp_code"], deferred["smtp_status"]) == (452, "4.2.2")
     assert deferred["smtp_reply"].startswith("4.2.2 Mailbox busy for")
     assert deferred["reason"] == "smtp_transient" and deferred["attempt"] == 1
+
+
+async def test_each_clients_mail_leaves_through_its_own_route(
+    pg: asyncpg.Pool, fast: Settings, spawn: Spawn
+) -> None:
+    a, b = RecordingHandler(), RecordingHandler()
+    down = embedded.free_port()
+    people = {c: [f"{c}{i}@example.com" for i in range(8)] for c in ("acme", "globex", "initech")}
+    async with start_smtp_server(a) as port_a, start_smtp_server(b) as port_b:
+        settings = relays(
+            fast,
+            {
+                "a": f"smtp://127.0.0.1:{port_a}",
+                "b": f"smtp://127.0.0.1:{port_b}",
+                "c": f"smtp://127.0.0.1:{down}",
+            },
+        )
+        for client, route in (("acme", "a"), ("globex", "b"), ("initech", "c")):
+            await add_client(pg, client)
+            updated = await cli(settings, "client", "update", client, "--relays", route)
+            assert updated.code == 0, updated.stderr
+        routed = await cli(settings, "client", "list", "--json")
+        assert {c["id"]: c["relays"] for c in json.loads(routed.stdout)} == {
+            "acme": ["a"],
+            "globex": ["b"],
+            "initech": ["c"],
+        }
+        ids = {
+            client: (await launch(pg, settings, csv_of(*emails), client_id=client)).campaign_id
+            for client, emails in people.items()
+        }
+        spawn(settings)
+        await finished(settings, ids["acme"])
+        await finished(settings, ids["globex"])
+        # initech's only relay is down: its campaign waits while the others completed.
+        waiting = await status(settings, ids["initech"])
+        assert waiting["status"] == "running" and waiting["waiting_for_relay"] is True
+        assert [r["name"] for r in waiting["relays"]] == ["c"]
+        assert waiting["counts"] == {"pending": 8}
+    assert received_by(a.messages) == dict.fromkeys(people["acme"], 1)
+    assert received_by(b.messages) == dict.fromkeys(people["globex"], 1)
+
+
+async def test_a_standby_carries_the_mail_only_while_the_weighted_relay_is_in_trouble(
+    pg: asyncpg.Pool, fast: Settings, spawn: Spawn
+) -> None:
+    main, standby = RecordingHandler(), RecordingHandler()
+    main_port = embedded.free_port()
+    await add_client(pg, "acme")
+    first = [f"early{i}@example.com" for i in range(6)]
+    later = [f"late{i}@example.com" for i in range(6)]
+    async with start_smtp_server(standby) as standby_port:
+        settings = relays(
+            fast,
+            {"main": f"smtp://127.0.0.1:{main_port}", "spare": f"smtp://127.0.0.1:{standby_port}"},
+            SMTP_RELAY_SPARE_WEIGHT="0",
+        )
+        worker = spawn(settings)
+        early = await launch(pg, settings, csv_of(*first))
+        await finished(settings, early.campaign_id)
+        async with start_smtp_server(main, port=main_port):
+
+            async def main_back() -> bool:
+                states = await status(settings, early.campaign_id)
+                return all(r["state"] == "ok" for r in states["relays"])
+
+            await wait_until(main_back, what="the main relay's probe to pass")
+            late = await launch(pg, settings, csv_of(*later))
+            await finished(settings, late.campaign_id)
+        assert await worker.terminate() == 0
+    assert received_by(standby.messages) == dict.fromkeys(first, 1)
+    assert received_by(main.messages) == dict.fromkeys(later, 1)
+
+
+async def test_postfix_carries_the_mail_while_the_other_relay_is_down(
+    pg: asyncpg.Pool, fast: Settings, spawn: Spawn
+) -> None:
+    sink, bounces = RecordingHandler(), RecordingHandler()
+    down = embedded.free_port()
+    emails = [f"p{i}@{GOOD}" for i in range(8)]
+    await add_client(pg, "acme")
+    async with (
+        start_smtp_server(sink) as sink_port,
+        start_smtp_server(bounces) as bounce_port,
+        postfix_relay(relay_routes(sink_port=sink_port, bounce_port=bounce_port)) as mta,
+    ):
+        settings = relays(
+            fast, {"esp": f"smtp://127.0.0.1:{down}", "postfix": f"smtp://127.0.0.1:{mta.port}"}
+        )
+        report = await launch(pg, settings, csv_of(*emails))
+        spawn(settings)
+        await finished(settings, report.campaign_id)
+
+        async def relayed() -> bool:
+            return len(sink.messages) >= len(emails)
+
+        await wait_until(relayed, what="Postfix to relay every message to the sink")
+    assert received_by(sink.messages) == dict.fromkeys(emails, 1)
+    assert set((await states(pg, report.campaign_id)).values()) == {("sent", 1)}

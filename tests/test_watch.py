@@ -1,12 +1,14 @@
 """`survey-worker status CAMPAIGN_ID --watch`, run as the installed command while a real
 worker process sends the campaign: plain lines when stdout is not a terminal, a redrawn
-progress bar on one (a pseudo-terminal), JSON lines with --json, and Ctrl-C exits 0."""
+progress bar on one (a pseudo-terminal), JSON lines with --json, Ctrl-C exits 0, and the
+relay a campaign waits for while its relay is down."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import fcntl
+import io
 import json
 import os
 import re
@@ -18,10 +20,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from tests.support.pipeline import add_client, csv_of, launch, run_workers
+from tests.support.pipeline import add_client, csv_of, launch, received_by, run_workers
+from tests.support.smtp import RecordingHandler, start_smtp_server
 from tests.support.web import ROOT, cli, cli_environment, start_cli
 from worker.campaigns import StatusReport
 from worker.cli import watch as watching
+from worker.dev import embedded
 from worker.settings import Settings
 
 LINE = re.compile(r"campaign (\d+) (\w+)(?: \(\w+\))?: (\d+)/(\d+) done")
@@ -78,6 +82,62 @@ async def test_watch_with_json_prints_status_objects_with_the_rate(
     assert only["status"] == "completed"
     assert only["counts"] == {"sent": 2}
     assert only["rate"] is None  # one look: no rate yet
+    # The worker published its relay's state at start: ok, and nothing waits for it.
+    assert [(r["name"], r["state"]) for r in only["relays"]] == [("default", "ok")]
+    assert only["waiting_for_relay"] is False
+
+
+async def readline(process: asyncio.subprocess.Process) -> str:
+    assert process.stdout is not None
+    return (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+
+
+async def test_watch_shows_the_relay_a_campaign_waits_for_until_it_is_back(
+    pg: asyncpg.Pool, settings: Settings
+) -> None:
+    port = embedded.free_port()  # no relay listens there yet
+    settings = settings.model_copy(update={"smtp_port": port})
+    await add_client(pg, "acme")
+    emails = [f"person{i}@example.com" for i in range(6)]
+    report = await launch(pg, settings, csv_of(*emails))
+    worker = await start_cli(settings, "worker")
+    watch = await start_cli(settings, "status", str(report.campaign_id), "--watch")
+    follow = await start_cli(settings, "status", str(report.campaign_id), "--watch", "--json")
+    try:
+        seen = [await readline(watch)]
+        while "waiting for relay" not in seen[-1]:
+            seen.append(await readline(watch))
+        assert LINE.search(seen[-2]) and "running: 0/6 done" in seen[-2], seen
+        assert re.fullmatch(
+            r"  waiting for relay default: unreachable \(.+\) since "
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00\n",
+            seen[-1],
+        ), seen
+        objects = [json.loads(await readline(follow))]
+        while not objects[-1]["waiting_for_relay"]:
+            objects.append(json.loads(await readline(follow)))
+        [relay] = objects[-1]["relays"]
+        assert (relay["name"], relay["state"], relay["reason"]) == (
+            "default",
+            "trouble",
+            "unreachable",
+        )
+        assert relay["reply"] and relay["since"]
+        await stop(follow)
+        handler = RecordingHandler()
+        async with start_smtp_server(handler, port=port):
+            rest, stderr = await asyncio.wait_for(watch.communicate(), 90)
+    finally:
+        await stop(worker)
+        await stop(watch)
+        await stop(follow)
+    assert watch.returncode == 0, stderr.decode()
+    lines = rest.decode().splitlines()
+    # Back: the next line has no waiting under it, and the campaign completes.
+    assert lines and not lines[0].startswith("  "), lines
+    assert not any("waiting for relay" in x for x in lines), lines
+    assert re.search(r"completed: 6/6 done \(100 %\)(, [\d.]+/s)?; sent 6$", lines[-1]), lines
+    assert received_by(handler.messages) == dict.fromkeys(emails, 1)
 
 
 async def test_ctrl_c_stops_watching_with_exit_status_0(
@@ -156,6 +216,61 @@ def test_a_line_names_the_campaign_its_progress_rate_and_counts() -> None:
     )
     empty = StatusReport(8, "completed", {}, {}, None, {}, [])
     assert watching.line(empty, None, at).endswith("completed: 0/0 done; no invitations")
+
+
+def waiting_report(*, waiting: bool) -> StatusReport:
+    relay = {
+        "name": "esp",
+        "state": "trouble" if waiting else "ok",
+        "reason": "auth_failed" if waiting else None,
+        "reply": "535 5.7.8 Authentication credentials invalid" if waiting else None,
+        "since": "2026-11-30T04:30:00+00:00",
+    }
+    return StatusReport(
+        7, "running", {"pending": 5}, {}, None, {}, [], relays=[relay], waiting_for_relay=waiting
+    )
+
+
+WAITING = (
+    "waiting for relay esp: auth_failed (535 5.7.8 Authentication credentials invalid) "
+    "since 2026-11-30T04:30:00+00:00"
+)
+
+
+def test_plain_lines_show_the_relay_waited_for_once_and_again_when_it_changes() -> None:
+    out = io.StringIO()
+    lines = watching.Lines(out)
+    lines.show(waiting_report(waiting=True), None)
+    lines.show(waiting_report(waiting=True), None)
+    lines.show(waiting_report(waiting=False), None)
+    shown = out.getvalue().splitlines()
+    assert len(shown) == 3, shown
+    assert shown[0].endswith("campaign 7 running: 0/5 done (0 %); pending 5")
+    assert shown[1] == f"  {WAITING}"
+    assert shown[2].endswith("campaign 7 running: 0/5 done (0 %); pending 5")
+
+
+def test_the_bar_says_it_waits_and_writes_the_relay_above_itself() -> None:
+    out = io.StringIO()
+    bar = watching.Bar(out)
+    bar.show(waiting_report(waiting=True), None)
+    bar.show(waiting_report(waiting=True), None)
+    bar.close(None)
+    text = out.getvalue()
+    assert text.count(WAITING) == 1
+    assert "campaign 7 running, waiting for relay: " in text
+
+
+def test_json_lines_carry_the_relays_and_print_again_when_they_change() -> None:
+    out = io.StringIO()
+    lines = watching.JsonLines(out)
+    lines.show(waiting_report(waiting=True), None)
+    lines.show(waiting_report(waiting=True), None)
+    lines.show(waiting_report(waiting=False), None)
+    first, second = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert first["waiting_for_relay"] is True and second["waiting_for_relay"] is False
+    assert first["relays"][0]["reason"] == "auth_failed"
+    assert second["relays"][0]["state"] == "ok"
 
 
 def test_the_rate_is_over_the_last_window_of_observations() -> None:

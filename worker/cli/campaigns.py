@@ -213,8 +213,14 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
 
         with environment() as env:
             display = watching.display_for(sys.stdout, as_json=as_json)
+            relays = relay_config.relays(env.settings)
             try:
-                run(env, lambda conn: watching.follow(conn, campaign_id, display))
+                run(
+                    env,
+                    lambda conn: watching.follow(
+                        conn, campaign_id, display, redis_url=env.urls.redis_url, relays=relays
+                    ),
+                )
             except KeyboardInterrupt:
                 click.echo("", err=True)
         return

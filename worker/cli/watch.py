@@ -2,25 +2,31 @@
 
 On a terminal a tqdm progress bar (invitations decided out of all, the rate, the counts
 per state) is redrawn in place; otherwise one plain line is printed whenever something
-changed, or a JSON object per line with `--json`. The ledger is read once per INTERVAL;
-the rate is that of decisions over the last RATE_WINDOW seconds. Ctrl-C stops watching
-(exit status 0); the campaign goes on.
+changed, or a JSON object per line with `--json`. The ledger is read once per INTERVAL,
+and with it the state of the campaign's relays in Redis: while every relay of its route is
+in trouble, "waiting for relay NAME: REASON (REPLY) since TIME" is shown. The rate is that
+of decisions over the last RATE_WINDOW seconds. Ctrl-C stops watching (exit status 0); the
+campaign goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Never, Protocol, TextIO
+from typing import Any, Never, Protocol, TextIO
 
 from tqdm import tqdm
 
-from worker import campaigns
+from worker import campaigns, queue
 from worker.db import Conn
+from worker.relay_config import Relay
+from worker.relays import route_report, waiting_lines
 from worker.states import ENDED_STATUSES, decided, in_display_order
 
 INTERVAL = 1.0
@@ -42,6 +48,12 @@ def line(report: campaigns.StatusReport, rate: float | None, now: datetime) -> s
         f"{now:%Y-%m-%dT%H:%M:%SZ} campaign {report.campaign_id} {report.status}{because}: "
         f"{done}/{total} done{share}{speed}; {counts_text(report.counts) or 'no invitations'}"
     )
+
+
+def waiting(report: campaigns.StatusReport) -> list[str]:
+    """`waiting for relay NAME: REASON (REPLY) since TIME` for each relay the campaign
+    waits for; none while it does not wait."""
+    return waiting_lines(report.relays) if report.waiting_for_relay else []
 
 
 class RateMeter:
@@ -73,11 +85,15 @@ class Bar:
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._bar: tqdm[Never] | None = None
+        self._waits: list[str] = []
 
     def show(self, report: campaigns.StatusReport, rate: float | None) -> None:
         done = decided(report.counts)
         because = f" ({report.status_reason})" if report.status_reason else ""
+        waits = waiting(report)
         title = f"campaign {report.campaign_id} {report.status}{because}"
+        if waits:
+            title += ", waiting for relay"
         if self._bar is None:
             self._bar = tqdm(
                 desc=title,
@@ -97,6 +113,11 @@ class Bar:
         speed = f"{rate:.1f}/s; " if rate is not None else ""
         bar.set_postfix_str(speed + counts_text(report.counts), refresh=False)
         bar.refresh()
+        if waits != self._waits:
+            self._waits = waits
+            for text in waits:
+                # Above the bar, which tqdm draws again below.
+                tqdm.write(text, file=self._out)
 
     def close(self, report: campaigns.StatusReport | None) -> None:
         if self._bar is not None:
@@ -106,31 +127,35 @@ class Bar:
 
 
 class Lines:
-    """A plain line whenever the campaign changed (not a terminal)."""
+    """A plain line whenever the campaign changed (not a terminal), and under it the
+    relays it waits for."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
-        self._last: tuple[str, dict[str, int]] | None = None
+        self._last: tuple[str, dict[str, int], list[str]] | None = None
 
     def show(self, report: campaigns.StatusReport, rate: float | None) -> None:
-        key = (report.status, report.counts)
+        waits = waiting(report)
+        key = (report.status, report.counts, waits)
         if key != self._last:
             self._last = key
-            print(line(report, rate, datetime.now(UTC)), file=self._out, flush=True)
+            text = [line(report, rate, datetime.now(UTC)), *(f"  {w}" for w in waits)]
+            print("\n".join(text), file=self._out, flush=True)
 
     def close(self, report: campaigns.StatusReport | None) -> None:
         return None
 
 
 class JsonLines:
-    """`status --json`'s object, with `rate`, whenever the campaign changed."""
+    """`status --json`'s object, with `rate`, whenever the campaign or its relays
+    changed."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
-        self._last: tuple[str, dict[str, int]] | None = None
+        self._last: tuple[str, dict[str, int], list[dict[str, Any]]] | None = None
 
     def show(self, report: campaigns.StatusReport, rate: float | None) -> None:
-        key = (report.status, report.counts)
+        key = (report.status, report.counts, report.relays)
         if key != self._last:
             self._last = key
             data = {**report.as_json(), "rate": None if rate is None else round(rate, 1)}
@@ -152,21 +177,28 @@ async def follow(
     campaign_id: int,
     display: Display,
     *,
+    redis_url: str,
+    relays: Sequence[Relay],
     interval: float = INTERVAL,
     clock: Callable[[], float] = time.monotonic,
 ) -> campaigns.StatusReport:
-    """Show the campaign every `interval` seconds until it ended; its last report.
-    NotFound when there is no such campaign.
+    """Show the campaign, with the state of its route's `relays` as the workers published
+    it in the Redis at `redis_url`, every `interval` seconds until it ended; its last
+    report. NotFound when there is no such campaign.
 
     Counting a campaign of millions of invitations takes a while: the watch then reads
-    less often, so that it spends at most a fifth of the time counting.
+    less often, so that it spends at most a fifth of the time counting. While Redis does
+    not answer, the relays' state is "unknown" and the watch goes on.
     """
     meter = RateMeter()
     report: campaigns.StatusReport | None = None
+    jobs = queue.LazyQueue(redis_url)
     try:
         while True:
             started = clock()
-            report = await campaigns.status_report(conn, campaign_id)
+            report = await _with_relays(
+                await campaigns.status_report(conn, campaign_id), jobs, relays
+            )
             now = clock()
             display.show(report, meter.add(now, decided(report.counts)))
             if report.status in ENDED_STATUSES:
@@ -174,3 +206,16 @@ async def follow(
             await asyncio.sleep(max(interval, 4 * (now - started)))
     finally:
         display.close(report)
+        await jobs.close()
+
+
+async def _with_relays(
+    report: campaigns.StatusReport, jobs: queue.LazyQueue, relays: Sequence[Relay]
+) -> campaigns.StatusReport:
+    """The report with its route's relays and whether the campaign waits for one (each
+    relay "unknown" while Redis does not answer; it is asked again at the next look)."""
+    redis = None
+    with contextlib.suppress(*queue.ERRORS):
+        redis = await jobs.get()
+    listed, waits = await route_report(redis, relays, report.route, report.status)
+    return replace(report, relays=listed, waiting_for_relay=waits)

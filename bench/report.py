@@ -26,6 +26,7 @@ class Figures:
     workers: int
     slice_size: int
     smtp_connections: int
+    relays: int
     sink: str
     builtin_sink: bool
     seconds: float  # t0 (launch_campaign enqueued) → last message accepted by the sink
@@ -126,7 +127,8 @@ def as_table(figures: Figures) -> str:
     m = f.machine
     lines = [
         f"survey-worker bench: {f.recipients:,} recipients ({f.opted_out:,} opted out), "
-        f"{f.workers} workers, SLICE_SIZE={f.slice_size}, SMTP_CONNECTIONS={f.smtp_connections}",
+        f"{f.workers} workers, SLICE_SIZE={f.slice_size}, SMTP_CONNECTIONS={f.smtp_connections}"
+        + (f" over {f.relays} relays" if f.relays > 1 else ""),
         f"machine: {m.cores} cores, {m.cpu}, {m.memory_bytes / 1024**3:.1f} GiB of memory",
         f"sink: {f.sink}; messages average {f.message_size:,} bytes",
     ]

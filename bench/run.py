@@ -93,6 +93,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="with BOUNCE_DOMAIN, CONTACT_CAP and two reminder rounds (not yet due) configured",
     )
+    parser.add_argument(
+        "--relays",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="N relays (SMTP_RELAYS) to the same sink sharing SMTP_CONNECTIONS (1)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     return parser.parse_args(argv)
 
@@ -287,6 +294,7 @@ async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
                 slice_size=args.slice_size,
                 smtp_connections=args.smtp_connections,
                 features=args.features,
+                relays=args.relays,
             )
             redis = await queue.connect(urls.redis_url)
             conn = await asyncpg.connect(database_url)
@@ -323,6 +331,7 @@ async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
         workers=args.workers,
         slice_size=settings.slice_size,
         smtp_connections=settings.smtp_connections,
+        relays=args.relays,
         sink=sink.label,
         builtin_sink=sink.builtin,
         seconds=seconds,

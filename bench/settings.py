@@ -38,11 +38,14 @@ def bench_settings(
     slice_size: int | None,
     smtp_connections: int | None,
     features: bool = False,
+    relays: int = 1,
 ) -> Settings:
     """Settings for the workers of one run: local sink without TLS, JSON decision logs.
 
     The throughput knobs keep their defaults unless given. `features` sets BOUNCE_DOMAIN
-    (VERP envelope senders) and CONTACT_CAP (counted at send time).
+    (VERP envelope senders) and CONTACT_CAP (counted at send time). More than one of
+    `relays` names that many relays (SMTP_RELAYS) to the same sink, sharing the mail by
+    equal weights and SMTP_CONNECTIONS between them, so only the routing differs.
     """
     values: dict[str, Any] = {
         "app_env": "test",
@@ -62,6 +65,20 @@ def bench_settings(
         values["slice_size"] = slice_size
     if smtp_connections is not None:
         values["smtp_connections"] = smtp_connections
+    if relays > 1:
+        names = [f"r{i}" for i in range(1, relays + 1)]
+        share = max(
+            1, (smtp_connections or Settings.model_fields["smtp_connections"].default) // relays
+        )
+        values["smtp_relays"] = ",".join(names)
+        values["smtp_relay_variables"] = {
+            variable: value
+            for name in names
+            for variable, value in (
+                (f"SMTP_RELAY_{name.upper()}_URL", f"smtp://127.0.0.1:{smtp_port}"),
+                (f"SMTP_RELAY_{name.upper()}_CONNECTIONS", str(share)),
+            )
+        }
     return BenchSettings(**values)
 
 

@@ -284,3 +284,20 @@ async def test_postfix_carries_the_mail_while_the_other_relay_is_down(
         await wait_until(relayed, what="Postfix to relay every message to the sink")
     assert received_by(sink.messages) == dict.fromkeys(emails, 1)
     assert set((await states(pg, report.campaign_id)).values()) == {("sent", 1)}
+
+
+async def test_a_relays_own_rate_holds_its_messages_back(
+    pg: asyncpg.Pool, fast: Settings, spawn: Spawn
+) -> None:
+    handler = RecordingHandler()
+    emails = [f"p{i}@example.com" for i in range(16)]
+    await add_client(pg, "acme")
+    async with start_smtp_server(handler) as port:
+        settings = relays(fast, {"slow": f"smtp://127.0.0.1:{port}"}, SMTP_RELAY_SLOW_RATE="4")
+        report = await launch(pg, settings, csv_of(*emails))
+        spawn(settings)
+        await finished(settings, report.campaign_id)
+    assert received_by(handler.messages) == dict.fromkeys(emails, 1)
+    # 16 messages at 4 a second take three whole windows after the first; unpaced, this
+    # server takes them all within a fraction of a second. A slow machine only adds time.
+    assert handler.arrivals[-1] - handler.arrivals[0] >= 2.0

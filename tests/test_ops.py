@@ -1,25 +1,29 @@
 """`/ops` over HTTP: its own credentials (OPS_USERS, HTTP Basic), CSRF protection of its
-buttons, and pause/resume/cancel acting on the ledger as the command line does."""
+buttons, pause/resume/cancel acting on the ledger as the command line does, and the relay a
+running campaign waits for, from the state workers publish in Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio
 from pydantic import SecretStr
 
 from tests.support.pipeline import add_client, csv_of, launch
 from tests.support.web import ROOT, cli_environment, private_logs, serving
 from tests.test_api_roles import LoginUser, login_user  # noqa: F401 (the fixture)
-from worker import passwords
+from worker import passwords, relays
 from worker.settings import Settings
 from worker.web.ops.app import CSRF_LIFETIME, Users
 
@@ -352,6 +356,63 @@ async def test_ops_password_prints_an_entry_that_verifies(settings: Settings) ->
     assert err.strip() == "Error: the password must be at least 12 characters"
     code, _, err = await run("ops-password", "ann@example", stdin=ANNA[1].encode())
     assert code == 1 and "USER" in err
+
+
+async def test_a_running_campaign_whose_relays_are_all_in_trouble_says_what_it_waits_for(
+    pg: asyncpg.Pool, ops_settings: Settings
+) -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        **{**ops_settings.model_dump(), "smtp_relays": "esp,backup"},
+        smtp_relay_variables={
+            "SMTP_RELAY_ESP_URL": "smtp://user:secret@127.0.0.1:2525",
+            "SMTP_RELAY_BACKUP_URL": "smtp://127.0.0.1:2526",
+        },
+    )
+    # acme's mail leaves only through esp; beta's through either relay.
+    await add_client(pg, "acme")
+    await add_client(pg, "beta")
+    await pg.execute("UPDATE clients SET relays = '{esp}' WHERE id = 'acme'")
+    waits = await launch(pg, settings, csv_of("ann@example.com"), enqueue=False)
+    paused = await launch(pg, settings, csv_of("bob@example.com"), enqueue=False)
+    await pg.execute("UPDATE campaigns SET status = 'paused' WHERE id = $1", paused.campaign_id)
+    other = await launch(pg, settings, csv_of("cy@example.com"), client_id="beta", enqueue=False)
+    # The state as a worker publishes it (relays.Relays._publish): esp refuses the login.
+    since = datetime(2026, 11, 30, 4, 30, tzinfo=UTC)
+    trouble = relays.Health(
+        "auth_failed", 535, "5.7.8", "Authentication <credentials> invalid", since=since
+    )
+    assert settings.redis_url is not None
+    client = redis.asyncio.from_url(settings.redis_url)
+    await client.hset(relays.KEY, "esp", json.dumps(trouble.public()))  # type: ignore[misc]
+    await client.hset(relays.KEY, "backup", json.dumps(relays.Health().public()))  # type: ignore[misc]
+    await client.aclose()
+    async with serving(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        page = await http.get("/ops", headers=basic(*ANNA))
+    assert page.status_code == 200
+    line = (
+        '<p class="waiting">waiting for relay esp: auth_failed (535 5.7.8 Authentication '
+        "&lt;credentials&gt; invalid) since 2026-11-30T04:30:00+00:00</p>"
+    )
+    assert page.text.count('class="waiting"') == 1, page.text
+    sections = {
+        number: re.search(rf'id="campaign-{number}".*?</section>', page.text, re.S)
+        for number in (waits.campaign_id, paused.campaign_id, other.campaign_id)
+    }
+    found = {number: match.group(0) if match else "" for number, match in sections.items()}
+    assert line in found[waits.campaign_id]
+    # Paused, it waits for nobody; beta's route still has a healthy relay.
+    assert "waiting for relay" not in found[paused.campaign_id] + found[other.campaign_id]
+
+    # Redis down: the page answers, and says nothing of relays it cannot know.
+    async with (
+        serving(settings, redis_url="redis://127.0.0.1:1/0") as base,
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+        blind = await http.get("/ops", headers=basic(*ANNA))
+    assert blind.status_code == 200
+    assert f"#{waits.campaign_id} test" in blind.text
+    assert "waiting for relay" not in blind.text
 
 
 async def test_ops_says_when_postgres_is_down(ops_settings: Settings) -> None:

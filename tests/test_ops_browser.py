@@ -2,11 +2,15 @@
 OPS_USERS user, sees the campaigns a real worker sent with the send-rate chart and each
 campaign's sparkline drawn (their pixels counted in screenshots), pauses and resumes a
 campaign with the buttons (each a POST answered 303 See Other to /ops, its result shown
-once) and cancels one through the confirmation step, which needs no script."""
+once) and cancels one through the confirmation step, which needs no script; and sees what
+a campaign waits for while a real worker's relay is down."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +23,7 @@ from pydantic import SecretStr
 
 from tests.support.pipeline import add_client, csv_of, launch, run_workers
 from tests.support.smtp import RecordingHandler
-from tests.support.web import private_logs, serving
+from tests.support.web import private_logs, serving, start_cli
 from tests.test_browser import (  # noqa: F401 (the fixture)
     CHROMIUM_ARGS,
     VIEWPORTS,
@@ -27,6 +31,7 @@ from tests.test_browser import (  # noqa: F401 (the fixture)
     screenshots,
 )
 from worker import passwords
+from worker.dev import embedded
 from worker.settings import Settings
 
 USER, PASSWORD = "anna", "correct horse battery staple"
@@ -231,3 +236,52 @@ async def test_an_operator_watches_and_pauses_campaigns_in_a_real_browser(
             assert await context.cookies() == []
         finally:
             await browser.close()
+
+
+async def test_an_operator_sees_the_relay_a_campaign_waits_for_in_a_real_browser(
+    pg: asyncpg.Pool,
+    settings: Settings,
+    chromium: Path,  # noqa: F811
+) -> None:
+    hashed = passwords.hash_password(PASSWORD, n=2**10)
+    # No relay listens on this port: the worker finds it unreachable at start and says so
+    # in Redis, where the page reads it.
+    local = settings.model_copy(
+        update={"ops_users": SecretStr(f"{USER}:{hashed}"), "smtp_port": embedded.free_port()}
+    )
+    await add_client(pg, "acme", "Acme Research")
+    report = await launch(pg, local, csv_of("ann@example.com", "bob@example.com"))
+    worker = await start_cli(local, "worker")
+    try:
+        async with serving(local) as base, async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=str(chromium), args=CHROMIUM_ARGS
+            )
+            try:
+                context = await browser.new_context(
+                    http_credentials={"username": USER, "password": PASSWORD},
+                    viewport={"width": 390, "height": 844},
+                )
+                page = await context.new_page()
+                line = page.locator(f"#campaign-{report.campaign_id} .waiting")
+                deadline = time.monotonic() + 60
+                while await line.count() == 0:
+                    assert time.monotonic() < deadline, "no waiting line on /ops"
+                    await asyncio.sleep(0.5)
+                    response = await page.goto(f"{base}/ops")
+                    assert response is not None and response.status == 200
+                text = await line.text_content() or ""
+                assert text.startswith("waiting for relay default: unreachable (")
+                assert "since 20" in text
+                assert await line.is_visible()
+                # Styled under the page's policy, and a long reply wraps on a phone.
+                colour = await line.evaluate("e => getComputedStyle(e).backgroundColor")
+                assert colour == "rgb(255, 244, 224)"
+                width = await page.evaluate("document.documentElement.scrollWidth")
+                assert width <= 390
+            finally:
+                await browser.close()
+    finally:
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(worker.communicate(), 30)

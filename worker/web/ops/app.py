@@ -4,7 +4,8 @@
                                                the ledger's campaigns by status; with
                                                METRICS_TOKEN set, `Authorization: Bearer`
     GET  /ops                                  campaigns: progress by state, send rate,
-                                               feedback rates, pause reason; with
+                                               feedback rates, pause reason, the relay a
+                                               running campaign waits for; with
                                                `?cancel=ID`, the confirmation of a cancel
     POST /ops/campaigns/{id}/{pause|resume|cancel}
                                                303 See Other to /ops (post/redirect/get);
@@ -20,7 +21,9 @@ one cookie /ops sets, `ops_flash` (Path=/ops, HttpOnly, SameSite=Strict, a minut
 campaign's number and status signed like the CSRF token, for that user only; the GET that
 shows it deletes it, so a reload does not show it again. It reads and acts through the client API's
 database connection (API_DATABASE_URL, else DATABASE_URL): pausing takes a login that
-may update campaigns, as `pause` on the command line does.
+may update campaigns, as `pause` on the command line does. The relays' state comes from
+the Redis hash the workers publish it in (`worker.relays`); while Redis does not answer,
+the page shows no waiting line and still answers.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -45,8 +49,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from worker import campaigns, db, metrics, passwords, queue, states
+from worker import campaigns, db, metrics, passwords, queue, relay_config, states
 from worker.errors import NotFound, TooLarge
+from worker.relays import route_report, waiting_lines
 from worker.settings import Settings
 from worker.states import DISPLAY_ORDER, MOVES, Action, actions_from, decided
 from worker.web import http
@@ -65,6 +70,8 @@ MAX_FORM = 1024
 FLASH = "ops_flash"
 FLASH_LIFETIME = 60
 LEDGER_TIMEOUT = 3.0
+# The most the page waits for the relays' state in Redis.
+RELAYS_TIMEOUT = 2.0
 CHALLENGE = 'Basic realm="survey-worker ops", charset="UTF-8"'
 CONTROLS: dict[str, Action] = {action: action for action in MOVES}
 # A rate this close to its pause threshold is shown in red.
@@ -206,8 +213,9 @@ class Thresholds:
     complaint: float
 
 
-def _view(row: store.CampaignRow, limits: Thresholds) -> dict[str, Any]:
-    """What the template shows of one campaign (pure)."""
+def _view(row: store.CampaignRow, limits: Thresholds, waiting: list[str]) -> dict[str, Any]:
+    """What the template shows of one campaign (pure); `waiting`: "waiting for relay NAME:
+    REASON (REPLY) since TIME" for each relay it waits for."""
     sent = row.counts.get("sent", 0)
     fb = row.feedback
     hard, complaints, refused = fb.get("hard", 0), fb.get("complaint", 0), fb.get("refused", 0)
@@ -228,6 +236,7 @@ def _view(row: store.CampaignRow, limits: Thresholds) -> dict[str, Any]:
         "complaint_warn": complaint_rate is not None
         and complaint_rate >= WARN_SHARE * limits.complaint,
         "actions": actions_from(row.status),
+        "waiting": waiting,
     }
 
 
@@ -243,6 +252,7 @@ class Ops:
         self.registry = metrics.process_registry(counts)
         self.pages = Pages()
         self.limits = Thresholds(settings.pause_bounce_rate, settings.pause_complaint_rate)
+        self.relays = relay_config.relays(settings)
 
     def routes(self) -> list[Route]:
         """The routes to add to the web app."""
@@ -360,7 +370,8 @@ class Ops:
                 rows = await store.overview(conn)
         except db.DB_ERRORS as e:
             return _unavailable(e)
-        views = [_view(row, self.limits) for row in rows]
+        waiting = await self._waiting(api, rows)
+        views = [_view(row, self.limits, waiting.get(row.id, [])) for row in rows]
         # Only a campaign that can still be cancelled is asked about.
         asking = next(
             (v for v in views if v["row"].id == confirm and "cancel" in v["actions"]), None
@@ -383,6 +394,29 @@ class Ops:
         return HTMLResponse(
             html, headers={"Content-Security-Policy": self.pages.content_security_policy}
         )
+
+    async def _waiting(
+        self, api: ApiContext, rows: list[store.CampaignRow]
+    ) -> dict[int, list[str]]:
+        """The waiting lines of each running campaign whose route's relays are all in
+        trouble, from the states the workers published in Redis; none while Redis does not
+        answer within RELAYS_TIMEOUT (the relays' state is then unknown)."""
+        running = [row for row in rows if row.status == "running"]
+        found: dict[int, list[str]] = {}
+        if not running:
+            return found
+        try:
+            async with asyncio.timeout(RELAYS_TIMEOUT):
+                redis = None
+                with contextlib.suppress(*queue.ERRORS):
+                    redis = await api.jobs.get()
+                for row in running:
+                    listed, waits = await route_report(redis, self.relays, row.route, row.status)
+                    if waits:
+                        found[row.id] = waiting_lines(listed)
+        except TimeoutError:
+            return {}
+        return found
 
 
 def _unavailable(error: BaseException) -> Response:

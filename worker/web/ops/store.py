@@ -1,5 +1,6 @@
-"""What `/ops` reads from the ledger: the campaigns worth watching, their invitations by
-state, their feedback and their recent sends. All of `/ops`'s SQL is here."""
+"""What `/ops` reads from the ledger: the campaigns worth watching, their client's route,
+their invitations by state, their feedback and their recent sends. All of `/ops`'s SQL is
+here."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ class CampaignRow:
     status: str
     status_reason: str | None
     created_at: datetime
+    # The relays of its client's route (None: every relay).
+    route: list[str] | None = None
     counts: dict[str, int] = field(default_factory=dict)
     feedback: dict[str, int] = field(default_factory=dict)
     # Accepted sends per bucket of BUCKET_SECONDS, oldest first, the last one now.
@@ -39,11 +42,13 @@ class CampaignRow:
 async def overview(conn: Conn) -> list[CampaignRow]:
     """Running and paused campaigns, and the latest that ended; newest first."""
     rows = await conn.fetch(
-        """SELECT id, client_id, name, kind, status, reason, created_at FROM campaigns
-           WHERE status IN ('running', 'paused')
-              OR id IN (SELECT id FROM campaigns WHERE status NOT IN ('running', 'paused')
-                        ORDER BY id DESC LIMIT $1)
-           ORDER BY id DESC""",
+        """SELECT c.id, c.client_id, c.name, c.kind, c.status, c.reason, c.created_at,
+                  cl.relays
+           FROM campaigns c JOIN clients cl ON cl.id = c.client_id
+           WHERE c.status IN ('running', 'paused')
+              OR c.id IN (SELECT id FROM campaigns WHERE status NOT IN ('running', 'paused')
+                          ORDER BY id DESC LIMIT $1)
+           ORDER BY c.id DESC""",
         RECENT_ENDED,
     )
     ids = [r["id"] for r in rows]
@@ -90,6 +95,7 @@ async def overview(conn: Conn) -> list[CampaignRow]:
             status=r["status"],
             status_reason=r["reason"],
             created_at=r["created_at"],
+            route=r["relays"],
             counts=counts[r["id"]],
             feedback=feedback[r["id"]],
             sends=tuple(sends[r["id"]]),

@@ -32,6 +32,7 @@ REQUIRED_ALERTS = {
     "SurveyWorkerComplaintRateNearPause",
     "SurveyWorkerNoHeartbeat",
     "SurveyWorkerInboundDeferring",
+    "RelayDown",
 }
 
 
@@ -120,6 +121,18 @@ def test_the_complaint_alert_compares_with_the_pause_threshold_exported() -> Non
     assert "survey_worker_pause_min_sent" in metric_names(rule["expr"])
 
 
+def test_relay_down_fires_per_relay_once_every_worker_says_it_is_in_trouble() -> None:
+    (rule,) = [r for r in rules() if r["alert"] == "RelayDown"]
+    # max across workers: a relay is down only when no worker that reports it sends
+    # through it; `by (relay)`: one alert per relay, named in its annotations.
+    assert " ".join(rule["expr"].split()) == "max by (relay) (survey_worker_relay_up) == 0"
+    assert rule["for"] == "15m"
+    assert rule["labels"]["severity"] == "page"
+    for text in rule["annotations"].values():
+        assert "{{ $labels.relay }}" in text
+    assert "check-relay" in rule["annotations"]["description"]
+
+
 def dashboard() -> dict[str, Any]:
     document = json.loads((OPS / "dashboard.json").read_text(encoding="utf-8"))
     assert isinstance(document, dict)
@@ -169,7 +182,19 @@ def test_the_dashboard_shows_every_metric_the_issue_names() -> None:
         "survey_worker_unsubscribe_requests_total",
         "survey_worker_jobs_total",
         "survey_worker_heartbeat_timestamp_seconds",
+        "survey_worker_relay_up",
+        "survey_worker_relay_deferrals_total",
     } <= used
+
+
+def test_the_relay_panels_show_each_relay_and_its_deferrals_by_reason() -> None:
+    targets = {t["expr"]: t for p in dashboard()["panels"] for t in p["targets"]}
+    up = targets["max by (relay) (survey_worker_relay_up)"]
+    assert up["legendFormat"] == "{{relay}}"
+    deferrals = [e for e in targets if "survey_worker_relay_deferrals_total" in e]
+    assert deferrals == [
+        "sum by (relay, reason) (rate(survey_worker_relay_deferrals_total[$__rate_interval])) * 60"
+    ]
 
 
 def test_the_example_scrape_configuration_loads_the_rules() -> None:

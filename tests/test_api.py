@@ -451,6 +451,7 @@ async def test_the_openapi_document_validates_and_describes_the_api(settings: Se
         "/campaigns/{campaign_id}/pause",
         "/campaigns/{campaign_id}/resume",
         "/campaigns/{campaign_id}/cancel",
+        "/campaigns/{campaign_id}/retry",
         "/opt-outs",
     }
     assert document["servers"] == [{"url": "/v1"}]
@@ -469,6 +470,7 @@ async def test_the_openapi_document_validates_and_describes_the_api(settings: Se
         "pause_campaign",
         "resume_campaign",
         "cancel_campaign",
+        "retry_campaign",
         "opt_out_feed",
     }
 

@@ -3,6 +3,7 @@
     POST /v1/campaigns                 launch: JSON recipients or a CSV upload
     GET  /v1/campaigns/{id}            what `status --json` prints
     POST /v1/campaigns/{id}/pause      | resume | cancel
+    POST /v1/campaigns/{id}/retry      what `retry --json` prints
     GET  /v1/opt-outs?after=&limit=    the client's opt-out feed
     GET  /v1/openapi.json              this API, generated from the code
 
@@ -43,6 +44,7 @@ from worker.errors import (
     NotFound,
     NoValidRecipient,
     Refused,
+    RetryRefused,
     Unauthenticated,
     UnusableUrl,
     api_names,
@@ -59,6 +61,8 @@ from worker.web.api.models import (
     ErrorAnswer,
     FeedPage,
     LaunchAnswer,
+    RetryAnswer,
+    RetryRequest,
     StatusAnswer,
 )
 from worker.web.api.uploads import (
@@ -75,6 +79,8 @@ QUERY_TIMEOUT = 30.0
 QUEUE_TIMEOUT = 3.0
 RATE_KEY = "survey-worker:api-rate:"
 _MAX_ID = 2**63 - 1
+# The most a retry's body (a few reason names) may take.
+RETRY_BODY_MAX = 4096
 
 
 def unauthorized() -> Unauthenticated:
@@ -490,6 +496,58 @@ async def cancel_campaign(campaign_id: str, request: Request, caller: Authentica
     return await _control(request, caller, campaign_id, "cancel")
 
 
+RETRY_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": RetryRequest.model_json_schema()}},
+    }
+}
+
+
+async def _retry_reasons(request: Request) -> tuple[str, ...]:
+    """The reasons a retry's optional JSON body names (none: every transient reason); 400
+    for a body that is not `{"reasons": [...]}` with transient reasons, 413 past
+    RETRY_BODY_MAX bytes."""
+    body = await http.read_body(
+        request, RETRY_BODY_MAX, too_large=f"the request body is over {RETRY_BODY_MAX} bytes"
+    )
+    if not body.strip():
+        return ()
+    try:
+        return tuple(RetryRequest.model_validate_json(body).reasons)
+    except ValidationError as e:
+        raise Malformed(_first_error(e)) from e
+
+
+async def retry_campaign(campaign_id: str, request: Request, caller: Authenticated) -> Any:
+    """Send again the campaign's invitations that failed for a transient reason (or only
+    those the body names): what `retry --json` prints. A cancelled campaign is a 409."""
+    number = _campaign_id(campaign_id)
+    reasons = await _retry_reasons(request)
+    api = _api(request)
+    async with api.connection() as conn:
+        if not await apikeys.owns_campaign(conn, caller.client_id, number):
+            raise no_campaign()
+        try:
+            report = await campaigns.retry(conn, number, reasons)
+        except NotFound as e:
+            raise no_campaign() from e
+        except RetryRefused as e:
+            raise Refused(409, str(e)) from e
+    if report.requeued:
+        log.info(
+            "campaign.retry",
+            campaign_id=number,
+            client_id=caller.client_id,
+            requeued=report.requeued,
+            by_reason=report.by_reason,
+            via="api",
+        )
+        if report.status == "running":
+            await _enqueue(api, number)
+    return JSONResponse(report.as_json())
+
+
 async def opt_out_feed(
     request: Request,
     caller: Authenticated,
@@ -594,6 +652,20 @@ def _add_routes(app: FastAPI) -> None:
             response_model=None,
             responses={200: {"model": model, "description": "OK."}, **NOT_FOUND, **ERRORS},
         )
+    app.add_api_route(
+        "/campaigns/{campaign_id}/retry",
+        retry_campaign,
+        methods=["POST"],
+        response_model=None,
+        responses={
+            200: {"model": RetryAnswer, "description": "OK."},
+            409: {"model": ErrorAnswer, "description": "The campaign was cancelled."},
+            413: {"model": ErrorAnswer, "description": f"A body over {RETRY_BODY_MAX} bytes."},
+            **NOT_FOUND,
+            **ERRORS,
+        },
+        openapi_extra=RETRY_BODY,
+    )
     app.add_api_route(
         "/opt-outs",
         opt_out_feed,

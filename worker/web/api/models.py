@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.campaigns import MAX_CAMPAIGN_NAME, MAX_REMINDERS
+from worker.campaigns import MAX_CAMPAIGN_NAME, MAX_REMINDERS, RETRYABLE, RetryReason
 from worker.imports import MAX_COLUMNS
 from worker.states import CampaignStatus
 
@@ -137,6 +137,28 @@ class ControlAnswer(BaseModel):
     campaign_id: int
     status: str
     changed: bool = Field(description="False: the campaign already was so, or could not move.")
+
+
+class RetryRequest(BaseModel):
+    """`POST /v1/campaigns/{id}/retry`'s optional body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reasons: list[RetryReason] = Field(
+        min_length=1,
+        max_length=len(RETRYABLE),
+        description="Put back only the invitations that failed for these reasons (without a "
+        "body: for any of them).",
+    )
+
+
+class RetryAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    campaign_id: int
+    status: str = Field(description="The campaign's status after the retry.")
+    requeued: int = Field(description="How many invitations went back to pending.")
+    by_reason: dict[str, int] = Field(description="How many of them per reason they failed for.")
 
 
 class FeedEvent(BaseModel):

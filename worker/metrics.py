@@ -46,7 +46,7 @@ Labels = TypeVar("Labels", bound=tuple[str, ...])
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # From when a send_batch job was due until a worker started it.
 WAIT_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
-CAMPAIGN_STATUSES = ("running", "paused", "cancelled", "completed", "failed")
+CAMPAIGN_STATUSES = ("scheduled", "running", "paused", "cancelled", "completed", "failed")
 # A reason label is an identifier the code chose; anything else (the text after
 # "undeliverable: " or "template: ") is cut off or counted as "other".
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")

@@ -12,9 +12,18 @@ from collections.abc import Mapping
 from typing import Literal, get_args
 
 InvitationState = Literal[
-    "pending", "sending", "sent", "suppressed", "deferred", "failed", "unknown", "cancelled"
+    "pending",
+    "sending",
+    "sent",
+    "suppressed",
+    "deferred",
+    "failed",
+    "unknown",
+    "cancelled",
+    "expired",
 ]
-CampaignStatus = Literal["running", "paused", "cancelled", "completed", "failed"]
+# `scheduled`: waiting for its --start-at, nothing sent yet.
+CampaignStatus = Literal["scheduled", "running", "paused", "cancelled", "completed", "failed"]
 Kind = Literal["survey", "marketing"]
 
 
@@ -31,7 +40,15 @@ CAMPAIGN_STATUSES: tuple[CampaignStatus, ...] = get_args(CampaignStatus)
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 # The states an invitation never leaves: it was decided.
-FINAL_STATES: tuple[InvitationState, ...] = ("sent", "suppressed", "failed", "unknown", "cancelled")
+# `expired`: not sent before the campaign's --close-at.
+FINAL_STATES: tuple[InvitationState, ...] = (
+    "sent",
+    "suppressed",
+    "failed",
+    "unknown",
+    "cancelled",
+    "expired",
+)
 # The statuses of a campaign that ended: nothing more is sent.
 ENDED_STATUSES: tuple[CampaignStatus, ...] = ("completed", "cancelled", "failed")
 # The order states are shown in (progress bars, `status --watch`): decided first, then
@@ -43,7 +60,7 @@ Action = Literal["pause", "resume", "cancel"]
 MOVES: dict[Action, tuple[tuple[CampaignStatus, ...], CampaignStatus]] = {
     "pause": (("running",), "paused"),
     "resume": (("paused",), "running"),
-    "cancel": (("running", "paused"), "cancelled"),
+    "cancel": (("scheduled", "running", "paused"), "cancelled"),
 }
 
 

@@ -45,12 +45,13 @@ def test_an_unknown_state_is_shown_after_the_known_ones() -> None:
 
 def test_only_final_states_count_as_decided() -> None:
     counts = {state: 1 for state in INVITATION_STATES}
-    assert decided(counts) == len(FINAL_STATES) == 5
+    assert decided(counts) == len(FINAL_STATES) == 6
 
 
 def test_actions_follow_the_moves_and_an_ended_campaign_allows_none() -> None:
     assert actions_from("running") == ("pause", "cancel")
     assert actions_from("paused") == ("resume", "cancel")
+    assert actions_from("scheduled") == ("cancel",)
     for status in ENDED_STATUSES:
         assert actions_from(status) == ()
     # Every move leads somewhere an action can leave again, or to an end.

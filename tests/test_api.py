@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 
 from tests.support.pipeline import add_client
 from tests.support.web import email_hash, private_logs, serving
-from worker import apikeys, campaigns, optouts, privacy
+from worker import apikeys, campaigns, optouts, privacy, relay_config
 from worker.settings import Settings
 from worker.suppression import Scope
 
@@ -74,8 +74,15 @@ async def test_a_client_launches_watches_and_controls_only_its_own_campaigns(
         assert answer["rejected"][0]["reason"].startswith("invalid address")
         status = await http.get(f"/v1/campaigns/{campaign_id}", headers=bearer(keys["acme"]))
         async with pg.acquire() as conn:
-            expected = (await campaigns.status_report(conn, campaign_id)).as_json()
+            report = await campaigns.status_report(conn, campaign_id)
+        expected = (
+            await campaigns.with_relays_at(
+                report, settings.redis_url, relay_config.relays(settings)
+            )
+        ).as_json()
+        # What `status --json` says, its relays included: the default relay, seen ok.
         assert status.status_code == 200 and status.json() == expected
+        assert [r["name"] for r in expected["relays"]] == ["default"]
         # Another client's campaign is a 404, the same as one that does not exist.
         theirs = await http.get(f"/v1/campaigns/{campaign_id}", headers=bearer(keys["globex"]))
         missing = await http.get("/v1/campaigns/999999", headers=bearer(keys["globex"]))

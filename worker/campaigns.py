@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, get_args
 
 import orjson
+from redis.asyncio import Redis
 
 from worker import (
     addresses,
@@ -482,19 +483,26 @@ async def status_report(conn: Conn, campaign_id: int) -> StatusReport:
 
 
 async def with_relays(
-    report: StatusReport, redis_url: str, relays: Sequence[relay_config.Relay]
+    report: StatusReport, redis: Redis | None, relays: Sequence[relay_config.Relay]
 ) -> StatusReport:
     """The report with its route's relays and whether the campaign waits for one, read
-    from the Redis at `redis_url` (each relay "unknown" when Redis does not answer)."""
+    from `redis` (each relay "unknown" without one that answers)."""
+    listed, waiting = await route_report(redis, relays, report.route, report.status)
+    return replace(report, relays=listed, waiting_for_relay=waiting)
+
+
+async def with_relays_at(
+    report: StatusReport, redis_url: str, relays: Sequence[relay_config.Relay]
+) -> StatusReport:
+    """`with_relays`, connecting to the Redis at `redis_url` for it (a command's way)."""
     redis = None
     with contextlib.suppress(*queue.ERRORS):
         redis = await queue.connect(redis_url, retries=0)
     try:
-        listed, waiting = await route_report(redis, relays, report.route, report.status)
+        return await with_relays(report, redis, relays)
     finally:
         if redis is not None:
             await redis.aclose()
-    return replace(report, relays=listed, waiting_for_relay=waiting)
 
 
 async def control(conn: Conn, campaign_id: int, action: Action) -> tuple[bool, CampaignStatus]:

@@ -278,7 +278,7 @@ async def _after_chunk(
     metrics.decisions(early, smtp=False)
     metrics.decisions(done, smtp=True)
     for o in done:
-        if o.relay is not None and o.state in ("deferred", "failed"):
+        if o.relay is not None and o.state == "deferred":
             metrics.deferred(o.relay, o.reason or "none")
         _log_decision(bound, inv_by_id, o)
     if any(o.reason == "hard_bounce" for o in done):

@@ -227,7 +227,7 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
     with environment() as env:
         report = run(env, lambda conn: campaigns.status_report(conn, campaign_id))
         report = asyncio.run(
-            campaigns.with_relays(report, env.urls.redis_url, relay_config.relays(env.settings))
+            campaigns.with_relays_at(report, env.urls.redis_url, relay_config.relays(env.settings))
         )
     because = f" ({report.status_reason})" if report.status_reason else ""
     lines = [f"campaign {campaign_id}: {report.status}{because}, {report.total} invitations"]

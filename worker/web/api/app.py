@@ -26,6 +26,7 @@ from typing import Annotated, Any, BinaryIO
 import asyncpg
 import orjson
 import structlog
+from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -34,7 +35,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from worker import apikeys, campaigns, db, durations, feed, queue
+from worker import apikeys, campaigns, db, durations, feed, queue, relay_config
 from worker.apikeys import Caller
 from worker.errors import (
     CsvProblem,
@@ -112,6 +113,15 @@ class ApiContext:
             raise UnusableUrl("API_DATABASE_URL: " + str(postgres_url_problem(self.database_url)))
         async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
             yield conn
+
+    async def queue_if_up(self) -> ArqRedis | None:
+        """Redis, or None when it does not answer in time (what reads it then says
+        "unknown" instead of failing)."""
+        try:
+            async with asyncio.timeout(QUEUE_TIMEOUT):
+                return await self.jobs.get()
+        except (*queue.ERRORS, UnusableUrl, TimeoutError):
+            return None
 
     async def within_rate(self, caller: Caller) -> float | None:
         """None when the key may make this request; else seconds until it may again.
@@ -459,6 +469,10 @@ async def campaign_status(campaign_id: str, request: Request, caller: Authentica
             report = await campaigns.status_report(conn, number)
         except NotFound as e:
             raise no_campaign() from e
+    context = _api(request)
+    report = await campaigns.with_relays(
+        report, await context.queue_if_up(), relay_config.relays(context.settings)
+    )
     return JSONResponse(report.as_json())
 
 

@@ -115,6 +115,22 @@ class ReminderRound(BaseModel):
     suppressed: int
 
 
+class RelayState(BaseModel):
+    """One relay of the campaign's route, as the workers last saw it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    state: Literal["ok", "trouble", "unknown"] = Field(
+        description="unknown: Redis, where the workers publish it, did not answer."
+    )
+    reason: str | None = Field(
+        description="In trouble: unreachable, tls_failed, auth_failed, throttled or refused."
+    )
+    reply: str | None = Field(description="The relay's reply (code, status, text) or the error.")
+    since: str | None = Field(description="ISO 8601: in this state since.")
+
+
 class StatusAnswer(BaseModel):
     """What `status --json` prints."""
 
@@ -129,6 +145,10 @@ class StatusAnswer(BaseModel):
     feedback: dict[str, int]
     reminders: list[ReminderRound] = Field(description="One per round, in order.")
     completed: int = Field(description="Invitations the survey platform reported answered.")
+    relays: list[RelayState] = Field(description="The relays of the client's route.")
+    waiting_for_relay: bool = Field(
+        description="Running, with every relay of its route in trouble: nothing leaves."
+    )
 
 
 class ControlAnswer(BaseModel):

@@ -10,6 +10,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from html import unescape
 from pathlib import Path
 
 import asyncpg
@@ -180,6 +181,25 @@ async def test_version_and_help_say_what_each_command_takes(settings: Settings) 
     for command in ("opt-out", "resubscribe", "export-opt-outs"):
         usage = (await cli(settings, command, "--help")).stdout.splitlines()[0]
         assert "(--client ID | --marketing)" in usage, usage
+
+
+@pytest.mark.parametrize(
+    ("locale", "signature"),
+    [("en", "The research team at Osprey Panels"), ("fr", "L'équipe de recherche d'Osprey Panels")],
+)
+async def test_preview_names_the_configured_firm(
+    settings: Settings, locale: str, signature: str
+) -> None:
+    done = await cli(
+        settings,
+        *("preview", "--template", "invitation", "--locale", locale),
+        env={"FIRM_NAME": "Osprey Panels"},
+    )
+    assert done.code == 0, done.stderr
+    text, html = done.stdout.split("-" * 72)
+    for part in (text, unescape(html)):
+        assert signature in part
+        assert "Survey Research" not in part
 
 
 @pytest.mark.parametrize("args", [["--help"], [], ["client"], ["launch", "--help"]])

@@ -505,6 +505,18 @@ async def with_relays_at(
             await redis.aclose()
 
 
+async def list_campaigns(
+    conn: Conn, *, client_id: str | None = None, status: CampaignStatus | None = None
+) -> list[records.CampaignSummary]:
+    """The campaigns, newest first, of `client_id` and in `status` when given. NotFound for
+    a client that does not exist (a mistyped id is not a client without campaigns)."""
+    if client_id is not None and not await conn.fetchval(
+        "SELECT true FROM clients WHERE id = $1", client_id
+    ):
+        raise NotFound(f"unknown client {client_id!r}")
+    return await ledger.list_campaigns(conn, client_id=client_id, status=status)
+
+
 async def control(conn: Conn, campaign_id: int, action: Action) -> tuple[bool, CampaignStatus]:
     """Pause, resume or cancel a campaign (idempotent); whether it moved, and its status.
 

@@ -22,8 +22,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from worker.db import Conn, row_count
-from worker.records import Campaign, Completed, Expired, Invitation, Outcome, Round
-from worker.states import CampaignStatus
+from worker.records import (
+    Campaign,
+    CampaignSummary,
+    Completed,
+    Expired,
+    Invitation,
+    Outcome,
+    Round,
+)
+from worker.states import ENDED_STATUSES, CampaignStatus
 
 
 async def load_campaign(conn: Conn, campaign_id: int) -> Campaign | None:
@@ -307,6 +315,28 @@ async def counts(conn: Conn, campaign_id: int) -> dict[str, int]:
         campaign_id,
     )
     return {r["state"]: r["n"] for r in rows}
+
+
+async def list_campaigns(
+    conn: Conn, *, client_id: str | None = None, status: CampaignStatus | None = None
+) -> list[CampaignSummary]:
+    """The campaigns, of one client and in one status when given, newest first, each with
+    its first invitations counted by state (as `counts`), and when it ended (None while it
+    runs or is paused, a retried campaign's earlier end too)."""
+    rows = await conn.fetch(
+        """SELECT c.id, c.client_id, c.name, c.kind, c.status, c.created_at,
+                  CASE WHEN c.status = ANY($3) THEN c.completed_at END AS finished_at,
+                  (SELECT coalesce(jsonb_object_agg(state, n), '{}') FROM (
+                       SELECT state, count(*) AS n FROM invitations
+                       WHERE campaign_id = c.id AND round = 0 GROUP BY state) s) AS counts
+           FROM campaigns c
+           WHERE ($1::text IS NULL OR c.client_id = $1) AND ($2::text IS NULL OR c.status = $2)
+           ORDER BY c.created_at DESC, c.id DESC""",
+        client_id,
+        status,
+        list(ENDED_STATUSES),
+    )
+    return [CampaignSummary(**dict(r)) for r in rows]
 
 
 async def rounds(conn: Conn, campaign_id: int) -> list[Round]:

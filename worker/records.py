@@ -1,7 +1,8 @@
 """The ledger's records as values: a campaign, a claimed invitation, an outcome to record,
-an expired claim, a reminder round, a completed invitation. Frozen dataclasses with no I/O,
-so that pure steps (composing, pacing, settling from the journal) can take and return them
-without importing the SQL module that reads and writes them (`ledger`)."""
+an expired claim, a reminder round, a completed invitation, a campaign as listed. Frozen
+dataclasses with no I/O, so that pure steps (composing, pacing, settling from the journal)
+can take and return them without importing the SQL module that reads and writes them
+(`ledger`)."""
 
 from __future__ import annotations
 
@@ -106,4 +107,33 @@ class Round:
             "due_at": None if self.due_at is None else self.due_at.isoformat(),
             **{state: self.counts.get(state, 0) for state in ("sent", "suppressed")},
             **{s: n for s, n in self.counts.items() if s not in ("sent", "suppressed")},
+        }
+
+
+@dataclass(frozen=True)
+class CampaignSummary:
+    """A campaign as `campaigns` lists it: what it is, where it stands, its first
+    invitations by state, and when it was created and ended (None while it has not)."""
+
+    id: int
+    client_id: str
+    name: str
+    kind: Kind
+    status: CampaignStatus
+    counts: dict[str, int]
+    created_at: datetime
+    finished_at: datetime | None
+
+    def as_json(self) -> dict[str, object]:
+        """As `campaigns --json` shows it (dates in ISO 8601)."""
+        return {
+            "id": self.id,
+            "client_id": self.client_id,
+            "name": self.name,
+            "kind": self.kind,
+            "status": self.status,
+            "total": sum(self.counts.values()),
+            "counts": self.counts,
+            "created_at": self.created_at.isoformat(),
+            "finished_at": None if self.finished_at is None else self.finished_at.isoformat(),
         }

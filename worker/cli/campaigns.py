@@ -1,14 +1,15 @@
-"""A campaign's life: `launch`, `status` (and `status --watch`), `pause`, `resume`,
-`cancel`, `resend-unknown`, `retry`, `complete` (answered invitations) and `preview` of a
-template."""
+"""A campaign's life: `launch`, `campaigns` (the list), `status` (and `status --watch`),
+`pause`, `resume`, `cancel`, `resend-unknown`, `retry`, `complete` (answered invitations)
+and `preview` of a template."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -16,12 +17,13 @@ import click
 import structlog
 from tqdm import tqdm
 
-from worker import campaigns, completion, durations, queue, relay_config
+from worker import campaigns, completion, durations, queue, records, relay_config
 from worker.cli.base import Env, _clear_errors, _emit, environment, main, run
+from worker.cli.watch import counts_text
 from worker.relays import waiting_lines
 from worker.render import TemplateStore
 from worker.settings import Settings
-from worker.states import Action
+from worker.states import CAMPAIGN_STATUSES, Action, CampaignStatus
 
 
 def _duration(_ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
@@ -195,6 +197,44 @@ def _enqueue_launch(env: Env, campaign_id: int, what: str) -> None:
             f"{env.settings.reconcile_interval_seconds} s)",
             err=True,
         )
+
+
+@main.command("campaigns")
+@click.option("--client", "client_id", help="Only this client's campaigns.")
+@click.option(
+    "--status",
+    type=click.Choice(CAMPAIGN_STATUSES),
+    help="Only the campaigns in this status.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def campaigns_list(client_id: str | None, status: CampaignStatus | None, as_json: bool) -> None:
+    """List the campaigns, newest first: id, client, name, kind, status, invitations by
+    state, when each was created and when it ended."""
+    with environment() as env:
+        listed = run(
+            env, lambda conn: campaigns.list_campaigns(conn, client_id=client_id, status=status)
+        )
+    if as_json:
+        click.echo(json.dumps([c.as_json() for c in listed]))
+        return
+    click.echo("\n".join(_campaign_line(c) for c in listed) or "no campaigns")
+
+
+def _when(at: datetime) -> str:
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _campaign_line(c: records.CampaignSummary) -> str:
+    """`12 acme survey "Spring": completed, 120 invitations (sent 118, failed 2), created
+    2025-05-01 10:00 UTC, ended 2025-05-01 10:05 UTC`."""
+    counts = counts_text(c.counts)
+    ended = f", ended {_when(c.finished_at)}" if c.finished_at else ""
+    return (
+        f"{c.id} {c.client_id} {c.kind} {json.dumps(c.name, ensure_ascii=False)}: {c.status}, "
+        f"{sum(c.counts.values())} invitations"
+        + (f" ({counts})" if counts else "")
+        + f", created {_when(c.created_at)}{ended}"
+    )
 
 
 @main.command()
@@ -387,7 +427,7 @@ def preview(template: str, locale: str, client_name: str, reminder: int) -> None
     """Render a template with sample values and print subject, text and HTML."""
     with _clear_errors():
         settings = Settings()
-        store = TemplateStore(settings.templates_dir)
+        store = TemplateStore(settings.templates_dir, firm_name=settings.firm_name)
         rendered = store.render(
             template,
             [locale],

@@ -141,13 +141,18 @@ def health() -> None:
     show_default=True,
     help="Folder where the local SMTP sink saves each message as .eml.",
 )
-def demo(output: Path) -> None:
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the web app up afterwards, so the links in the saved messages work, until Ctrl-C.",
+)
+def demo(output: Path, serve: bool) -> None:
     """Run the whole system end to end on embedded services and a local SMTP sink."""
     from worker.dev import demo as demo_run
 
     os.environ.setdefault("APP_ENV", "demo")
     with _clear_errors():
-        demo_run.main(output)
+        demo_run.main(output, serve=serve)
 
 
 def _listen_options(port: int, port_help: str) -> Callable[[F], F]:

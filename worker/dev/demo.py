@@ -3,7 +3,8 @@
 Embedded Postgres and Redis, a local SMTP sink that saves every message as an `.eml`
 file, a demo client with 25 recipients in en/nl/fr (some opted out of this client, one
 only of marketing mail, one only of another client's surveys), a real worker process,
-then a summary and a few of the worker's decision log lines.
+then a summary and a few of the worker's decision log lines; the unsubscribe web app the
+messages' links lead to stops with the demo, or with `--serve` at Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import email.parser
 import email.policy
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -161,8 +163,9 @@ async def _summary(
         await conn.close()
 
 
-def main(output: Path) -> None:
-    """Run the demo, saving messages under `output`."""
+def main(output: Path, *, serve: bool = False) -> None:
+    """Run the demo, saving messages under `output`; with `serve`, keep its web app up
+    until Ctrl-C."""
     settings = Settings()
     output.mkdir(parents=True, exist_ok=True)
     for old in output.glob("*.eml"):
@@ -205,8 +208,15 @@ def main(output: Path) -> None:
         _run_worker(env, log_path)
         status, counts, reasons = asyncio.run(_summary(urls, campaign_id))
         _print_summary(campaign_id, status, counts, reasons, output, log_path)
-        with _web_app(env, web_base, output / "web.log"):
+        with _web_app(env, web_base, output / "web.log") as web:
             _unsubscribe_and_follow_up(settings, urls, env, output, log_path)
+            if serve:
+                _serve(web, web_base, output)
+    if not serve:
+        click.echo(
+            f"\nThe web app stopped with the demo: the links in {output}/ lead nowhere now. "
+            f"To keep its pages up, run `{_program()} demo --serve` (Ctrl-C stops it)."
+        )
 
 
 def _run_worker(env: dict[str, str], log_path: Path) -> None:
@@ -224,8 +234,9 @@ def _run_worker(env: dict[str, str], log_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _web_app(env: dict[str, str], base: str, log_path: Path) -> Iterator[None]:
-    """Run `survey-worker web` at `base` until the block ends."""
+def _web_app(env: dict[str, str], base: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `survey-worker web` at `base` until the block ends (in a session of its own, so
+    that a Ctrl-C in the terminal reaches the demo, which then stops it)."""
     port = base.rpartition(":")[2]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(  # noqa: S603 - this interpreter, arguments built here
@@ -233,11 +244,12 @@ def _web_app(env: dict[str, str], base: str, log_path: Path) -> Iterator[None]:
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             _wait_until_healthy(process, base, log_path)
             click.echo(f"\nunsubscribe web app on {base} (log: {log_path})")
-            yield
+            yield process
         finally:
             process.terminate()
             try:
@@ -245,6 +257,33 @@ def _web_app(env: dict[str, str], base: str, log_path: Path) -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _serve(web: subprocess.Popen[bytes], base: str, output: Path) -> None:
+    """Keep the web app up until Ctrl-C (or until it stops by itself: an error)."""
+    click.echo(
+        f"\nserving the pages of the links in {output}/ on {base}; Ctrl-C stops the web app "
+        "and the demo's servers"
+    )
+    try:
+        while web.poll() is None:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        click.echo("stopping")
+        return
+    raise click.ClickException(f"the web app stopped (exit status {web.returncode})")
+
+
+def _program() -> str:
+    """How to run this command again: `survey-worker` when that is the one on PATH, else
+    the path it was started by (`.venv/bin/survey-worker` under `make demo`)."""
+    started = Path(sys.argv[0])
+    on_path = shutil.which("survey-worker")
+    if started.name != "survey-worker" or (
+        on_path is not None and Path(on_path).resolve() == started.resolve()
+    ):
+        return "survey-worker"
+    return os.path.relpath(started)
 
 
 def _wait_until_healthy(process: subprocess.Popen[bytes], base: str, log_path: Path) -> None:

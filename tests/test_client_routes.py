@@ -36,8 +36,20 @@ async def test_routes_are_added_updated_and_listed(pg: asyncpg.Pool, settings: S
         added = await cli(settings, "client", "add", *args, env=RELAYS)
         assert added.code == 0, added.stderr
     assert await clients(settings) == [
-        {"id": "acme", "name": "Acme", "sender": "surveys@acme.example", "relays": ["esp"]},
-        {"id": "globex", "name": "Globex", "sender": "research@globex.example", "relays": None},
+        {
+            "id": "acme",
+            "name": "Acme",
+            "sender": "surveys@acme.example",
+            "relays": ["esp"],
+            "timezone": "UTC",
+        },
+        {
+            "id": "globex",
+            "name": "Globex",
+            "sender": "research@globex.example",
+            "relays": None,
+            "timezone": "UTC",
+        },
     ]
 
     updated = await cli(
@@ -65,12 +77,19 @@ async def test_routes_are_added_updated_and_listed(pg: asyncpg.Pool, settings: S
     )
     assert (again.code, again.stdout.strip()) == (0, "client globex updated"), again.stderr
     assert await clients(settings) == [
-        {"id": "acme", "name": "Acme", "sender": "surveys@acme.example", "relays": None},
+        {
+            "id": "acme",
+            "name": "Acme",
+            "sender": "surveys@acme.example",
+            "relays": None,
+            "timezone": "UTC",
+        },
         {
             "id": "globex",
             "name": "Globex",
             "sender": "r@globex.example",
             "relays": ["backup", "esp"],
+            "timezone": "UTC",
         },
     ]
     plain = await cli(settings, "client", "list", env=RELAYS)
@@ -116,7 +135,7 @@ async def test_a_bad_route_is_refused_and_nothing_is_written(
         ("update", "acme", "--relays", "esp", "--all-relays"): (
             "Error: give --relays or --all-relays, not both"
         ),
-        ("update", "acme"): "Error: give --name, --relays or --all-relays",
+        ("update", "acme"): "Error: give --name, --relays, --all-relays or --timezone",
         ("update", "acme", "--name", " "): "Error: --name must not be blank",
         ("update", "nobody", "--name", "Nobody"): (
             "Error: no client 'nobody'; add it with `client add`"
@@ -130,7 +149,13 @@ async def test_a_bad_route_is_refused_and_nothing_is_written(
         assert (done.code, done.stdout, len(done.stderr.splitlines())) == (1, "", 1), args
         assert done.stderr.startswith(error), (args, done.stderr)
     assert await clients(settings) == [
-        {"id": "acme", "name": "Acme", "sender": "surveys@acme.example", "relays": ["backup"]}
+        {
+            "id": "acme",
+            "name": "Acme",
+            "sender": "surveys@acme.example",
+            "relays": ["backup"],
+            "timezone": "UTC",
+        }
     ]
 
     # With SMTP_RELAYS unset, the one relay is `default`.

@@ -111,6 +111,34 @@ async def test_the_page_lists_campaigns_under_its_own_policy_and_sets_no_cookie(
     assert "ann@example.com" not in page.text
 
 
+async def test_the_page_says_when_a_scheduled_or_waiting_campaign_sends_next(
+    pg: asyncpg.Pool, ops_settings: Settings
+) -> None:
+    await add_client(pg, "acme")
+    scheduled = await launch(pg, ops_settings, csv_of("ann@example.com"))
+    waiting = await launch(pg, ops_settings, csv_of("bob@example.com"))
+    start = datetime(2099, 1, 2, 9, 0, tzinfo=UTC)
+    await pg.execute(
+        "UPDATE campaigns SET status = 'scheduled', start_at = $2 WHERE id = $1",
+        scheduled.campaign_id,
+        start,
+    )
+    await pg.execute(
+        "UPDATE campaigns SET send_window = 'Mon-Fri 09:00-17:00', waiting_until = $2 "
+        "WHERE id = $1",
+        waiting.campaign_id,
+        start,
+    )
+    async with serving(ops_settings) as base, httpx.AsyncClient(base_url=base) as client:
+        page = await client.get("/ops", headers=basic(*ANNA))
+    assert page.status_code == 200
+    assert '<p class="waiting">scheduled for 2099-01-02 09:00:00 UTC</p>' in page.text
+    assert (
+        '<p class="waiting">waiting for the window; next send 2099-01-02 09:00:00 UTC</p>'
+        in page.text
+    )
+
+
 async def flashed(client: httpx.AsyncClient, user: tuple[str, str]) -> str:
     """The notice of the page an action redirected to (the flash cookie sent back)."""
     page = await client.get("/ops", headers=basic(*user))

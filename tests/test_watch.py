@@ -16,6 +16,7 @@ import signal
 import struct
 import sys
 import termios
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -23,7 +24,7 @@ import asyncpg
 from tests.support.pipeline import add_client, csv_of, launch, received_by, run_workers
 from tests.support.smtp import RecordingHandler, start_smtp_server
 from tests.support.web import ROOT, cli, cli_environment, start_cli
-from worker.campaigns import StatusReport
+from worker.campaigns import ScheduleReport, StatusReport
 from worker.cli import watch as watching
 from worker.dev import embedded
 from worker.settings import Settings
@@ -271,6 +272,28 @@ def test_json_lines_carry_the_relays_and_print_again_when_they_change() -> None:
     assert first["waiting_for_relay"] is True and second["waiting_for_relay"] is False
     assert first["relays"][0]["reason"] == "auth_failed"
     assert second["relays"][0]["state"] == "ok"
+
+
+def test_plain_lines_and_the_bar_say_when_a_scheduled_or_waiting_campaign_sends_next() -> None:
+    start = datetime(2026, 12, 8, 7, 0, tzinfo=UTC)
+    scheduled = StatusReport(
+        7, "scheduled", {"pending": 5}, {}, None, {}, [],
+        schedule=ScheduleReport("scheduled", start_at=start, next_send_at=start),
+    )  # fmt: skip
+    window = ScheduleReport("running", window="Mon-Fri 09:00-17:00", next_send_at=start)
+    waiting = replace(scheduled, status="running", schedule=window)
+    out = io.StringIO()
+    lines = watching.Lines(out)
+    lines.show(scheduled, None)
+    lines.show(waiting, None)
+    shown = out.getvalue().splitlines()
+    assert shown[1] == "  scheduled for 2026-12-08 07:00:00 UTC"
+    assert shown[3] == "  waiting for the window; next send 2026-12-08 07:00:00 UTC"
+    out = io.StringIO()
+    bar = watching.Bar(out)
+    bar.show(waiting, None)
+    bar.close(None)
+    assert "waiting for the window; next send 2026-12-08 07:00:00 UTC" in out.getvalue()
 
 
 def test_the_rate_is_over_the_last_window_of_observations() -> None:

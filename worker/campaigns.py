@@ -6,9 +6,10 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, get_args
+from zoneinfo import ZoneInfo
 
 import orjson
 from redis.asyncio import Redis
@@ -23,6 +24,7 @@ from worker import (
     queue,
     records,
     relay_config,
+    schedule,
 )
 from worker.db import Conn
 from worker.errors import (
@@ -34,6 +36,7 @@ from worker.errors import (
     NotFound,
     NoValidRecipient,
     RetryRefused,
+    ScheduleProblem,
     TemplateProblem,
 )
 from worker.relays import route_report
@@ -57,6 +60,12 @@ class LaunchRequest:
     # Reminder rounds to those who have not answered, `reminder_interval` apart.
     reminders: int = 0
     reminder_interval: timedelta | None = None
+    # The field period: ISO 8601 date-times (without an offset: in the client's time zone),
+    # the send window's spec, and the daily cap.
+    start_at: str | None = None
+    close_at: str | None = None
+    window: str | None = None
+    per_day: int | None = None
 
 
 # At most this many reminder rounds (a survey, not a drip campaign).
@@ -95,6 +104,43 @@ def check_request(request: LaunchRequest) -> None:
             links.check_survey_url(request.survey_url)
         except InvalidUrl as e:
             raise LaunchProblem(f"--survey-url {e.reason}") from e
+    field_period(request, schedule.zone("UTC"))
+
+
+@dataclass(frozen=True)
+class FieldPeriod:
+    """A launch's field period, read: when it starts and closes (UTC), its window in
+    canonical form, and its daily cap."""
+
+    start_at: datetime | None
+    close_at: datetime | None
+    window: str | None
+    per_day: int | None
+
+
+def field_period(request: LaunchRequest, tz: ZoneInfo, now: datetime | None = None) -> FieldPeriod:
+    """The request's field period, its date-times without an offset read in `tz` (the
+    client's); ScheduleProblem naming the option when one cannot be used: a malformed
+    window or date-time, a close not after the start (or already past, given `now`), a
+    daily cap under 1."""
+    try:
+        window = None if request.window is None else str(schedule.parse(request.window))
+    except schedule.ScheduleError as e:
+        raise ScheduleProblem(f"--window: {e}") from e
+    instants = []
+    for option, text in (("--start-at", request.start_at), ("--close-at", request.close_at)):
+        try:
+            instants.append(None if text is None else schedule.parse_instant(text, tz))
+        except schedule.ScheduleError as e:
+            raise ScheduleProblem(f"{option}: {e}") from e
+    start_at, close_at = instants
+    if start_at is not None and close_at is not None and close_at <= start_at:
+        raise ScheduleProblem("--close-at must be after --start-at")
+    if close_at is not None and now is not None and close_at <= now:
+        raise ScheduleProblem("--close-at must be in the future")
+    if request.per_day is not None and request.per_day < 1:
+        raise ScheduleProblem("--per-day must be 1 or more")
+    return FieldPeriod(start_at, close_at, window, request.per_day)
 
 
 @dataclass
@@ -109,6 +155,8 @@ class LaunchReport:
     imported: int = 0
     rejected: list[imports.Rejected] = field(default_factory=list)
     existing: bool = False
+    # When the campaign is scheduled to start (None: it runs now).
+    start_at: datetime | None = None
 
 
 # The rule of the CHECK on clients.id, and the longest name clients.name takes.
@@ -121,16 +169,24 @@ _NAME_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u206
 
 
 async def add_client(
-    conn: Conn, client_id: str, name: str, sender: str, *, relays: list[str] | None = None
+    conn: Conn,
+    client_id: str,
+    name: str,
+    sender: str,
+    *,
+    relays: list[str] | None = None,
+    timezone: str | None = None,
 ) -> bool:
     """Register a client, or update its name and sender; True if it is new. `relays`
     (checked with `check_route`) is its route; None leaves an existing client's route as
-    it is, and a new client's is every relay.
+    it is, and a new client's is every relay. `timezone` (an IANA name) likewise: a new
+    client's default is UTC.
 
     The name is stripped of surrounding white space. Raises InvalidClient, writing
     nothing, for an id that is not 1-63 lower-case letters, digits, '-' or '_', a name that
     is blank, longer than MAX_CLIENT_NAME or holds a line break or control character
-    (no message of the client could carry it), or a sender that is not a usable address.
+    (no message of the client could carry it), a sender that is not a usable address,
+    or a time zone that does not exist.
     """
     if not CLIENT_ID.fullmatch(client_id):
         raise InvalidClient(
@@ -143,14 +199,17 @@ async def add_client(
     except InvalidAddress as e:
         raise InvalidClient(f"--sender is not a usable address: {e.reason}") from e
     created: bool = await conn.fetchval(
-        """INSERT INTO clients (id, name, sender_email, relays) VALUES ($1, $2, $3, $4)
+        """INSERT INTO clients (id, name, sender_email, relays, timezone)
+           VALUES ($1, $2, $3, $4, coalesce($5, 'UTC'))
            ON CONFLICT (id) DO UPDATE
-           SET name = $2, sender_email = $3, relays = coalesce($4, clients.relays)
+           SET name = $2, sender_email = $3, relays = coalesce($4, clients.relays),
+               timezone = coalesce($5, clients.timezone)
            RETURNING xmax = 0""",
         client_id,
         name,
         sender,
         relays,
+        check_timezone(timezone),
     )
     return created
 
@@ -165,6 +224,18 @@ def _client_name(name: str) -> str:
         raise InvalidClient("--name must not hold a line break or control character")
     if len(name) > MAX_CLIENT_NAME:
         raise InvalidClient(f"--name must be at most {MAX_CLIENT_NAME} characters")
+    return name
+
+
+def check_timezone(name: str | None) -> str | None:
+    """A client's time zone (`--timezone`), an IANA name; InvalidClient when there is no
+    such zone."""
+    if name is None:
+        return None
+    try:
+        schedule.zone(name)
+    except schedule.ScheduleError as e:
+        raise InvalidClient(f"--timezone: {e}") from e
     return name
 
 
@@ -193,9 +264,16 @@ class Client:
     name: str
     sender: str
     relays: list[str] | None
+    timezone: str = "UTC"
 
     def as_json(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "sender": self.sender, "relays": self.relays}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "sender": self.sender,
+            "relays": self.relays,
+            "timezone": self.timezone,
+        }
 
 
 async def update_client(
@@ -205,24 +283,28 @@ async def update_client(
     name: str | None = None,
     relays: list[str] | None = None,
     all_relays: bool = False,
+    timezone: str | None = None,
 ) -> Client:
-    """Rename a client and set its route (`relays`, checked with `check_route`, or every
-    relay with `all_relays`), leaving what is not given as it is; the client as it now is.
+    """Rename a client, set its route (`relays`, checked with `check_route`, or every
+    relay with `all_relays`) and its time zone, leaving what is not given as it is; the
+    client as it now is.
 
-    Raises InvalidClient for a bad name or both `relays` and `all_relays`, NotFound for no
-    such client; either way nothing was written.
+    Raises InvalidClient for a bad name or time zone or both `relays` and `all_relays`,
+    NotFound for no such client; either way nothing was written.
     """
     if relays is not None and all_relays:
         raise InvalidClient("give --relays or --all-relays, not both")
     row = await conn.fetchrow(
         """UPDATE clients
            SET name = coalesce($2, name),
-               relays = CASE WHEN $4 THEN NULL ELSE coalesce($3, relays) END
-           WHERE id = $1 RETURNING id, name, sender_email AS sender, relays""",
+               relays = CASE WHEN $4 THEN NULL ELSE coalesce($3, relays) END,
+               timezone = coalesce($5, timezone)
+           WHERE id = $1 RETURNING id, name, sender_email AS sender, relays, timezone""",
         client_id,
         None if name is None else _client_name(name),
         relays,
         all_relays,
+        check_timezone(timezone),
     )
     if row is None:
         raise NotFound(f"no client {client_id!r}; add it with `client add`")
@@ -232,7 +314,7 @@ async def update_client(
 async def list_clients(conn: Conn) -> list[Client]:
     """Every client, by id."""
     rows = await conn.fetch(
-        "SELECT id, name, sender_email AS sender, relays FROM clients ORDER BY id"
+        "SELECT id, name, sender_email AS sender, relays, timezone FROM clients ORDER BY id"
     )
     return [Client(**dict(r)) for r in rows]
 
@@ -257,7 +339,7 @@ def check_template(
 
 async def _batches(
     rows: Iterator[imports.Row | imports.Rejected], report: LaunchReport
-) -> AsyncIterator[tuple[int, str, bytes, str | None, str]]:
+) -> AsyncIterator[tuple[int, str, bytes, str | None, str | None, str]]:
     for item in rows:
         if isinstance(item, imports.Rejected):
             report.rejected.append(item)
@@ -268,6 +350,7 @@ async def _batches(
                 item.email,
                 item.email_hash,
                 item.locale,
+                item.timezone,
                 orjson.dumps(item.vars).decode(),
             )
 
@@ -289,9 +372,12 @@ async def launch(
     the file is not read.
     """
     check_request(request)
-    client = await conn.fetchrow("SELECT name FROM clients WHERE id = $1", request.client_id)
+    client = await conn.fetchrow(
+        "SELECT name, timezone FROM clients WHERE id = $1", request.client_id
+    )
     if client is None:
         raise LaunchProblem(f"unknown client {request.client_id!r}; add it with `client add`")
+    period = field_period(request, schedule.zone(client["timezone"]), datetime.now(UTC))
     digest = None if request.idempotency_key is None else _digest(request, stream)
     existing = await _launched_before(conn, request)
     if existing is not None:
@@ -310,7 +396,7 @@ async def launch(
     except TemplateProblem as e:
         raise LaunchProblem(str(e)) from e
     async with conn.transaction():
-        report = await _create(conn, request, rows, digest)
+        report = await _create(conn, request, rows, digest, period)
     report.rejected.sort(key=lambda r: r.line)
     return report
 
@@ -320,6 +406,7 @@ async def _create(
     request: LaunchRequest,
     rows: Iterator[imports.Row | imports.Rejected],
     digest: RequestDigest | None,
+    period: FieldPeriod,
 ) -> LaunchReport:
     """Insert the campaign and its invitations, in the caller's transaction; raises
     NoValidRecipient when none could be imported. A concurrent launch with the same
@@ -336,6 +423,10 @@ async def _create(
         idempotency_key=request.idempotency_key,
         reminders=request.reminders,
         reminder_interval=request.reminder_interval,
+        start_at=period.start_at,
+        close_at=period.close_at,
+        send_window=period.window,
+        per_day=period.per_day,
     )
     if campaign_id is None:
         # A concurrent launch with the same key committed first (the insert waited for
@@ -344,6 +435,8 @@ async def _create(
         assert existing is not None and digest is not None
         return _retried(request, existing, digest)
     report.campaign_id = campaign_id
+    if period.start_at is not None and period.start_at > datetime.now(UTC):
+        report.start_at = period.start_at
     report.imported, duplicates = await ledger.import_invitations(
         conn, campaign_id, _batches(rows, report)
     )
@@ -373,6 +466,14 @@ def _digest(request: LaunchRequest, stream: BinaryIO) -> RequestDigest:
         if request.reminder_interval is None
         else request.reminder_interval.total_seconds(),
     }
+    # Only when given: launches before the field period existed keep their digests.
+    period = {
+        "start_at": request.start_at,
+        "close_at": request.close_at,
+        "window": request.window,
+        "per_day": request.per_day,
+    }
+    options.update((k, v) for k, v in period.items() if v is not None)
     return RequestDigest(options, stream)
 
 
@@ -421,6 +522,79 @@ def open_recipients(path: Path) -> BinaryIO:
 
 
 @dataclass(frozen=True)
+class ScheduleReport:
+    """A campaign's field period as `status` shows it, and when it sends next if it waits:
+    its start while scheduled, the time its waiting slices run again while running."""
+
+    status: CampaignStatus
+    start_at: datetime | None = None
+    close_at: datetime | None = None
+    window: str | None = None
+    per_day: int | None = None
+    next_send_at: datetime | None = None
+
+    @classmethod
+    def of(cls, campaign: records.Campaign, now: datetime) -> ScheduleReport:
+        return cls.at(
+            campaign.status,
+            now,
+            start_at=campaign.start_at,
+            close_at=campaign.close_at,
+            window=campaign.send_window,
+            per_day=campaign.per_day,
+            waiting_until=campaign.waiting_until,
+        )
+
+    @classmethod
+    def at(
+        cls,
+        status: CampaignStatus,
+        now: datetime,
+        *,
+        start_at: datetime | None,
+        close_at: datetime | None,
+        window: str | None,
+        per_day: int | None,
+        waiting_until: datetime | None,
+    ) -> ScheduleReport:
+        """The report at `now` of a campaign in `status` whose slices wait (if they do)
+        until `waiting_until`."""
+        if status == "scheduled":
+            next_send_at = start_at
+        elif status == "running" and waiting_until is not None and waiting_until > now:
+            next_send_at = waiting_until
+        else:
+            next_send_at = None
+        return cls(status, start_at, close_at, window, per_day, next_send_at)
+
+    def as_json(self) -> dict[str, object]:
+        """`status --json`'s `schedule`: instants in ISO 8601 UTC, null when unset."""
+
+        def iso(at: datetime | None) -> str | None:
+            return None if at is None else at.astimezone(UTC).isoformat()
+
+        return {
+            "start_at": iso(self.start_at),
+            "close_at": iso(self.close_at),
+            "window": self.window,
+            "per_day": self.per_day,
+            "next_send_at": iso(self.next_send_at),
+        }
+
+    def waiting_line(self) -> str | None:
+        """`scheduled for ...` or `waiting for the window; next send ...`; None when the
+        campaign does not wait for its field period."""
+        if self.next_send_at is None:
+            return None
+        when = schedule.utc_text(self.next_send_at)
+        if self.status == "scheduled":
+            return f"scheduled for {when}"
+        if self.window is not None:
+            return f"waiting for the window; next send {when}"
+        return f"waiting for the next day (--per-day {self.per_day}); next send {when}"
+
+
+@dataclass(frozen=True)
 class StatusReport:
     """What `status` shows: the campaign's status and its invitations by state and reason."""
 
@@ -441,6 +615,8 @@ class StatusReport:
     route: list[str] | None = None
     relays: list[dict[str, Any]] = field(default_factory=list)
     waiting_for_relay: bool = False
+    # The field period (`launch --start-at --close-at --window --per-day`).
+    schedule: ScheduleReport = field(default_factory=lambda: ScheduleReport("running"))
 
     @property
     def total(self) -> int:
@@ -460,6 +636,7 @@ class StatusReport:
             "completed": self.completed,
             "relays": self.relays,
             "waiting_for_relay": self.waiting_for_relay,
+            "schedule": self.schedule.as_json(),
         }
 
 
@@ -469,16 +646,20 @@ async def status_report(conn: Conn, campaign_id: int) -> StatusReport:
     if campaign is None:
         raise NotFound(f"no campaign {campaign_id}")
     status = campaign.status
+    counts = await ledger.counts(conn, campaign_id)
+    if campaign.close_at is not None:
+        counts.setdefault("expired", 0)
     return StatusReport(
         campaign_id,
         status,
-        await ledger.counts(conn, campaign_id),
+        counts,
         await ledger.reason_counts(conn, campaign_id),
         await ledger.status_reason(conn, campaign_id),
         await feedback.counts(conn, campaign_id),
         await ledger.rounds(conn, campaign_id),
         await completion.completed_count(conn, campaign_id),
         campaign.relays,
+        schedule=ScheduleReport.of(campaign, datetime.now(UTC)),
     )
 
 

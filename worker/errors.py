@@ -38,6 +38,11 @@ class LaunchProblem(SurveyWorkerError):
         return api_names(str(self))
 
 
+class ScheduleProblem(LaunchProblem):
+    """A launch's field period (`--start-at`, `--close-at`, `--window`, `--per-day`)
+    cannot be used; the message names the option."""
+
+
 class LaunchConflict(LaunchProblem):
     """A launch reuses an idempotency key for something else than the key's first launch."""
 

@@ -1,7 +1,8 @@
 """Reading a recipients CSV as a stream of accepted rows and rejected lines.
 
 Pure apart from reading the file: no database here. The header row must name an `email`
-column; `locale` is optional; every other column becomes a template variable (its name
+column; `locale` and `timezone` (an IANA name, the recipient's time zone for the
+campaign's send window) are optional; every other column becomes a template variable (its name
 lower-cased, other characters than letters, digits and `_` turned into `_`); a
 `survey_url` column gives each recipient their own survey link.
 """
@@ -13,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from worker import addresses, links, locales
+from worker import addresses, links, locales, schedule
 from worker.errors import CsvProblem, InvalidAddress, InvalidUrl
 
 MAX_VALUE_LENGTH = 1000
@@ -36,6 +37,8 @@ class Row:
     email_hash: bytes
     locale: str | None
     vars: dict[str, str]
+    # The recipient's time zone (None: the client's).
+    timezone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def read_recipients(
         raise CsvProblem(f"the header row has {len(header)} columns; at most {MAX_COLUMNS}")
     if len(set(header)) != len(header):
         raise CsvProblem("two columns have the same name")
-    columns = [h for h in header if h not in ("email", "locale")]
+    columns = [h for h in header if h not in ("email", "locale", "timezone")]
     clash = RESERVED.intersection(columns)
     if clash:
         raise CsvProblem(f"column {sorted(clash)[0]} is reserved for the worker")
@@ -166,4 +169,10 @@ def check_row(
     locale = locales.parse(given)
     if given.strip() and locale is None:
         return Rejected(line, "locale must be two letters, e.g. en")
-    return Row(line, email, addresses.address_hash(hash_key, email), locale, record)
+    timezone = record.pop("timezone", "").strip() or None
+    if timezone is not None:
+        try:
+            schedule.zone(timezone)
+        except schedule.ScheduleError as e:
+            return Rejected(line, f"timezone: {e}")
+    return Row(line, email, addresses.address_hash(hash_key, email), locale, record, timezone)

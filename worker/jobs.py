@@ -159,12 +159,15 @@ async def launch_campaign(ctx: Context, campaign_id: int) -> dict[str, Any]:
 
     Running it twice only enqueues slices that find nothing left to claim; it is also how
     `reconcile`, `resume` and `resend-unknown` restart a campaign whose jobs were lost.
+    A scheduled campaign (`launch --start-at`) whose start came runs from now on.
     """
     if _malformed(ctx, campaign_id):
         return {"slices": 0}
     settings = ctx["settings"]
     try:
         async with ctx["pool"].acquire() as conn:
+            if await ledger.start_scheduled(conn, campaign_id):
+                log.info("campaign.started", campaign_id=campaign_id, job_id=ctx["job_id"])
             campaign = await ledger.load_campaign(conn, campaign_id)
             if campaign is None or campaign.status != "running":
                 log.warning(
@@ -398,7 +401,9 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
     ones `sent`, unstarted ones `pending`, those on the wire `unknown` (or `pending` with
     UNKNOWN_POLICY=resend); running campaigns with due work that nobody touched for a
     reconcile interval are launched again, and those with reminders due get their rows
-    and are launched; the ledger's claims make all of it idempotent.
+    and are launched; scheduled campaigns whose start came are started, and those whose
+    close came are closed (in case their jobs were lost); the ledger's claims make all of
+    it idempotent.
     """
     settings = ctx["settings"]
     resend = settings.unknown_policy == "resend"
@@ -406,9 +411,16 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
         settled = 0
         for worker_id, expired in (await ledger.expired_sending(conn)).items():
             settled += await _settle(ctx, conn, worker_id, expired, resend=resend)
+        closed = await ledger.close_due(conn)
         completed = await sender.complete_finished(conn)
+        started = await ledger.start_scheduled(conn)
         stalled = await ledger.stalled_campaigns(conn, settings.reconcile_interval_seconds)
         reminded = await ledger.create_due_reminders(conn)
+    for campaign_id in closed:
+        log.info("campaign.closed", campaign_id=campaign_id, job_id=ctx["job_id"])
+    for campaign_id in started:
+        await queue.enqueue_launch(ctx["redis"], campaign_id)
+        log.info("campaign.started", campaign_id=campaign_id, job_id=ctx["job_id"])
     for campaign_id in stalled:
         await queue.enqueue_launch(ctx["redis"], campaign_id)
         log.warning("campaign.redriven", campaign_id=campaign_id, job_id=ctx["job_id"])
@@ -417,7 +429,8 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
         log.info("reminders.due", campaign_id=campaign_id, job_id=ctx["job_id"])
     return {
         "settled": settled,
-        "completed": completed,
+        "completed": completed + len(closed),
+        "started": len(started),
         "redriven": len(stalled),
         "reminded": len(reminded),
     }

@@ -13,12 +13,14 @@ Invitation states:
   failed     5xx, bad address, too many attempts (`reason`)                       final
   unknown    the reply to DATA never came: it may have been delivered             final
   cancelled  the campaign was cancelled before it was sent                        final
+  expired    the campaign closed (--close-at) before it was sent                  final
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from worker.db import Conn, row_count
@@ -39,7 +41,8 @@ async def load_campaign(conn: Conn, campaign_id: int) -> Campaign | None:
     row = await conn.fetchrow(
         """SELECT c.id, c.client_id, k.token_id AS client_token_id, k.name AS client_name,
                   k.sender_email, c.name, c.kind, c.template, c.locale, c.survey_url, c.status,
-                  k.relays
+                  k.relays, k.timezone, c.send_window, c.per_day, c.start_at, c.close_at,
+                  c.waiting_until
            FROM campaigns c JOIN clients k ON k.id = c.client_id
            WHERE c.id = $1""",
         campaign_id,
@@ -59,13 +62,21 @@ async def create_campaign(
     idempotency_key: str | None,
     reminders: int,
     reminder_interval: timedelta | None,
+    start_at: datetime | None = None,
+    close_at: datetime | None = None,
+    send_window: str | None = None,
+    per_day: int | None = None,
 ) -> int | None:
-    """Insert a running campaign; its id, or None when the client already used
-    `idempotency_key` (the insert waits for a concurrent launch with the same key)."""
+    """Insert a campaign, running, or `scheduled` when `start_at` is still ahead; its id,
+    or None when the client already used `idempotency_key` (the insert waits for a
+    concurrent launch with the same key)."""
     campaign_id: int | None = await conn.fetchval(
         """INSERT INTO campaigns (client_id, name, kind, template, locale, survey_url,
-                                 idempotency_key, reminders, reminder_interval)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                 idempotency_key, reminders, reminder_interval, status,
+                                 start_at, close_at, send_window, per_day)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                   CASE WHEN $10::timestamptz > now() THEN 'scheduled' ELSE 'running' END,
+                   $10, $11, $12, $13)
            ON CONFLICT (client_id, idempotency_key) DO NOTHING RETURNING id""",
         client_id,
         name,
@@ -76,6 +87,10 @@ async def create_campaign(
         idempotency_key,
         reminders,
         reminder_interval,
+        start_at,
+        close_at,
+        send_window,
+        per_day,
     )
     return campaign_id
 
@@ -83,9 +98,10 @@ async def create_campaign(
 async def import_invitations(
     conn: Conn,
     campaign_id: int,
-    rows: AsyncIterable[tuple[int, str, bytes, str | None, str]],
+    rows: AsyncIterable[tuple[int, str, bytes, str | None, str | None, str]],
 ) -> tuple[int, list[int]]:
-    """Import `(line, email, email_hash, locale, vars as JSON text)` rows as the campaign's
+    """Import `(line, email, email_hash, locale, timezone, vars as JSON text)` rows as the
+    campaign's
     first invitations, streamed with COPY; how many were imported, and the lines of
     addresses seen before in the file (imported once, from their first line).
 
@@ -93,18 +109,21 @@ async def import_invitations(
     """
     await conn.execute(
         """CREATE TEMP TABLE staging (line integer, email text, email_hash bytea,
-                                      locale text, vars text) ON COMMIT DROP"""
+                                      locale text, timezone text, vars text) ON COMMIT DROP"""
     )
     await conn.copy_records_to_table(
-        "staging", records=rows, columns=["line", "email", "email_hash", "locale", "vars"]
+        "staging",
+        records=rows,
+        columns=["line", "email", "email_hash", "locale", "timezone", "vars"],
     )
     imported: int = await conn.fetchval(
         """WITH firsts AS (
-               SELECT DISTINCT ON (email_hash) line, email, email_hash, locale, vars
+               SELECT DISTINCT ON (email_hash) line, email, email_hash, locale, timezone, vars
                FROM staging ORDER BY email_hash, line),
            ins AS (
-               INSERT INTO invitations (campaign_id, email, email_hash, locale, vars)
-               SELECT $1, email, email_hash, locale, vars::jsonb FROM firsts ORDER BY line
+               INSERT INTO invitations (campaign_id, email, email_hash, locale, timezone, vars)
+               SELECT $1, email, email_hash, locale, timezone, vars::jsonb
+               FROM firsts ORDER BY line
                RETURNING 1)
            SELECT count(*) FROM ins""",
         campaign_id,
@@ -167,9 +186,18 @@ async def dispatch(
 
 
 async def claim(
-    conn: Conn, *, campaign_id: int, first_id: int, last_id: int, limit: int
+    conn: Conn,
+    *,
+    campaign_id: int,
+    first_id: int,
+    last_id: int,
+    limit: int,
+    zones: list[str] | None = None,
+    client_zone: str = "UTC",
 ) -> list[Invitation]:
-    """Lock up to `limit` due invitations of the range for this worker's transaction.
+    """Lock up to `limit` due invitations of the range for this worker's transaction; with
+    `zones`, only those of recipients in one of these time zones (a recipient without
+    one is in `client_zone`).
 
     Call inside a transaction. `FOR UPDATE SKIP LOCKED` means no two workers ever hold the
     same invitation, and nothing is written: if the worker dies before `start_chunk`
@@ -181,6 +209,7 @@ async def claim(
            FROM invitations
            WHERE campaign_id = $1 AND id BETWEEN $2 AND $3
              AND (state = 'pending' OR (state = 'deferred' AND next_attempt_at <= now()))
+             AND ($5::text[] IS NULL OR coalesce(timezone, $6) = ANY($5::text[]))
            ORDER BY id
            LIMIT $4
            FOR UPDATE SKIP LOCKED""",
@@ -188,6 +217,8 @@ async def claim(
         first_id,
         last_id,
         limit,
+        zones,
+        client_zone,
     )
     return [Invitation(**dict(r)) for r in rows]
 
@@ -208,8 +239,8 @@ async def start_chunk(
     into an uncounted duplicate). `sending` rows get a lease of `lease_seconds` from this
     statement's clock (not the transaction's start): if the worker dies before recording
     their outcome, `reconcile` settles them from the send journal when it runs out. Returns
-    the ids now `sending`, or None when the campaign is no longer running (paused or
-    cancelled meanwhile): then nothing changed.
+    the ids now `sending`, or None when the campaign is no longer running (paused,
+    cancelled or closed meanwhile): then nothing changed.
     """
     ids = [o.invitation_id for o in early] + list(sending)
     states = [o.state for o in early] + ["sending"] * len(sending)
@@ -218,7 +249,8 @@ async def start_chunk(
     await conn.execute("SET LOCAL synchronous_commit TO on")
     row = await conn.fetchrow(
         """WITH running AS (
-               SELECT 1 FROM campaigns WHERE id = $1 AND status = 'running'),
+               SELECT 1 FROM campaigns WHERE id = $1 AND status = 'running'
+                 AND (close_at IS NULL OR clock_timestamp() < close_at)),
            upd AS (
                UPDATE invitations i
                SET state = v.state, reason = v.reason,
@@ -307,6 +339,129 @@ async def next_retry_at(
     return value
 
 
+@dataclass(frozen=True)
+class ZoneWork:
+    """A time zone's open invitations in a slice: whether some are pending, and when the
+    first deferred one is due (None: none deferred)."""
+
+    zone: str
+    pending: bool
+    due: datetime | None
+
+
+async def open_by_zone(
+    conn: Conn, campaign_id: int, first_id: int, last_id: int, client_zone: str
+) -> list[ZoneWork]:
+    """The time zones of the range's open invitations (a recipient without one is in
+    `client_zone`), with what waits in each: one row per zone, however many recipients."""
+    rows = await conn.fetch(
+        """SELECT coalesce(timezone, $4) AS zone, bool_or(state = 'pending') AS pending,
+                  min(next_attempt_at) FILTER (WHERE state = 'deferred') AS due
+           FROM invitations
+           WHERE campaign_id = $1 AND id BETWEEN $2 AND $3 AND state IN ('pending', 'deferred')
+           GROUP BY 1 ORDER BY 1""",
+        campaign_id,
+        first_id,
+        last_id,
+        client_zone,
+    )
+    return [ZoneWork(r["zone"], r["pending"], r["due"]) for r in rows]
+
+
+async def day_left(conn: Conn, campaign_id: int, day: date, per_day: int) -> int:
+    """How many more messages the campaign may start on `day` (its client's calendar).
+
+    Call inside the claim's transaction: the day's row stays locked until it ends, so the
+    claims of a paced campaign take turns and `count_day` adds what this one started.
+    """
+    sent: int = await conn.fetchval(
+        """INSERT INTO campaign_days (campaign_id, day) VALUES ($1, $2)
+           ON CONFLICT (campaign_id, day) DO UPDATE SET sent = campaign_days.sent
+           RETURNING sent""",
+        campaign_id,
+        day,
+    )
+    return max(per_day - sent, 0)
+
+
+async def count_day(conn: Conn, campaign_id: int, day: date, started: int) -> None:
+    """Count `started` messages on the campaign's `day`, in the claim's transaction."""
+    await conn.execute(
+        "UPDATE campaign_days SET sent = sent + $3 WHERE campaign_id = $1 AND day = $2",
+        campaign_id,
+        day,
+        started,
+    )
+
+
+async def sent_on(conn: Conn, campaign_id: int, day: date) -> int:
+    """How many messages the campaign started on `day` (its client's calendar)."""
+    sent: int | None = await conn.fetchval(
+        "SELECT sent FROM campaign_days WHERE campaign_id = $1 AND day = $2", campaign_id, day
+    )
+    return sent or 0
+
+
+async def wait_until(conn: Conn, campaign_id: int, at: datetime) -> None:
+    """Note that a slice of the campaign waits (window, quota) until `at`: the earliest
+    such time still ahead is kept."""
+    await conn.execute(
+        """UPDATE campaigns
+           SET waiting_until = CASE WHEN waiting_until > now() THEN least(waiting_until, $2)
+                                    ELSE $2 END
+           WHERE id = $1""",
+        campaign_id,
+        at,
+    )
+
+
+async def start_scheduled(conn: Conn, campaign_id: int | None = None) -> list[int]:
+    """Move the scheduled campaigns whose start came (or only `campaign_id`) to running;
+    the ids moved, each by one caller only."""
+    rows = await conn.fetch(
+        """UPDATE campaigns SET status = 'running'
+           WHERE status = 'scheduled' AND start_at <= now()
+             AND ($1::bigint IS NULL OR id = $1)
+           RETURNING id""",
+        campaign_id,
+    )
+    return sorted(r["id"] for r in rows)
+
+
+async def close_due(conn: Conn, campaign_id: int | None = None) -> list[int]:
+    """Close the campaigns whose close came (or only `campaign_id`): their invitations not
+    yet sent end `expired`, and each with none on the wire any more ends `completed`;
+    the ids completed now. Idempotent; one still sending is completed by a later call,
+    or by the slice that records its last outcomes."""
+    async with conn.transaction():
+        due = await conn.fetch(
+            """SELECT id FROM campaigns
+               WHERE close_at <= now() AND status IN ('scheduled', 'running', 'paused')
+                 AND ($1::bigint IS NULL OR id = $1)
+               ORDER BY id FOR UPDATE""",
+            campaign_id,
+        )
+        ids = [r["id"] for r in due]
+        if not ids:
+            return []
+        await conn.execute(
+            """UPDATE invitations
+               SET state = 'expired', reason = 'closed', lease_until = NULL,
+                   claimed_by = NULL, updated_at = now()
+               WHERE campaign_id = ANY($1::bigint[]) AND state IN ('pending', 'deferred')""",
+            ids,
+        )
+        rows = await conn.fetch(
+            """UPDATE campaigns c SET status = 'completed', completed_at = now()
+               WHERE c.id = ANY($1::bigint[])
+                 AND NOT EXISTS (SELECT 1 FROM invitations i
+                                 WHERE i.campaign_id = c.id AND i.state = 'sending')
+               RETURNING c.id""",
+            ids,
+        )
+    return sorted(r["id"] for r in rows)
+
+
 async def counts(conn: Conn, campaign_id: int) -> dict[str, int]:
     """Number of first invitations of the campaign in each state (reminders: `rounds`)."""
     rows = await conn.fetch(
@@ -371,13 +526,14 @@ async def reason_counts(conn: Conn, campaign_id: int) -> dict[str, int]:
 
 async def complete_if_done(conn: Conn, campaign_id: int) -> bool:
     """Mark a running campaign completed when none of its invitations is open and every
-    reminder round was created.
+    reminder round was created (or it closed: no round comes after the close).
 
     Returns True only to the one caller that made the change.
     """
     status = await conn.fetchval(
         """UPDATE campaigns SET status = 'completed', completed_at = now()
-           WHERE id = $1 AND status = 'running' AND reminder_rounds_created >= reminders
+           WHERE id = $1 AND status = 'running'
+             AND (reminder_rounds_created >= reminders OR close_at <= now())
              AND NOT EXISTS (SELECT 1 FROM invitations
                              WHERE campaign_id = $1
                                AND state IN ('pending', 'sending', 'deferred'))
@@ -501,8 +657,9 @@ async def create_due_reminders(conn: Conn) -> list[int]:
             return []
         created = await conn.fetch(
             """INSERT INTO invitations
-                   (campaign_id, email, email_hash, locale, vars, round, parent_id)
-               SELECT f.campaign_id, f.email, f.email_hash, f.locale, f.vars, d.round, f.id
+                   (campaign_id, email, email_hash, locale, timezone, vars, round, parent_id)
+               SELECT f.campaign_id, f.email, f.email_hash, f.locale, f.timezone, f.vars,
+                      d.round, f.id
                FROM unnest($1::bigint[], $2::int[], $3::interval[], $4::timestamptz[])
                    AS d(campaign_id, round, every, after)
                JOIN invitations f ON f.campaign_id = d.campaign_id
@@ -560,11 +717,13 @@ async def stalled_campaigns(conn: Conn, idle_seconds: float) -> list[int]:
     """Running campaigns with due work that no worker has touched for `idle_seconds`.
 
     Their jobs were lost (Redis flushed or restarted, a worker killed): `reconcile`
-    launches them again; claims make the repeat harmless.
+    launches them again; claims make the repeat harmless. A campaign whose slices wait
+    for its window or the day's quota (`waiting_until` ahead) is not stalled.
     """
     rows = await conn.fetch(
         """SELECT c.id FROM campaigns c
            WHERE c.status = 'running'
+             AND (c.waiting_until IS NULL OR c.waiting_until <= now())
              AND EXISTS (SELECT 1 FROM invitations i
                          WHERE i.campaign_id = c.id
                            AND (i.state = 'pending'
@@ -583,7 +742,8 @@ async def finished_running_campaigns(conn: Conn) -> list[int]:
     """Running campaigns none of whose invitations is open any more."""
     rows = await conn.fetch(
         """SELECT c.id FROM campaigns c
-           WHERE c.status = 'running' AND c.reminder_rounds_created >= c.reminders
+           WHERE c.status = 'running'
+             AND (c.reminder_rounds_created >= c.reminders OR c.close_at <= now())
              AND NOT EXISTS (SELECT 1 FROM invitations i
                              WHERE i.campaign_id = c.id
                                AND i.state IN ('pending', 'sending', 'deferred'))"""

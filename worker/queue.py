@@ -228,9 +228,10 @@ class Job(StrEnum):
     PURGE = "purge"
 
 
-async def enqueue_launch(redis: ArqRedis, campaign_id: int) -> None:
-    """Ask the workers to start sending a campaign (idempotent: the ledger decides)."""
-    await redis.enqueue_job(Job.LAUNCH_CAMPAIGN, campaign_id)
+async def enqueue_launch(redis: ArqRedis, campaign_id: int, *, at: datetime | None = None) -> None:
+    """Ask the workers to start sending a campaign (idempotent: the ledger decides), at
+    `at` for a campaign scheduled to start then."""
+    await redis.enqueue_job(Job.LAUNCH_CAMPAIGN, campaign_id, _defer_until=at)
 
 
 async def enqueue_slices(redis: ArqRedis, campaign_id: int, ranges: list[tuple[int, int]]) -> None:

@@ -30,6 +30,15 @@ class Campaign:
     status: CampaignStatus
     # The client's route: the relays its mail may leave through (None: every relay).
     relays: list[str] | None = None
+    # The field period: the client's time zone (recipients' by default, and the calendar
+    # of `per_day`), the send window's spec, the daily cap, the start and the close.
+    timezone: str = "UTC"
+    send_window: str | None = None
+    per_day: int | None = None
+    start_at: datetime | None = None
+    close_at: datetime | None = None
+    # When a slice waiting for the window or the day's quota runs again.
+    waiting_until: datetime | None = None
 
 
 @dataclass(frozen=True)

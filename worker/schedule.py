@@ -203,3 +203,8 @@ def parse_instant(text: str, tz: ZoneInfo) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=tz)
     return value.astimezone(UTC)
+
+
+def utc_text(instant: datetime) -> str:
+    """`2026-03-02 08:00:00 UTC`: an instant as the commands print it."""
+    return f"{instant.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"

@@ -25,6 +25,7 @@ from worker import (
     addresses,
     compose,
     feedback,
+    field_period,
     held_optouts,
     journal,
     ledger,
@@ -129,8 +130,11 @@ async def send_slice(
             log.warning("campaign.missing", campaign_id=campaign_id, job_id=job_id)
             return SliceResult(totals, None)
         bound = log.bind(campaign_id=campaign.id, client_id=campaign.client_id, job_id=job_id)
-        scope = suppression.Scope(campaign.kind, campaign.client_id)
         waiting: datetime | None = None
+        period = await field_period.Period.of(conn, campaign, first_id, last_id)
+        if period is not None and period.closed(datetime.now(UTC)):
+            await _close(conn, campaign, bound)
+            return SliceResult(totals, None)
         while campaign.status == "running" and not state.stopping:
             if sender.relays.choose(campaign.relays) is None:
                 # Every relay of the client's route is in trouble: the slice comes back
@@ -140,7 +144,7 @@ async def send_slice(
             pause = pacing.pause_after_pushback(sender.settings.retry_base_seconds, state.pushback)
             await asyncio.sleep(pause)
             done = await _claim_and_send(
-                sender, state, conn, campaign, scope, first_id, last_id, bound
+                sender, state, conn, campaign, (first_id, last_id), bound, period
             )
             if done is None:
                 break
@@ -150,6 +154,9 @@ async def send_slice(
         if state.stopping:
             raise WorkerStopping("worker stopping; the slice goes back to the queue")
         retry_at = waiting or await ledger.next_retry_at(conn, campaign.id, first_id, last_id)
+        if period is not None and waiting is None:
+            # The window, the day's quota and the close decide when it may send again.
+            retry_at = await period.retry_at(conn, first_id, last_id, retry_at)
         finished = await ledger.complete_if_done(conn, campaign.id)
         if finished:
             await log_completion(conn, campaign)
@@ -161,14 +168,14 @@ async def _claim_and_send(
     state: RunState,
     conn: Conn,
     campaign: records.Campaign,
-    scope: suppression.Scope,
-    first_id: int,
-    last_id: int,
+    ids: tuple[int, int],
     bound: Any,
+    period: field_period.Period | None,
 ) -> list[records.Outcome] | None:
-    """Claim, check, mark, send and record one chunk; None when there is nothing (more)
-    to do: the range is done, the campaign stopped running, or its template failed. A
-    template not on this worker gives the claim back and raises TemplateMissing.
+    """Claim, check, mark, send and record one chunk of the range `ids`; None when there is
+    nothing (more) to do now (the range is done, the campaign stopped, its field period
+    lets nothing go, its template failed). A template not on this worker gives the claim
+    back and raises TemplateMissing.
 
     The claim is a set of row locks in a transaction that ends, durably, when the chunk
     is marked `sending`; a failure before that (the opt-out check above all) rolls it
@@ -176,19 +183,19 @@ async def _claim_and_send(
     """
     tx = conn.transaction()
     await tx.start()
-    chunk = await _claim(sender, conn, tx, campaign, first_id, last_id, bound)
+    chunk = await _claim(sender, conn, tx, campaign, ids, bound, period)
     if chunk is None:
         return None
     claimed, claimed_at, prepared = chunk
     async with state.window:
         try:
             await _record_left_over(sender, state)
-            started = await _check_and_start(sender, conn, campaign, scope, claimed, prepared)
+            started = await _check_and_start(sender, conn, campaign, claimed, prepared, period)
         except BaseException:
             await _abandon(tx)
             raise
         if started is None:
-            # Paused or cancelled while this chunk waited for its turn.
+            # Paused, cancelled or closed while this chunk waited for its turn.
             await tx.rollback()
             return None
         await tx.commit()
@@ -223,21 +230,31 @@ async def _claim(
     conn: Conn,
     tx: Transaction,
     campaign: records.Campaign,
-    first_id: int,
-    last_id: int,
+    ids: tuple[int, int],
     bound: Any,
+    period: field_period.Period | None,
 ) -> tuple[list[records.Invitation], float, list[compose.Prepared | records.Outcome]] | None:
-    """Claim a chunk in `tx` and compose its messages: the invitations, when they were
-    claimed, and each one's message (or its early outcome); None, `tx` rolled back, when
-    there is nothing to claim or the template failed the campaign. A template not on this
-    worker rolls back and raises TemplateMissing."""
+    """Claim a chunk of the range `ids` in `tx` (in the zones whose window is open, within
+    the day's quota) and compose its messages: the invitations, when they were claimed,
+    and each one's message (or its early outcome); None, `tx` rolled back, when there is
+    nothing to claim or the template failed the campaign. A template not on this worker
+    rolls back and raises TemplateMissing."""
     try:
-        claimed = await ledger.claim(
-            conn,
-            campaign_id=campaign.id,
-            first_id=first_id,
-            last_id=last_id,
-            limit=sender.settings.chunk_size,
+        zones, limit = None, sender.settings.chunk_size
+        if period is not None:
+            zones, limit = await period.admit(conn, limit)
+        claimed = (
+            await ledger.claim(
+                conn,
+                campaign_id=campaign.id,
+                first_id=ids[0],
+                last_id=ids[1],
+                limit=limit,
+                zones=zones,
+                client_zone=campaign.timezone,
+            )
+            if limit
+            else []
         )
         if not claimed:
             await tx.rollback()
@@ -262,6 +279,13 @@ async def _claim(
     except BaseException:
         await _abandon(tx)
         raise
+
+
+async def _close(conn: Conn, campaign: records.Campaign, bound: Any) -> None:
+    """The campaign's close came: what was not sent expires, and it completes (logged)."""
+    if await ledger.close_due(conn, campaign.id):
+        bound.info("campaign.closed", close_at=campaign.close_at)
+        await log_completion(conn, campaign)
 
 
 async def _after_chunk(
@@ -309,13 +333,13 @@ async def _check_and_start(
     sender: Sender,
     conn: Conn,
     campaign: records.Campaign,
-    scope: suppression.Scope,
     claimed: list[records.Invitation],
     prepared: list[compose.Prepared | records.Outcome],
+    period: field_period.Period | None,
 ) -> tuple[list[records.Outcome], list[tuple[str, compose.Prepared]]] | None:
     """Run the opt-out check for a claimed chunk, choose each message's relay and mark the
-    chunk; None if the campaign stopped. A message no relay of the route can take now is
-    left as it was (claimed again when one can).
+    chunk (counted on the day of a paced campaign); None if the campaign stopped. A message
+    no relay of the route can take now is left as it was (claimed again when one can).
 
     Raises SuppressionUnavailable when the check cannot run: the caller rolls back.
     """
@@ -324,6 +348,7 @@ async def _check_and_start(
     if sender.limiter is not None:
         await sender.limiter.acquire(len(claimed))
     await sender.relays.acquire(r for r in routed.values() if r is not None)
+    scope = suppression.Scope(campaign.kind, campaign.client_id)
     hits = await _suppression_hits(sender, conn, campaign, scope, claimed)
     early: list[records.Outcome] = []
     ready: dict[int, compose.Prepared] = {}
@@ -349,6 +374,8 @@ async def _check_and_start(
     )
     if started is None:
         return None
+    if period is not None:
+        await period.count(conn, len(started))
     if started:
         # Before the `sending` mark commits: no chunk goes on the wire without a journal.
         await sender.journal.open(

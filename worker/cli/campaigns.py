@@ -17,7 +17,7 @@ import click
 import structlog
 from tqdm import tqdm
 
-from worker import campaigns, completion, durations, queue, records, relay_config
+from worker import campaigns, completion, durations, queue, records, relay_config, schedule
 from worker.cli.base import Env, _clear_errors, _emit, environment, main, run
 from worker.cli.watch import counts_text
 from worker.relays import waiting_lines
@@ -74,6 +74,29 @@ def _duration(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     callback=_duration,
     help="Time from the first message to round 1, and between rounds: 90s, 12h, 3d, 1w.",
 )
+@click.option(
+    "--start-at",
+    metavar="DATETIME",
+    help="Start sending then (ISO 8601; without an offset, in the client's time zone); "
+    "until then the campaign is scheduled.",
+)
+@click.option(
+    "--close-at",
+    metavar="DATETIME",
+    help="Send nothing from then on; what was not sent expires and the campaign completes.",
+)
+@click.option(
+    "--window",
+    metavar="SPEC",
+    help="When messages may start, in each recipient's time zone: DAYS HH:MM-HH:MM, "
+    "several joined by ';' (e.g. 'Mon-Fri 09:00-12:00; Mon-Fri 14:00-17:00').",
+)
+@click.option(
+    "--per-day",
+    type=int,
+    metavar="N",
+    help="At most N messages (reminders included) a day in the client's time zone.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def launch(
     client_id: str,
@@ -86,9 +109,13 @@ def launch(
     idempotency_key: str | None,
     reminders: int,
     reminder_interval: timedelta | None,
+    start_at: str | None,
+    close_at: str | None,
+    window: str | None,
+    per_day: int | None,
     as_json: bool,
 ) -> None:
-    """Create a campaign, import its recipients and start sending it."""
+    """Create a campaign, import its recipients and start sending it (or schedule it)."""
     if not re.fullmatch(r"[a-zA-Z]{2}", locale):
         raise click.BadParameter("a locale is two letters, e.g. en", param_hint="--locale")
     if idempotency_key is not None and not re.fullmatch(r"[\x21-\x7e]{1,200}", idempotency_key):
@@ -105,6 +132,10 @@ def launch(
         idempotency_key=idempotency_key,
         reminders=reminders,
         reminder_interval=reminder_interval,
+        start_at=start_at,
+        close_at=close_at,
+        window=window,
+        per_day=per_day,
     )
     with _clear_errors():
         campaigns.check_request(request)
@@ -113,7 +144,10 @@ def launch(
     with environment(secrets=True, redis=True) as env:
         report = _import(env, request, recipients)
         _enqueue_launch(
-            env, report.campaign_id, "already existed" if report.existing else "created"
+            env,
+            report.campaign_id,
+            "already existed" if report.existing else "created",
+            at=report.start_at,
         )
     _print_launch(report, idempotency_key, as_json=as_json)
 
@@ -160,6 +194,8 @@ def _print_launch(
         ]
     else:
         text = [f"campaign {report.campaign_id}: {report.imported} recipients imported"]
+        if report.start_at is not None:
+            text[0] += f", scheduled for {schedule.utc_text(report.start_at)}"
     text += [f"  line {r['line']}: {r['reason']}" for r in rejected]
     _emit(
         as_json,
@@ -173,14 +209,15 @@ def _print_launch(
     )
 
 
-def _enqueue_launch(env: Env, campaign_id: int, what: str) -> None:
-    """Ask the workers to start the campaign; if Redis cannot take the job, say on stderr
-    that the campaign `what` (created, resumed, ...) all the same and reconcile starts it."""
+def _enqueue_launch(env: Env, campaign_id: int, what: str, *, at: datetime | None = None) -> None:
+    """Ask the workers to start the campaign (at `at` when it is scheduled); if Redis cannot
+    take the job, say on stderr that the campaign `what` (created, resumed, ...) all the
+    same and reconcile starts it."""
 
     async def go() -> None:
         redis = await queue.connect(env.urls.redis_url)
         try:
-            await queue.enqueue_launch(redis, campaign_id)
+            await queue.enqueue_launch(redis, campaign_id, at=at)
         finally:
             await redis.aclose()
 
@@ -271,6 +308,9 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
         )
     because = f" ({report.status_reason})" if report.status_reason else ""
     lines = [f"campaign {campaign_id}: {report.status}{because}, {report.total} invitations"]
+    waiting = report.schedule.waiting_line()
+    if waiting:
+        lines.append(f"  {waiting}")
     if report.waiting_for_relay:
         lines += [f"  {line}" for line in waiting_lines(report.relays)]
     lines += [f"  {state}: {n}" for state, n in sorted(report.counts.items())]

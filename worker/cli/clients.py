@@ -1,4 +1,5 @@
-"""The firm's clients: `client add|update|list` (names, senders, relay routes), and their
+"""The firm's clients: `client add|update|list` (names, senders, relay routes, time zones),
+and their
 API keys (`client key create|list|revoke`)."""
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ def client() -> None:
 
 
 RELAYS_HELP = "The relays (SMTP_RELAYS names, comma-separated) its mail may leave through."
+TIMEZONE_HELP = (
+    "Its time zone (IANA name, e.g. Europe/Amsterdam): its recipients' unless the file "
+    "says otherwise, its --per-day calendar, its date-times without an offset."
+)
 
 
 def _route(env: Env, relays: str | None) -> list[str] | None:
@@ -36,12 +41,21 @@ def _route(env: Env, relays: str | None) -> list[str] | None:
     metavar="NAME,NAME",
     help=RELAYS_HELP + " A new client's default: every relay; an existing one's: unchanged.",
 )
-def client_add(client_id: str, name: str, sender: str, relays: str | None) -> None:
-    """Register client CLIENT_ID (or update its name and sender, and its relays if given)."""
+@click.option("--timezone", metavar="TZ", help=TIMEZONE_HELP + " A new client's default: UTC.")
+def client_add(
+    client_id: str, name: str, sender: str, relays: str | None, timezone: str | None
+) -> None:
+    """Register client CLIENT_ID (or update its name and sender, and its relays and time
+    zone if given)."""
+    with _clear_errors():
+        campaigns.check_timezone(timezone)
     with environment() as env:
         route = _route(env, relays)
         created = run(
-            env, lambda conn: campaigns.add_client(conn, client_id, name, sender, relays=route)
+            env,
+            lambda conn: campaigns.add_client(
+                conn, client_id, name, sender, relays=route, timezone=timezone
+            ),
         )
     click.echo(f"client {client_id} {'added' if created else 'updated'}")
 
@@ -51,18 +65,29 @@ def client_add(client_id: str, name: str, sender: str, relays: str | None) -> No
 @click.option("--name", help="The client's new name, shown in every message.")
 @click.option("--relays", metavar="NAME,NAME", help=RELAYS_HELP)
 @click.option("--all-relays", is_flag=True, help="Let its mail leave through every relay.")
-def client_update(client_id: str, name: str | None, relays: str | None, all_relays: bool) -> None:
-    """Change client CLIENT_ID's name or route; what is not given stays as it is."""
-    if name is None and relays is None and not all_relays:
-        raise click.UsageError("give --name, --relays or --all-relays")
+@click.option("--timezone", metavar="TZ", help=TIMEZONE_HELP)
+def client_update(
+    client_id: str, name: str | None, relays: str | None, all_relays: bool, timezone: str | None
+) -> None:
+    """Change client CLIENT_ID's name, route or time zone; what is not given stays as it
+    is."""
+    if name is None and relays is None and not all_relays and timezone is None:
+        raise click.UsageError("give --name, --relays, --all-relays or --timezone")
     if relays is not None and all_relays:
         raise click.UsageError("give --relays or --all-relays, not both")
+    with _clear_errors():
+        campaigns.check_timezone(timezone)
     with environment() as env:
         route = _route(env, relays)
         updated = run(
             env,
             lambda conn: campaigns.update_client(
-                conn, client_id, name=name, relays=route, all_relays=all_relays
+                conn,
+                client_id,
+                name=name,
+                relays=route,
+                all_relays=all_relays,
+                timezone=timezone,
             ),
         )
     click.echo(f"client {client_id} updated: {_describe(updated)}")
@@ -71,7 +96,7 @@ def client_update(client_id: str, name: str | None, relays: str | None, all_rela
 @client.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def client_list(as_json: bool) -> None:
-    """List the clients: id, name, sender and relays."""
+    """List the clients: id, name, sender, relays and time zone."""
     with environment() as env:
         clients = run(env, campaigns.list_clients)
     if as_json:
@@ -81,9 +106,10 @@ def client_list(as_json: bool) -> None:
 
 
 def _describe(c: campaigns.Client) -> str:
-    """`NAME <SENDER>, relays a, b` (or `all relays`)."""
+    """`NAME <SENDER>, relays a, b` (or `all relays`), and `, time zone TZ` but for UTC."""
     route = "all relays" if c.relays is None else "relays " + ", ".join(c.relays)
-    return f"{c.name} <{c.sender}>, {route}"
+    zone = "" if c.timezone == "UTC" else f", time zone {c.timezone}"
+    return f"{c.name} <{c.sender}>, {route}{zone}"
 
 
 @client.group("key")

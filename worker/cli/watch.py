@@ -51,9 +51,12 @@ def line(report: campaigns.StatusReport, rate: float | None, now: datetime) -> s
 
 
 def waiting(report: campaigns.StatusReport) -> list[str]:
-    """`waiting for relay NAME: REASON (REPLY) since TIME` for each relay the campaign
-    waits for; none while it does not wait."""
-    return waiting_lines(report.relays) if report.waiting_for_relay else []
+    """What the campaign waits for: `scheduled for TIME` or `waiting for the window; next
+    send TIME` (its field period), and `waiting for relay NAME: REASON (REPLY) since TIME`
+    for each relay it waits for; none while it does not wait."""
+    period = report.schedule.waiting_line()
+    relays = waiting_lines(report.relays) if report.waiting_for_relay else []
+    return [period, *relays] if period else relays
 
 
 class RateMeter:
@@ -92,7 +95,7 @@ class Bar:
         because = f" ({report.status_reason})" if report.status_reason else ""
         waits = waiting(report)
         title = f"campaign {report.campaign_id} {report.status}{because}"
-        if waits:
+        if report.waiting_for_relay:
             title += ", waiting for relay"
         if self._bar is None:
             self._bar = tqdm(

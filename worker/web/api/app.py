@@ -46,6 +46,7 @@ from worker.errors import (
     NoValidRecipient,
     Refused,
     RetryRefused,
+    ScheduleProblem,
     Unauthenticated,
     UnusableUrl,
     api_names,
@@ -412,6 +413,10 @@ def _launch_request(
         idempotency_key=idempotency_key,
         reminders=fields.reminders,
         reminder_interval=interval,
+        start_at=fields.start_at,
+        close_at=fields.close_at,
+        window=fields.window,
+        per_day=fields.per_day,
     )
 
 
@@ -419,12 +424,13 @@ async def _import(
     api: ApiContext, launch: campaigns.LaunchRequest, given: CampaignInput
 ) -> campaigns.LaunchReport:
     """Launch with `given`'s recipients (in a thread), then close their stream. A reused
-    Idempotency-Key is a 422, other refusals a 400; a JSON launch's recipients are named
-    by their position in `recipients`."""
+    Idempotency-Key or a field period that cannot be used is a 422 (naming the field),
+    other refusals a 400; a JSON launch's recipients are named by their position in
+    `recipients`."""
     stream, mapping = given.stream, given.mapping
     try:
         return await asyncio.to_thread(_launch_blocking, api, launch, stream)
-    except LaunchConflict as e:
+    except (LaunchConflict, ScheduleProblem) as e:
         raise Refused(422, e.api_message()) from e
     except NoValidRecipient as e:
         if mapping is None:
@@ -647,7 +653,8 @@ def _add_routes(app: FastAPI) -> None:
             },
             422: {
                 "model": ErrorAnswer,
-                "description": "The Idempotency-Key was used for another launch.",
+                "description": "The Idempotency-Key was used for another launch, or the "
+                "field period (start_at, close_at, window, per_day) cannot be used.",
             },
             **ERRORS,
         },

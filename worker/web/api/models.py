@@ -48,6 +48,29 @@ class CampaignFields(BaseModel):
         max_length=20,
         description="Time from the first message to round 1, and between rounds: 90s, 12h, 3d, 1w.",
     )
+    start_at: str | None = Field(
+        default=None,
+        max_length=64,
+        description="ISO 8601; without an offset, in the client's time zone. Until then the "
+        "campaign is `scheduled`.",
+    )
+    close_at: str | None = Field(
+        default=None,
+        max_length=64,
+        description="ISO 8601, after start_at: from then on nothing is sent and what was not "
+        "sent ends `expired`.",
+    )
+    window: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="When messages may start, in each recipient's time zone: `DAYS "
+        "HH:MM-HH:MM`, several joined by `;` (e.g. `Mon-Fri 09:00-12:00; Mon-Fri 14:00-17:00`).",
+    )
+    per_day: int | None = Field(
+        default=None,
+        description="At most this many messages (reminders included) a day in the client's "
+        "time zone; 1 or more.",
+    )
 
 
 class CampaignJson(CampaignFields):
@@ -131,6 +154,21 @@ class RelayState(BaseModel):
     since: str | None = Field(description="ISO 8601: in this state since.")
 
 
+class ScheduleAnswer(BaseModel):
+    """The campaign's field period; instants in ISO 8601 UTC, null when unset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_at: str | None
+    close_at: str | None
+    window: str | None
+    per_day: int | None
+    next_send_at: str | None = Field(
+        description="Scheduled: its start; waiting for its window or the next day: when it "
+        "sends next; else null."
+    )
+
+
 class StatusAnswer(BaseModel):
     """What `status --json` prints."""
 
@@ -149,6 +187,7 @@ class StatusAnswer(BaseModel):
     waiting_for_relay: bool = Field(
         description="Running, with every relay of its route in trouble: nothing leaves."
     )
+    schedule: ScheduleAnswer
 
 
 class ControlAnswer(BaseModel):

@@ -371,7 +371,10 @@ class Ops:
         except db.DB_ERRORS as e:
             return _unavailable(e)
         waiting = await self._waiting(api, rows)
-        views = [_view(row, self.limits, waiting.get(row.id, [])) for row in rows]
+        views = [
+            _view(row, self.limits, [*filter(None, [row.waiting]), *waiting.get(row.id, [])])
+            for row in rows
+        ]
         # Only a campaign that can still be cancelled is asked about.
         asking = next(
             (v for v in views if v["row"].id == confirm and "cancel" in v["actions"]), None

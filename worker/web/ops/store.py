@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from asyncpg import Record
+
+from worker.campaigns import ScheduleReport
 from worker.db import Conn
 
 # Campaigns that ended are shown too, the latest this many.
@@ -33,6 +36,8 @@ class CampaignRow:
     feedback: dict[str, int] = field(default_factory=dict)
     # Accepted sends per bucket of BUCKET_SECONDS, oldest first, the last one now.
     sends: tuple[int, ...] = ()
+    # `scheduled for ...` or `waiting for the window; next send ...` (its field period).
+    waiting: str | None = None
 
     @property
     def total(self) -> int:
@@ -40,13 +45,15 @@ class CampaignRow:
 
 
 async def overview(conn: Conn) -> list[CampaignRow]:
-    """Running and paused campaigns, and the latest that ended; newest first."""
+    """Scheduled, running and paused campaigns, and the latest that ended; newest first."""
     rows = await conn.fetch(
         """SELECT c.id, c.client_id, c.name, c.kind, c.status, c.reason, c.created_at,
-                  cl.relays
+                  cl.relays, c.start_at, c.close_at, c.send_window, c.per_day,
+                  c.waiting_until, now() AS now
            FROM campaigns c JOIN clients cl ON cl.id = c.client_id
-           WHERE c.status IN ('running', 'paused')
-              OR c.id IN (SELECT id FROM campaigns WHERE status NOT IN ('running', 'paused')
+           WHERE c.status IN ('scheduled', 'running', 'paused')
+              OR c.id IN (SELECT id FROM campaigns
+                          WHERE status NOT IN ('scheduled', 'running', 'paused')
                           ORDER BY id DESC LIMIT $1)
            ORDER BY c.id DESC""",
         RECENT_ENDED,
@@ -69,6 +76,29 @@ async def overview(conn: Conn) -> list[CampaignRow]:
         feedback[r["campaign_id"]][r["kind"]] = r["n"]
         if r["kind"] == "hard":
             feedback[r["campaign_id"]]["refused"] = r["refused"]
+    sends = await _sends(conn, ids)
+    return [
+        CampaignRow(
+            id=r["id"],
+            client_id=r["client_id"],
+            name=r["name"],
+            kind=r["kind"],
+            status=r["status"],
+            status_reason=r["reason"],
+            created_at=r["created_at"],
+            route=r["relays"],
+            counts=counts[r["id"]],
+            feedback=feedback[r["id"]],
+            sends=tuple(sends[r["id"]]),
+            waiting=_waiting(r),
+        )
+        for r in rows
+    ]
+
+
+async def _sends(conn: Conn, ids: list[int]) -> dict[int, list[int]]:
+    """Accepted first messages of each campaign per bucket of BUCKET_SECONDS, oldest
+    first."""
     sends: dict[int, list[int]] = {i: [0] * BUCKETS for i in ids}
     # Bucket 0 is the newest; the index on (campaign_id, sent_at) of first messages finds
     # the rows of the last minutes without reading the campaign.
@@ -86,22 +116,20 @@ async def overview(conn: Conn) -> list[CampaignRow]:
     ):
         if 0 <= r["ago"] < BUCKETS:
             sends[r["campaign_id"]][BUCKETS - 1 - r["ago"]] = r["n"]
-    return [
-        CampaignRow(
-            id=r["id"],
-            client_id=r["client_id"],
-            name=r["name"],
-            kind=r["kind"],
-            status=r["status"],
-            status_reason=r["reason"],
-            created_at=r["created_at"],
-            route=r["relays"],
-            counts=counts[r["id"]],
-            feedback=feedback[r["id"]],
-            sends=tuple(sends[r["id"]]),
-        )
-        for r in rows
-    ]
+    return sends
+
+
+def _waiting(r: Record) -> str | None:
+    """What a campaign of `overview` waits for in its field period, if it does."""
+    return ScheduleReport.at(
+        r["status"],
+        r["now"],
+        start_at=r["start_at"],
+        close_at=r["close_at"],
+        window=r["send_window"],
+        per_day=r["per_day"],
+        waiting_until=r["waiting_until"],
+    ).waiting_line()
 
 
 async def campaign_statuses(conn: Conn) -> dict[str, int]:

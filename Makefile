@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench soak lint format docs clean lock
+.PHONY: install demo test bench bench-waiting soak lint format docs clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python >= 3.11 is required")'
@@ -36,6 +36,9 @@ bench: $(STAMP)  ## measure throughput end to end (BENCH_ARGS="--recipients 1000
 	  fi; \
 	fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-waiting: $(STAMP)  ## a worker's CPU while half a campaign waits for its window (BENCH_ARGS="--recipients N --seconds S")
+	$(BIN)/python -m bench.waiting $(BENCH_ARGS)
 
 # The randomized fault campaign of the test suite, for 30 minutes (FAULT_SEED=N replays a
 # run); it prints the seed, every fault as it is injected and a summary line of figures.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +93,8 @@ class Relays:
             r.name: RateLimiter(redis, r.rate, scope=f"relay:{r.name}") for r in relays if r.rate
         }
         self._tasks: set[asyncio.Task[None]] = set()
+        # Each weighted relay's credit in the round robin of `choose`.
+        self._credit: dict[str, int] = {}
         for name in self._relays:
             self._metrics.relay_up[name] = 1
 
@@ -112,15 +113,23 @@ class Relays:
         return [self._relays[n] for n in names if n in self._relays]
 
     def choose(self, names: Sequence[str] | None) -> str | None:
-        """A healthy relay of the route, drawn by weight (standbys when no weighted relay is
-        healthy); None while every relay of the route is in trouble."""
+        """A healthy relay of the route, in proportion to the weights (standbys when no
+        weighted relay is healthy); None while every relay of the route is in trouble.
+
+        Smooth weighted round robin (as nginx balances upstreams): each pick adds every
+        candidate's weight to its credit and takes the one with most, which pays the total
+        back; so the shares are exact over any few picks, and a chunk splits evenly.
+        """
         healthy = [r for r in self.route(names) if self._health[r.name].reason is None]
         weighted = [r for r in healthy if r.weight > 0]
-        if weighted:
-            if len(weighted) == 1:
-                return weighted[0].name
-            return random.choices(weighted, weights=[r.weight for r in weighted])[0].name  # noqa: S311
-        return healthy[0].name if healthy else None
+        if len(weighted) <= 1:
+            return weighted[0].name if weighted else healthy[0].name if healthy else None
+        credit = self._credit
+        for r in weighted:
+            credit[r.name] = credit.get(r.name, 0) + r.weight
+        chosen = max(weighted, key=lambda r: credit[r.name])
+        credit[chosen.name] -= sum(r.weight for r in weighted)
+        return chosen.name
 
     def resume_at(self, names: Sequence[str] | None) -> datetime:
         """When a message of the route may be tried again: now if one of its relays is

@@ -57,7 +57,7 @@ async def finished(settings: Settings, campaign_id: int) -> None:
     async def done() -> bool:
         return await campaign_status(url, campaign_id) == "completed"
 
-    await wait_until(done, timeout=90, what=f"campaign {campaign_id} to complete")
+    await wait_until(done, timeout=180, what=f"campaign {campaign_id} to complete")
 
 
 async def states(pg: asyncpg.Pool, campaign_id: int) -> dict[str, tuple[str, int]]:
@@ -80,7 +80,7 @@ async def test_a_relay_down_then_back_sends_everything_once_and_fails_nothing(
     async def waiting() -> bool:
         return bool((await status(settings, report.campaign_id))["waiting_for_relay"])
 
-    await wait_until(waiting, what="the campaign waiting for its relay")
+    await wait_until(waiting, timeout=120, what="the campaign waiting for its relay")
     seen = await status(settings, report.campaign_id)
     [relay] = seen["relays"]
     assert (relay["name"], relay["state"], relay["reason"]) == ("default", "trouble", "unreachable")
@@ -125,7 +125,7 @@ async def test_a_wrong_password_waits_with_the_reply_and_the_right_one_sends(
         async def waiting() -> bool:
             return bool((await status(wrong, report.campaign_id))["waiting_for_relay"])
 
-        await wait_until(waiting, what="the campaign waiting for the relay's login")
+        await wait_until(waiting, timeout=120, what="the campaign waiting for the relay's login")
         [relay] = (await status(wrong, report.campaign_id))["relays"]
         assert (relay["name"], relay["reason"]) == ("esp", "auth_failed")
         assert relay["reply"].startswith("535")
@@ -251,7 +251,7 @@ async def test_a_standby_carries_the_mail_only_while_the_weighted_relay_is_in_tr
                 states = await status(settings, early.campaign_id)
                 return all(r["state"] == "ok" for r in states["relays"])
 
-            await wait_until(main_back, what="the main relay's probe to pass")
+            await wait_until(main_back, timeout=120, what="the main relay's probe to pass")
             late = await launch(pg, settings, csv_of(*later))
             await finished(settings, late.campaign_id)
         assert await worker.terminate() == 0
@@ -281,7 +281,7 @@ async def test_postfix_carries_the_mail_while_the_other_relay_is_down(
         async def relayed() -> bool:
             return len(sink.messages) >= len(emails)
 
-        await wait_until(relayed, what="Postfix to relay every message to the sink")
+        await wait_until(relayed, timeout=120, what="Postfix to relay every message to the sink")
     assert received_by(sink.messages) == dict.fromkeys(emails, 1)
     assert set((await states(pg, report.campaign_id)).values()) == {("sent", 1)}
 

@@ -19,6 +19,7 @@ from worker import (
     completion,
     feedback,
     imports,
+    journal,
     ledger,
     links,
     queue,
@@ -684,6 +685,33 @@ async def with_relays_at(
     finally:
         if redis is not None:
             await redis.aclose()
+
+
+async def live_report(conn: Conn, redis: Redis | None, campaign_id: int) -> StatusReport:
+    """`status_report` with each message counted when it is decided rather than when its
+    chunk's outcomes are recorded (the ledger records a chunk of CHUNK_SIZE at once): the
+    first invitations still `sending` whose send journal in `redis` says the server accepted
+    them count as sent. Without Redis (None, or it does not answer) the ledger's counts.
+
+    The journals are read before the ledger's snapshot (one repeatable-read transaction),
+    so an accepted message is counted once, from the journal or from the ledger, and the
+    counts never go back from one report to the next.
+    """
+    accepted: set[int] = set()
+    if redis is not None:
+        workers = await ledger.sending_workers(conn, campaign_id)
+        with contextlib.suppress(*queue.ERRORS):
+            accepted = await journal.accepted(redis, workers)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        report = await status_report(conn, campaign_id)
+        in_flight = await ledger.count_sending(conn, campaign_id, list(accepted)) if accepted else 0
+    if not in_flight:
+        return report
+    counts = {**report.counts, "sent": report.counts.get("sent", 0) + in_flight}
+    counts["sending"] -= in_flight
+    if not counts["sending"]:
+        del counts["sending"]
+    return replace(report, counts=counts)
 
 
 async def list_campaigns(

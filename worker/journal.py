@@ -235,6 +235,21 @@ def parse(log: bytes) -> dict[int, Mark]:
     return marks
 
 
+async def accepted(redis: Redis, worker_ids: Iterable[str]) -> set[int]:
+    """The invitations the journals of these workers mark accepted (the server's 250
+    arrived), their chunk's outcomes recorded in the ledger or not yet."""
+    keys = [key_for(w) for w in worker_ids]
+    if not keys:
+        return set()
+    found: set[int] = set()
+    # MGET answers None for a key that holds no string (none, or an old journal's hash).
+    for log in await redis.mget(keys):
+        if log:
+            marks = parse(log if isinstance(log, bytes) else log.encode())
+            found.update(i for i, mark in marks.items() if mark is Mark.ACCEPTED)
+    return found
+
+
 def settle(
     expired: records.Expired, mark: Mark | None, *, message_id: str, resend: bool
 ) -> records.Outcome:

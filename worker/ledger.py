@@ -472,6 +472,29 @@ async def counts(conn: Conn, campaign_id: int) -> dict[str, int]:
     return {r["state"]: r["n"] for r in rows}
 
 
+async def sending_workers(conn: Conn, campaign_id: int) -> list[str]:
+    """The worker processes that hold first invitations of the campaign `sending` (whose
+    send journals say how far each of those messages got)."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT claimed_by FROM invitations
+           WHERE campaign_id = $1 AND round = 0 AND state = 'sending'
+             AND claimed_by IS NOT NULL""",
+        campaign_id,
+    )
+    return [r["claimed_by"] for r in rows]
+
+
+async def count_sending(conn: Conn, campaign_id: int, invitation_ids: Sequence[int]) -> int:
+    """How many of `invitation_ids` are first invitations of the campaign still `sending`."""
+    n: int = await conn.fetchval(
+        """SELECT count(*) FROM invitations
+           WHERE campaign_id = $1 AND round = 0 AND state = 'sending' AND id = ANY($2::bigint[])""",
+        campaign_id,
+        list(invitation_ids),
+    )
+    return n
+
+
 async def list_campaigns(
     conn: Conn, *, client_id: str | None = None, status: CampaignStatus | None = None
 ) -> list[CampaignSummary]:

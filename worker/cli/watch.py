@@ -3,10 +3,12 @@
 On a terminal a tqdm progress bar (invitations decided out of all, the rate, the counts
 per state) is redrawn in place; otherwise one plain line is printed whenever something
 changed, or a JSON object per line with `--json`. The ledger is read once per INTERVAL,
-and with it the state of the campaign's relays in Redis: while every relay of its route is
-in trouble, "waiting for relay NAME: REASON (REPLY) since TIME" is shown. The rate is that
-of decisions over the last RATE_WINDOW seconds. Ctrl-C stops watching (exit status 0); the
-campaign goes on.
+with the workers' send journals in Redis, so that a message counts as sent once the server
+accepted it, not when its chunk of CHUNK_SIZE is recorded; and with them the state of the
+campaign's relays: while every relay of its route is in trouble, "waiting for relay NAME:
+REASON (REPLY) since TIME" is shown. The rate is that of decisions over the last
+RATE_WINDOW seconds, so it stays steady while the sending does. Ctrl-C stops watching
+(exit status 0); the campaign goes on.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Never, Protocol, TextIO
 
+from redis.asyncio import Redis
 from tqdm import tqdm
 
 from worker import campaigns, queue
 from worker.db import Conn
 from worker.relay_config import Relay
-from worker.relays import route_report, waiting_lines
+from worker.relays import waiting_lines
 from worker.states import ENDED_STATUSES, decided, in_display_order
 
 INTERVAL = 1.0
@@ -191,7 +193,8 @@ async def follow(
 
     Counting a campaign of millions of invitations takes a while: the watch then reads
     less often, so that it spends at most a fifth of the time counting. While Redis does
-    not answer, the relays' state is "unknown" and the watch goes on.
+    not answer, the relays' state is "unknown", the counts are the ledger's (by chunk) and
+    the watch goes on.
     """
     meter = RateMeter()
     report: campaigns.StatusReport | None = None
@@ -199,8 +202,9 @@ async def follow(
     try:
         while True:
             started = clock()
-            report = await _with_relays(
-                await campaigns.status_report(conn, campaign_id), jobs, relays
+            redis = await _redis(jobs)
+            report = await campaigns.with_relays(
+                await campaigns.live_report(conn, redis, campaign_id), redis, relays
             )
             now = clock()
             display.show(report, meter.add(now, decided(report.counts)))
@@ -212,13 +216,9 @@ async def follow(
         await jobs.close()
 
 
-async def _with_relays(
-    report: campaigns.StatusReport, jobs: queue.LazyQueue, relays: Sequence[Relay]
-) -> campaigns.StatusReport:
-    """The report with its route's relays and whether the campaign waits for one (each
-    relay "unknown" while Redis does not answer; it is asked again at the next look)."""
-    redis = None
+async def _redis(jobs: queue.LazyQueue) -> Redis | None:
+    """The watch's Redis, or None while it does not answer (then the relays are "unknown"
+    and the counts the ledger's; it is asked again at the next look)."""
     with contextlib.suppress(*queue.ERRORS):
-        redis = await jobs.get()
-    listed, waits = await route_report(redis, relays, report.route, report.status)
-    return replace(report, relays=listed, waiting_for_relay=waits)
+        return await jobs.get()
+    return None

@@ -319,4 +319,19 @@ async def test_compose_services_run_as_written(
     domain = ours["inbound"]["environment"]["BOUNCE_DOMAIN"]
     assert await rcpt_reply(port, f"b-{'a' * 36}@{domain}") == 550
     assert await rcpt_reply(port, "someone@example.com") == 550
+    # Its own health check (an SMTP greeting, not the worker's heartbeat), as compose runs
+    # it: healthy while it greets, unhealthy once it stopped.
+    probe = ours["inbound"]["healthcheck"]["test"]
+    assert probe[:2] == ["CMD", "python"]
+    script = probe[3].replace("'127.0.0.1', 2525,", f"'127.0.0.1', {port},")
+    assert script != probe[3]
+
+    async def inbound_healthy() -> bool:
+        checked = await asyncio.create_subprocess_exec(
+            str(installation.bin_dir / "python"), "-c", script, stderr=asyncio.subprocess.DEVNULL
+        )
+        return await checked.wait() == 0
+
+    assert await inbound_healthy()
     assert await stop(process) == 0
+    assert not await inbound_healthy()

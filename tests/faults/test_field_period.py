@@ -283,3 +283,54 @@ def test_a_window_around_now_is_open_now() -> None:
     now = datetime.now(UTC)
     assert schedule.is_open(window, schedule.zone(KIRITIMATI), now)
     assert not schedule.is_open(window, schedule.zone(PAGO_PAGO), now + timedelta(minutes=40))
+
+
+async def test_reminders_count_against_the_day_and_none_is_sent_after_the_close(
+    pg: asyncpg.Pool, fast: Settings, smtp: SMTP, spawn: Spawn, tmp_path: Path
+) -> None:
+    handler = smtp[0]
+    await add_client(pg, "acme")
+    worker = spawn(fast)
+
+    async def worker_started() -> bool:
+        return '"worker.started"' in worker.output()
+
+    await wait_until(worker_started, what="the worker to start")
+    paced = await launched(
+        fast,
+        *launch_args(recipients(tmp_path, [("paced@example.com", "")])),
+        *["--per-day", "1", "--reminders", "1", "--reminder-interval", "1s"],
+    )
+    closing = await launched(
+        fast,
+        *launch_args(recipients(tmp_path, [("closing@example.com", "")])),
+        *["--reminders", "1", "--reminder-interval", "4s"],
+        *["--close-at", (datetime.now(UTC) + timedelta(seconds=6)).isoformat()],
+    )
+
+    async def reminder_waits() -> bool:
+        rows = await pg.fetch(
+            "SELECT round, state FROM invitations WHERE campaign_id = $1 ORDER BY round", paced
+        )
+        return [(r["round"], r["state"]) for r in rows] == [(0, "sent"), (1, "pending")]
+
+    await wait_until(reminder_waits, timeout=30, what="the paced campaign's reminder")
+    assert fast.database_url is not None
+    url = fast.database_url
+
+    async def closed() -> bool:
+        return await campaign_status(url, closing) == "completed"
+
+    await wait_until(closed, timeout=30, what="the closing campaign to complete")
+    # Past when the closing campaign's reminder would have been due, and a few reconciles.
+    await asyncio.sleep(6)
+    received = [m.recipients[0] for m in handler.messages]
+    # The day's one message was the first; its reminder waits for the next day.
+    assert received.count("paced@example.com") == 1
+    answer = await status_json(fast, paced)
+    assert answer["reminders"][0]["pending"] == 1
+    assert answer["schedule"]["next_send_at"] is not None
+    # The close came before the reminder was due: none was made, none sent.
+    assert received.count("closing@example.com") <= 1
+    rows = await pg.fetch("SELECT round, state FROM invitations WHERE campaign_id = $1", closing)
+    assert [r["round"] for r in rows] == [0] and rows[0]["state"] in ("sent", "expired")

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
 
-from aiosmtplib import SMTP, SMTPException
-
 from worker import relay_check
 from worker.errors import RelayTrouble, SmtpError
 from worker.outcomes import enhanced_status
@@ -160,52 +158,14 @@ class SmtpPool:
             return session
 
     async def _open(self) -> Session:
-        """Connect, say EHLO, negotiate TLS as configured and log in.
+        """A session opened as `relay_check.open_session` does it (connect, EHLO, TLS as
+        configured, login), carried on by `Session`.
 
         None of this concerns the recipient: every failure here is the relay's
-        (`RelayTrouble`), and the message waits until the relay is fixed. aiosmtplib does all
-        of it; the transactions that follow are the `Session`'s.
+        (`RelayTrouble`), and the message waits until the relay is fixed.
         """
-        config = self._config
-        smtp = SMTP(
-            hostname=config.host,
-            port=config.port,
-            timeout=config.timeout,
-            use_tls=config.tls == "tls",
-            # STARTTLS is negotiated below, never opportunistically.
-            start_tls=False,
-        )
-        stage = "connect"
-        try:
-            await smtp.connect()
-            stage = "ehlo"
-            await smtp.ehlo()
-            if config.tls == "starttls":
-                # RFC 3207: TLS is required, so a server that does not offer STARTTLS (or an
-                # attacker who stripped it from the EHLO reply) gets nothing in plaintext;
-                # aiosmtplib's starttls() raises SMTPException before sending anything then.
-                stage = "starttls"
-                await smtp.starttls()
-                # RFC 3207 section 4.2: forget what was learnt before TLS and ask again.
-                await smtp.ehlo()
-            if config.username is not None:
-                stage = "auth"
-                await smtp.login(config.username, config.password or "")
-        except asyncio.CancelledError:
-            smtp.close()
-            raise
-        except (SMTPException, OSError) as exc:
-            smtp.close()
-            found = relay_check.classify(stage, exc)
-            raise RelayTrouble(
-                found.reason,
-                relay=config.name,
-                code=found.code,
-                status=found.status,
-                reply=found.reply,
-                error=found.error,
-            ) from exc
-        return Session.take_over(smtp, timeout=config.timeout)
+        smtp, _features = await relay_check.open_session(self._config)
+        return Session.take_over(smtp, timeout=self._config.timeout)
 
 
 @dataclass(eq=False)

@@ -22,6 +22,7 @@ from aiosmtplib import (
 )
 
 from worker import logs
+from worker.errors import RelayTrouble
 from worker.relay_config import Relay
 
 REASONS = ("unreachable", "tls_failed", "auth_failed", "throttled", "refused")
@@ -45,6 +46,22 @@ class Trouble:
     status: str | None = None
     reply: str | None = None
     error: str | None = None
+
+    @classmethod
+    def of(cls, e: RelayTrouble) -> Trouble:
+        """The trouble a `RelayTrouble` carries."""
+        return cls(e.reason, code=e.code, status=e.status, reply=e.reply, error=e.error)
+
+    def error_for(self, relay: str) -> RelayTrouble:
+        """This trouble, as the error the send path raises for `relay`."""
+        return RelayTrouble(
+            self.reason,
+            relay=relay,
+            code=self.code,
+            status=self.status,
+            reply=self.reply,
+            error=self.error,
+        )
 
     def line(self) -> str:
         """`auth_failed: 535 5.7.8 text`, or `unreachable: ConnectionRefusedError: text`."""
@@ -117,13 +134,12 @@ def _error(exc: BaseException) -> str:
     return reply_text(f"{type(shown).__name__}: {shown}")
 
 
-async def probe(relay: Relay, *, sender: str = "") -> tuple[list[str], Trouble | None]:
-    """Try `relay` as the worker uses it: connect, EHLO, STARTTLS when `relay.tls` asks for
-    it (never falling back to plaintext), EHLO again, AUTH when it has a user name,
-    `MAIL FROM:<sender>` (the null sender by default), RSET and QUIT.
+async def open_session(relay: Relay) -> tuple[SMTP, list[str]]:
+    """A session with `relay` as the worker uses it: connected, EHLO, STARTTLS when
+    `relay.tls` asks for it (never falling back to plaintext), EHLO again, logged in when
+    it has a user name; and the features used (`TLS` or `STARTTLS`, `AUTH PLAIN`).
 
-    Returns the features used (`TLS` or `STARTTLS`, `AUTH PLAIN`) and None when every step
-    passed, or the trouble at the step that failed. Never raises for relay trouble.
+    Raises `RelayTrouble` for the step that failed, the connection closed.
     """
     smtp = SMTP(
         hostname=relay.host,
@@ -150,7 +166,27 @@ async def probe(relay: Relay, *, sender: str = "") -> tuple[list[str], Trouble |
         if relay.username is not None:
             stage = "auth"
             features.append(f"AUTH {await _login(smtp, relay.username, relay.password or '')}")
-        stage = "mail"
+    except asyncio.CancelledError:
+        smtp.close()
+        raise
+    except (SMTPException, OSError) as exc:
+        smtp.close()
+        raise classify(stage, exc).error_for(relay.name) from exc
+    return smtp, features
+
+
+async def probe(relay: Relay, *, sender: str = "") -> tuple[list[str], Trouble | None]:
+    """Try `relay` as the worker uses it: `open_session`, then `MAIL FROM:<sender>` (the
+    null sender by default), RSET and QUIT.
+
+    Returns the features used and None when every step passed, or the trouble at the step
+    that failed. Never raises for relay trouble.
+    """
+    try:
+        smtp, features = await open_session(relay)
+    except RelayTrouble as e:
+        return [], Trouble.of(e)
+    try:
         await smtp.mail(sender)
         await smtp.rset()
     except asyncio.CancelledError:
@@ -158,7 +194,7 @@ async def probe(relay: Relay, *, sender: str = "") -> tuple[list[str], Trouble |
         raise
     except (SMTPException, OSError) as exc:
         smtp.close()
-        return features, classify(stage, exc)
+        return features, classify("mail", exc)
     try:
         await smtp.quit()
     except (SMTPException, OSError):

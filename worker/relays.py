@@ -195,7 +195,7 @@ class Relays:
             if found is None:
                 await self._publish(relay.name)
             else:
-                self.trouble(_as_error(relay.name, found))
+                self.trouble(found.error_for(relay.name))
 
     def states(self) -> dict[str, dict[str, Any]]:
         """Every relay's state as this process sees it."""
@@ -254,17 +254,6 @@ class Relays:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _as_error(name: str, found: relay_check.Trouble) -> RelayTrouble:
-    return RelayTrouble(
-        found.reason,
-        relay=name,
-        code=found.code,
-        status=found.status,
-        reply=found.reply,
-        error=found.error,
-    )
 
 
 async def read_states(redis: Redis, names: Sequence[str]) -> dict[str, dict[str, Any]]:

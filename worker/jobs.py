@@ -422,7 +422,7 @@ async def reconcile(ctx: Context) -> dict[str, Any]:
         await queue.enqueue_launch(ctx["redis"], campaign_id)
         log.info("campaign.started", campaign_id=campaign_id, job_id=ctx["job_id"])
     for campaign_id in stalled:
-        await queue.enqueue_launch(ctx["redis"], campaign_id)
+        await queue.enqueue_launch(ctx["redis"], campaign_id, redrive=True)
         log.warning("campaign.redriven", campaign_id=campaign_id, job_id=ctx["job_id"])
     for campaign_id in reminded:
         await queue.enqueue_launch(ctx["redis"], campaign_id)

@@ -228,10 +228,19 @@ class Job(StrEnum):
     PURGE = "purge"
 
 
-async def enqueue_launch(redis: ArqRedis, campaign_id: int, *, at: datetime | None = None) -> None:
+async def enqueue_launch(
+    redis: ArqRedis, campaign_id: int, *, at: datetime | None = None, redrive: bool = False
+) -> None:
     """Ask the workers to start sending a campaign (idempotent: the ledger decides), at
-    `at` for a campaign scheduled to start then."""
-    await redis.enqueue_job(Job.LAUNCH_CAMPAIGN, campaign_id, _defer_until=at)
+    `at` for a campaign scheduled to start then.
+
+    A `redrive` (reconcile found the campaign idle) is a no-op while another redrive of it
+    is queued or ran less than arq's keep_result ago: a busy queue makes every campaign
+    look idle at every pass, and each redrive would queue more slices behind the ones
+    already waiting, so the backlog fed itself (a 30-minute fault soak queued 118,000 jobs).
+    """
+    job_id = f"redrive:{campaign_id}" if redrive else None
+    await redis.enqueue_job(Job.LAUNCH_CAMPAIGN, campaign_id, _defer_until=at, _job_id=job_id)
 
 
 async def enqueue_slices(redis: ArqRedis, campaign_id: int, ranges: list[tuple[int, int]]) -> None:

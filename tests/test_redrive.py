@@ -1,0 +1,25 @@
+"""Reconcile's redrive of an idle campaign is one queued job per campaign, however often
+reconcile finds it idle: a busy queue makes every campaign look idle at every pass, and a
+redrive per pass fed the backlog it waited behind (real Redis, arq's queue)."""
+
+from __future__ import annotations
+
+from arq.constants import default_queue_name
+
+from worker import queue
+
+
+async def test_a_campaign_is_redriven_once_while_its_redrive_waits(redis_url: str) -> None:
+    redis = await queue.connect(redis_url)
+    try:
+        await redis.flushdb()
+        for _ in range(5):
+            await queue.enqueue_launch(redis, 7, redrive=True)
+            await queue.enqueue_launch(redis, 8, redrive=True)
+        assert await redis.zcard(default_queue_name) == 2
+        # An operator's launch or resume is never swallowed by a waiting redrive.
+        await queue.enqueue_launch(redis, 7)
+        await queue.enqueue_launch(redis, 7)
+        assert await redis.zcard(default_queue_name) == 4
+    finally:
+        await redis.aclose()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from arq.constants import default_queue_name
 
+from tests.support.pipeline import run_workers
 from worker import queue
+from worker.settings import Settings
 
 
 async def test_a_campaign_is_redriven_once_while_its_redrive_waits(redis_url: str) -> None:
@@ -21,5 +23,18 @@ async def test_a_campaign_is_redriven_once_while_its_redrive_waits(redis_url: st
         await queue.enqueue_launch(redis, 7)
         await queue.enqueue_launch(redis, 7)
         assert await redis.zcard(default_queue_name) == 4
+    finally:
+        await redis.aclose()
+
+
+async def test_a_campaign_is_redriven_again_once_its_redrive_has_run(settings: Settings) -> None:
+    redis = await queue.connect(settings.redis_url or "")
+    try:
+        await redis.flushdb()
+        await queue.enqueue_launch(redis, 7, redrive=True)
+        # A real worker runs the redrive (the campaign does not exist: it ends at once).
+        await run_workers(settings)
+        await queue.enqueue_launch(redis, 7, redrive=True)
+        assert await redis.zcard(default_queue_name) == 1
     finally:
         await redis.aclose()

@@ -22,7 +22,9 @@ class WorkerSettings:
     """arq settings; `survey-worker worker` passes `redis_settings` and `ctx` at start."""
 
     functions: ClassVar[list[Function]] = [
-        func(jobs.launch_campaign, name=queue.Job.LAUNCH_CAMPAIGN),  # type: ignore[arg-type]
+        # No result kept: a reconcile redrive (job id redrive:<campaign>) is deduplicated
+        # only while one is queued or running, never for a while after it ran.
+        func(jobs.launch_campaign, name=queue.Job.LAUNCH_CAMPAIGN, keep_result=0),  # type: ignore[arg-type]
         func(jobs.send_batch, name=queue.Job.SEND_BATCH),  # type: ignore[arg-type]
         func(jobs.send_invitation, name=queue.Job.SEND_INVITATION),  # type: ignore[arg-type]
         # A queued click is an opt-out: keep retrying for days while Postgres is away.

@@ -235,9 +235,10 @@ async def enqueue_launch(
     `at` for a campaign scheduled to start then.
 
     A `redrive` (reconcile found the campaign idle) is a no-op while another redrive of it
-    is queued or ran less than arq's keep_result ago: a busy queue makes every campaign
-    look idle at every pass, and each redrive would queue more slices behind the ones
-    already waiting, so the backlog fed itself (a 30-minute fault soak queued 118,000 jobs).
+    is queued or running (launch_campaign keeps no result): a busy queue makes every
+    campaign look idle at every pass, and each redrive would queue more slices behind the
+    ones already waiting, so the backlog fed itself (a 30-minute fault soak queued 118,000
+    jobs).
     """
     job_id = f"redrive:{campaign_id}" if redrive else None
     await redis.enqueue_job(Job.LAUNCH_CAMPAIGN, campaign_id, _defer_until=at, _job_id=job_id)

@@ -1,6 +1,7 @@
 """How a worker shares a route's messages among its relays: exact weighted shares, standbys
 only while every weighted relay is in trouble, and nothing while all are (real Redis, where
-the states are published)."""
+the states are published); a message waiting for a busy relay goes to a free session of
+another (real SMTP servers), unless its relay has a rate of its own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
+from tests.support.smtp import RecordingHandler, start_smtp_server
 from worker.dev.embedded import free_port
 from worker.errors import RelayTrouble
 from worker.relay_config import Relay
@@ -48,3 +50,66 @@ async def test_weights_share_a_chunk_exactly_and_standbys_wait_their_turn(redis_
     finally:
         await relays.close()
         await redis.aclose()
+
+
+async def send_all(relays: Relays, count: int) -> Counter[str]:
+    """Route `count` messages as a chunk is routed, send them all at once; the relay each
+    went through."""
+
+    async def one(n: int, routed: str) -> str:
+        used, place = await relays.place(routed, None)
+        await relays.send(
+            used, place, sender="s@client.example", recipient=f"p{n}@example.com", message=b"x"
+        )
+        return used
+
+    routed = [relays.choose(None) or "" for _ in range(count)]
+    return Counter(await asyncio.gather(*(one(n, r) for n, r in enumerate(routed))))
+
+
+async def test_a_free_session_of_another_relay_takes_a_message_a_busy_relay_holds(
+    redis_url: str,
+) -> None:
+    slow, fast = RecordingHandler(), RecordingHandler()
+    slow.data_delay = 0.3
+    redis = Redis.from_url(redis_url)
+    async with start_smtp_server(slow) as slow_port, start_smtp_server(fast) as fast_port:
+        relays = Relays(
+            [
+                Relay("slow", "127.0.0.1", slow_port, "none", 5.0, 1),
+                Relay("fast", "127.0.0.1", fast_port, "none", 5.0, 1),
+            ],
+            redis,
+            probe_base=60,
+        )
+        try:
+            used = await send_all(relays, 20)
+        finally:
+            await relays.close()
+            await redis.aclose()
+    # Ten were routed to each; the slow relay's one session (two places) kept few of its.
+    assert used["fast"] >= 15
+    assert (len(slow.messages), len(fast.messages)) == (used["slow"], used["fast"])
+
+
+async def test_a_relay_with_a_rate_of_its_own_keeps_its_messages(redis_url: str) -> None:
+    slow, fast = RecordingHandler(), RecordingHandler()
+    slow.data_delay = 0.1
+    redis = Redis.from_url(redis_url)
+    async with start_smtp_server(slow) as slow_port, start_smtp_server(fast) as fast_port:
+        relays = Relays(
+            [
+                Relay("metered", "127.0.0.1", slow_port, "none", 5.0, 1, rate=1000.0),
+                Relay("fast", "127.0.0.1", fast_port, "none", 5.0, 1),
+            ],
+            redis,
+            probe_base=60,
+        )
+        try:
+            used = await send_all(relays, 10)
+        finally:
+            await relays.close()
+            await redis.aclose()
+    # Its permits were taken for it: no other relay carries what was routed to it.
+    assert used == {"metered": 5, "fast": 5}
+    assert (len(slow.messages), len(fast.messages)) == (5, 5)

@@ -9,6 +9,7 @@ went out but no verdict came back, so it may have been delivered).
 from __future__ import annotations
 
 import asyncio
+import collections
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
@@ -56,12 +57,12 @@ class SmtpPool:
         if relay.connections < 1:
             raise ValueError("an SMTP pool needs at least one connection")
         self._config = relay
-        # Last in, first out: a burst reuses the sessions already open, and a session is
-        # opened only when that many sends really run at once.
-        self._idle: asyncio.LifoQueue[_Slot] = asyncio.LifoQueue()
+        # The free places, last in, first out: a burst reuses the sessions already open,
+        # and a session is opened only when that many sends really run at once.
         slots = [_Slot() for _ in range(relay.connections)]
-        for slot in [*slots, *slots][::-1]:
-            self._idle.put_nowait(slot)
+        self._free: list[_Slot] = [*slots, *slots][::-1]
+        # Those waiting for a place (here or on another pool too: see `watch`).
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def __aenter__(self) -> Self:
         return self
@@ -81,8 +82,10 @@ class SmtpPool:
         recipient: str,
         message: bytes,
         before_content: ContentGate | None = None,
+        place: Place | None = None,
     ) -> int:
-        """Deliver `message` (the complete RFC 5322 bytes) from `sender` to `recipient`.
+        """Deliver `message` (the complete RFC 5322 bytes) from `sender` to `recipient`, on
+        `place` (one `take` gave) or on the next place free.
 
         Returns the server's 2xx reply code. Raises `TransientSmtpError` for a 4xx reply or
         a connection failure or timeout before the content was sent, `PermanentSmtpError`
@@ -91,7 +94,7 @@ class SmtpPool:
         and `NotStarted` when `before_content` gave the message up. No error message
         contains the recipient's address.
         """
-        slot = await self._idle.get()
+        slot = place if place is not None else await self._take()
         try:
             # A message that waited its turn on a session that broke, before any of it
             # left (`Unsent`), goes once more, on the session reopened.
@@ -128,19 +131,45 @@ class SmtpPool:
                 slot.session.close()
             raise
         finally:
-            self._idle.put_nowait(slot)
+            self._free.append(slot)
+            self.wake()
+
+    def take(self) -> Place | None:
+        """A free place, now, or None."""
+        return self._free.pop() if self._free else None
+
+    def watch(self, waiter: asyncio.Future[None]) -> None:
+        """Resolve `waiter` when a place is free, unless it is done by then (another pool
+        it watches woke it, or it was cancelled)."""
+        self._waiters.append(waiter)
+
+    def wake(self) -> None:
+        """Wake as many waiters as places are free."""
+        woken = 0
+        while woken < len(self._free) and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                woken += 1
+
+    async def _take(self) -> Place:
+        while (place := self.take()) is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self.watch(waiter)
+            await waiter
+        return place
 
     async def close(self) -> None:
         """Close every session once the sends in flight are done; later sends reopen them."""
-        places = [await self._idle.get() for _ in range(2 * self._config.connections)]
+        places = [await self._take() for _ in range(2 * self._config.connections)]
         slots = list({id(slot): slot for slot in places}.values())
         try:
             await asyncio.gather(*(s.session.quit() for s in slots if s.session is not None))
         finally:
             for slot in slots:
                 slot.session = None
-            for slot in places[::-1]:
-                self._idle.put_nowait(slot)
+            self._free.extend(places[::-1])
+            self.wake()
 
     async def _session(self, slot: _Slot) -> Session:
         """The slot's session, opened again if it is gone or broken."""
@@ -170,11 +199,15 @@ class SmtpPool:
 
 @dataclass(eq=False)
 class _Slot:
-    """A session of the pool: open, or None until one is needed."""
+    """A session of the pool: open, or None until one is needed. Each is two places."""
 
     session: Session | None = None
     # Held while the session is being opened, so that its two places open it once.
     opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+# A place taken on one of a pool's sessions (the session itself), for one transaction.
+Place = _Slot
 
 
 def _relay_fault(e: SmtpError) -> str | None:

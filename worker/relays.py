@@ -5,7 +5,9 @@ A relay in trouble (down, TLS, login, throttling, a refused sender: the reasons 
 `worker.relay_check`) carries nothing until a probe passes; probes back off from
 RETRY_BASE_SECONDS up to MAX_PROBE_DELAY, and sending resumes by itself. The healthy
 relays of a route share its messages by weight; standbys (weight 0) carry mail only while
-every weighted relay of the route is in trouble. Each worker process sees trouble for
+every weighted relay of the route is in trouble. A message waiting for a busy relay's
+session takes a free one of another relay of its route instead (`place`), so a relay that
+keeps up carries more than its weight rather than idle. Each worker process sees trouble for
 itself; the last state any worker saw is published in Redis, where `status` and /ops read
 it (`read_states`).
 """
@@ -26,7 +28,7 @@ from redis.asyncio import Redis
 
 from worker import queue, relay_check
 from worker.errors import RelayTrouble
-from worker.mailer import SmtpPool
+from worker.mailer import Place, SmtpPool
 from worker.metrics import WorkerMetrics
 from worker.ratelimit import RateLimiter
 from worker.relay_config import Relay
@@ -149,19 +151,65 @@ class Relays:
             if limiter is not None:
                 await limiter.acquire(count)
 
+    async def place(self, relay: str, route: Sequence[str] | None) -> tuple[str, Place]:
+        """Where a message `choose` gave to `relay` goes: a place on its sessions, or on
+        those of another healthy relay of the route of the same rank (weighted or standby),
+        whichever frees first, the relay's own first; the relay that place is on.
+
+        So no relay's sessions idle while another's have messages waiting, at the end of
+        a chunk above all. A relay with a rate of its own is not shared: the message's
+        permit was taken for it.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            names = self._sharing(relay, route)
+            for name in names:
+                taken = self._pools[name].take()
+                if taken is not None:
+                    # The place that woke this send may not be the one it took.
+                    for other in names:
+                        self._pools[other].wake()
+                    return name, taken
+            waiter = loop.create_future()
+            for name in names:
+                self._pools[name].watch(waiter)
+            await waiter
+
+    def _sharing(self, relay: str, route: Sequence[str] | None) -> list[str]:
+        """`relay`, and unless it has a rate, the healthy relays of its rank in the route
+        without one."""
+        chosen = self._relays[relay]
+        if chosen.rate:
+            return [relay]
+        rank = chosen.weight > 0
+        return [relay] + [
+            r.name
+            for r in self.route(route)
+            if r.name != relay
+            and not r.rate
+            and (r.weight > 0) == rank
+            and self._health[r.name].reason is None
+        ]
+
     async def send(
         self,
         relay: str,
+        place: Place,
         *,
         sender: str,
         recipient: str,
         message: bytes,
         before_content: ContentGate | None = None,
     ) -> int:
-        """Deliver through `relay`; `RelayTrouble` marks it in trouble before it is raised."""
+        """Deliver through `relay` on `place` (from `place`); `RelayTrouble` marks the
+        relay in trouble before it is raised."""
         try:
             return await self._pools[relay].send(
-                sender=sender, recipient=recipient, message=message, before_content=before_content
+                sender=sender,
+                recipient=recipient,
+                message=message,
+                before_content=before_content,
+                place=place,
             )
         except RelayTrouble as e:
             self.trouble(e)

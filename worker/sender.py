@@ -337,9 +337,11 @@ async def _check_and_start(
     prepared: list[compose.Prepared | records.Outcome],
     period: field_period.Period | None,
 ) -> tuple[list[records.Outcome], list[tuple[str, compose.Prepared]]] | None:
-    """Run the opt-out check for a claimed chunk, choose each message's relay and mark the
-    chunk (counted on the day of a paced campaign); None if the campaign stopped. A message
-    no relay of the route can take now is left as it was (claimed again when one can).
+    """Run the opt-out check for a claimed chunk, choose each message's relay (whose rate
+    permit it takes, and whose session it waits for unless another relay's frees first:
+    `Relays.place`) and mark the chunk (counted on the day of a paced campaign); None if
+    the campaign stopped. A message no relay of the route can take now is left as it was
+    (claimed again when one can).
 
     Raises SuppressionUnavailable when the check cannot run: the caller rolls back.
     """
@@ -445,9 +447,11 @@ async def _deliver(
     claimed_at: float,
 ) -> records.Outcome:
     inv = p.invitation
+    relay, place = await sender.relays.place(relay, route)
     try:
         code = await sender.relays.send(
             relay,
+            place,
             sender=p.envelope_sender,
             recipient=p.recipient,
             message=p.data,

@@ -67,49 +67,43 @@ async def send_all(relays: Relays, count: int) -> Counter[str]:
     return Counter(await asyncio.gather(*(one(n, r) for n, r in enumerate(routed))))
 
 
+async def slow_and_fast(
+    redis_url: str, count: int, *, delay: float, rate: float | None = None
+) -> tuple[Counter[str], int, int]:
+    """Send `count` messages through a relay `slow` (each message `delay` seconds, one
+    session, `rate` of its own) and a relay `fast` of equal weight: the relay each went
+    through, and how many each real SMTP server received."""
+    slow, fast = RecordingHandler(), RecordingHandler()
+    slow.data_delay = delay
+    redis = Redis.from_url(redis_url)
+    async with start_smtp_server(slow) as slow_port, start_smtp_server(fast) as fast_port:
+        relays = Relays(
+            [
+                Relay("slow", "127.0.0.1", slow_port, "none", 5.0, 1, rate=rate),
+                Relay("fast", "127.0.0.1", fast_port, "none", 5.0, 1),
+            ],
+            redis,
+            probe_base=60,
+        )
+        try:
+            used = await send_all(relays, count)
+        finally:
+            await relays.close()
+            await redis.aclose()
+    return used, len(slow.messages), len(fast.messages)
+
+
 async def test_a_free_session_of_another_relay_takes_a_message_a_busy_relay_holds(
     redis_url: str,
 ) -> None:
-    slow, fast = RecordingHandler(), RecordingHandler()
-    slow.data_delay = 0.3
-    redis = Redis.from_url(redis_url)
-    async with start_smtp_server(slow) as slow_port, start_smtp_server(fast) as fast_port:
-        relays = Relays(
-            [
-                Relay("slow", "127.0.0.1", slow_port, "none", 5.0, 1),
-                Relay("fast", "127.0.0.1", fast_port, "none", 5.0, 1),
-            ],
-            redis,
-            probe_base=60,
-        )
-        try:
-            used = await send_all(relays, 20)
-        finally:
-            await relays.close()
-            await redis.aclose()
+    used, slow, fast = await slow_and_fast(redis_url, 20, delay=0.3)
     # Ten were routed to each; the slow relay's one session (two places) kept few of its.
     assert used["fast"] >= 15
-    assert (len(slow.messages), len(fast.messages)) == (used["slow"], used["fast"])
+    assert (slow, fast) == (used["slow"], used["fast"])
 
 
 async def test_a_relay_with_a_rate_of_its_own_keeps_its_messages(redis_url: str) -> None:
-    slow, fast = RecordingHandler(), RecordingHandler()
-    slow.data_delay = 0.1
-    redis = Redis.from_url(redis_url)
-    async with start_smtp_server(slow) as slow_port, start_smtp_server(fast) as fast_port:
-        relays = Relays(
-            [
-                Relay("metered", "127.0.0.1", slow_port, "none", 5.0, 1, rate=1000.0),
-                Relay("fast", "127.0.0.1", fast_port, "none", 5.0, 1),
-            ],
-            redis,
-            probe_base=60,
-        )
-        try:
-            used = await send_all(relays, 10)
-        finally:
-            await relays.close()
-            await redis.aclose()
+    used, slow, fast = await slow_and_fast(redis_url, 10, delay=0.1, rate=1000.0)
     # Its permits were taken for it: no other relay carries what was routed to it.
-    assert used == {"metered": 5, "fast": 5}
-    assert (len(slow.messages), len(fast.messages)) == (5, 5)
+    assert used == {"slow": 5, "fast": 5}
+    assert (slow, fast) == (5, 5)

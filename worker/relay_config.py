@@ -1,6 +1,7 @@
 """The relays mail leaves through, as configured: `SMTP_RELAYS=NAME,NAME…` with each
 relay's `SMTP_RELAY_<NAME>_URL` (and optional `_RATE`, `_CONNECTIONS`, `_WEIGHT`), or the
-`SMTP_HOST`… settings as one relay named `default`.
+`SMTP_HOST`… settings as one relay named `default`. Either way a relay's optional `_SPF`
+and `_DKIM` say how it authenticates a client's mail (checked by `client check`).
 
 Every problem is a `ConfigError` naming the variable; none quotes a URL, which may hold a
 password.
@@ -8,10 +9,11 @@ password.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -33,6 +35,14 @@ SCHEMES: dict[str, tuple[Tls, int]] = {
     "smtps": ("tls", 465),
 }
 MAX_CONNECTIONS = 200
+# SMTP_RELAY_<NAME>_DKIM's value for a relay that signs with the client's own domain.
+DKIM_CLIENT = "client"
+_DOMAIN = re.compile(r"(?=.{1,253}$)(?:[a-z0-9_](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+# The SPF mechanisms (RFC 7208 section 5) that can name a relay: `include:` or `exists:`
+# a domain, `a` or `mx` (of a domain, with a prefix length), `ip4:` or `ip6:` a network.
+_SPF_DOMAIN = re.compile(r"\+?(include|exists):(\S+)")
+_SPF_HOST = re.compile(r"\+?(a|mx)(?::([^/\s]+))?(/\d{1,3}(//\d{1,3})?)?")
+_SPF_NETWORK = re.compile(r"\+?(ip4|ip6):(\S+)")
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,11 @@ class Relay:
     password: str | None = field(default=None, repr=False)
     rate: float | None = None
     weight: int = 1
+    # The mechanism an envelope domain's SPF must hold for this relay (None: unknown).
+    spf: str | None = None
+    # `client` (signs with the client's domain and selector), the domain it signs with
+    # (its own), or None: unknown.
+    dkim: str | None = None
 
 
 def variable(name: str, suffix: str) -> str:
@@ -89,6 +104,7 @@ def relays(settings: Settings) -> list[Relay]:
     unusable value, or when every relay is a standby."""
     if settings.smtp_relays is None:
         password = settings.smtp_password
+        spf, dkim = authentication(DEFAULT_NAME, settings.relay_variables())
         return [
             Relay(
                 name=DEFAULT_NAME,
@@ -99,6 +115,8 @@ def relays(settings: Settings) -> list[Relay]:
                 connections=settings.smtp_connections,
                 username=settings.smtp_username,
                 password=None if password is None else password.get_secret_value(),
+                spf=spf,
+                dkim=dkim,
             )
         ]
     values = settings.relay_variables()
@@ -125,7 +143,7 @@ def _configured(name: str, values: Mapping[str, str], settings: Settings) -> Rel
         values, name, "CONNECTIONS", int, lambda v: 1 <= v <= MAX_CONNECTIONS, "from 1 to 200"
     )
     weight = _value(values, name, "WEIGHT", int, lambda v: v >= 0, "a whole number, 0 or more")
-    return from_url(
+    relay = from_url(
         name,
         url,
         timeout=settings.smtp_timeout,
@@ -133,6 +151,49 @@ def _configured(name: str, values: Mapping[str, str], settings: Settings) -> Rel
         rate=rate or None,
         weight=1 if weight is None else weight,
     )
+    spf, dkim = authentication(name, values)
+    return replace(relay, spf=spf, dkim=dkim)
+
+
+def authentication(name: str, values: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """Relay `name`'s SMTP_RELAY_<NAME>_SPF and _DKIM from `values`, normalised (`spf`,
+    `dkim`: None when unset); ConfigError naming the variable for a value that is not an
+    SPF mechanism, or neither `client` nor a domain."""
+    spf = values.get(variable(name, "SPF"))
+    dkim = values.get(variable(name, "DKIM"))
+    if spf is not None:
+        spf = spf_mechanism(spf)
+        if spf is None:
+            raise ConfigError(
+                f"{variable(name, 'SPF')}: must be one SPF mechanism, e.g. "
+                "include:amazonses.com or ip4:203.0.113.0/24"
+            )
+    if dkim is not None:
+        dkim = dkim.strip().lower().rstrip(".")
+        if dkim != DKIM_CLIENT and not _DOMAIN.fullmatch(dkim):
+            raise ConfigError(
+                f"{variable(name, 'DKIM')}: must be `client` (the relay signs with the "
+                "client's domain) or the domain the relay signs with"
+            )
+    return spf, dkim
+
+
+def spf_mechanism(text: str) -> str | None:
+    """`text` as one SPF mechanism that authorises a relay (RFC 7208 section 5), lower
+    case, without a `+` qualifier; None when it is not one."""
+    text = text.strip().lower().removeprefix("+")
+    if found := _SPF_DOMAIN.fullmatch(text):
+        return text if _DOMAIN.fullmatch(found.group(2).rstrip(".")) else None
+    if found := _SPF_HOST.fullmatch(text):
+        domain = found.group(2)
+        return text if domain is None or _DOMAIN.fullmatch(domain.rstrip(".")) else None
+    if found := _SPF_NETWORK.fullmatch(text):
+        try:
+            network = ipaddress.ip_network(found.group(2), strict=False)
+        except ValueError:
+            return None
+        return text if network.version == int(found.group(1)[-1]) else None
+    return None
 
 
 def _value(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -132,6 +133,29 @@ def sentinel_addresses(text: str) -> list[tuple[str, int]]:
     if not found:
         raise ValueError("names no Sentinel (host:port,host:port)")
     return found
+
+
+def resolver_address(text: str) -> tuple[str, int]:
+    """DNS_RESOLVER (`host:port`, `host`, `[v6]:port`; the host an IP address, the port 53
+    unless given) as (address, port); ValueError saying what is expected."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") if rest.startswith(":") else ("" if not rest else "x")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(
+            "must be a resolver's IP address with an optional port: 127.0.0.1:5353, "
+            "[2001:db8::53]:53 or 192.0.2.53"
+        ) from None
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError("the port is not a number from 1 to 65535")
+    return address, int(port) if port else 53
 
 
 def parse_contact_cap(text: str) -> tuple[int, timedelta]:
@@ -292,6 +316,10 @@ class Settings(BaseSettings):
     # At most K first survey invitations to one address in any rolling window (`2/30d`).
     contact_cap: str | None = None
 
+    # The DNS resolver `client check` and launch ask about sending domains (`host:port`);
+    # unset: the system's (/etc/resolv.conf).
+    dns_resolver: str | None = None
+
     # The client API at /v1. Its database user launches and controls campaigns as
     # `launch` does (a login in the survey_worker role); unset: the web app's DATABASE_URL.
     api_database_url: str | None = None
@@ -436,6 +464,13 @@ class Settings(BaseSettings):
     def _contact_cap(cls, value: str | None) -> str | None:
         if value is not None:
             parse_contact_cap(value)
+        return value
+
+    @field_validator("dns_resolver")
+    @classmethod
+    def _dns_resolver(cls, value: str | None) -> str | None:
+        if value is not None:
+            resolver_address(value)
         return value
 
     @field_validator("completion_webhook_secret")

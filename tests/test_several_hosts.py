@@ -120,8 +120,6 @@ def redis_on(network: Network) -> Iterator[str]:
             str(redis_server()),
             *("--bind", network.address, "--port", str(port), "--dir", str(folder)),
             *("--logfile", str(log), "--save", "", "--appendonly", "no"),
-            # Protected mode refuses clients from other hosts when there is no password.
-            *("--protected-mode", "no"),
         ]
     )
     try:

@@ -18,10 +18,23 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyn
 
 # DATABASE_POOL_MODE: what sits between the processes and Postgres (docs/scaling.md).
 PoolMode: TypeAlias = Literal["session", "transaction"]
-ASYNC_COMMIT = "SET synchronous_commit TO off"
+# The worker's sessions commit asynchronously, unless the server commits to a synchronous
+# standby: then every commit it acknowledges must survive a failover, and outcomes a lost
+# primary acknowledged but never passed on would be lost with their journal (docs/scaling.md).
+ASYNC_COMMIT = (
+    "SELECT set_config('synchronous_commit', 'off', false)"
+    " WHERE current_setting('synchronous_standby_names') = ''"
+)
 
-# What a lost, refused or broken database connection raises.
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# What a lost, refused or broken database connection raises; and a URL's hosts all
+# reachable but none of them what its `target_session_attrs` asks for (a standby not yet
+# promoted, for `read-write`).
+DB_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
+)
 
 SQL_DIR = bundled("sql")
 MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -84,7 +97,10 @@ async def create_pool(
     `session` mode that is a session setting, made again each time a connection goes back
     to the pool (asyncpg's reset runs RESET ALL). In `transaction` mode a session setting
     would stay on PgBouncer's server connection for other clients, so commits stay
-    synchronous (docs/scaling.md).
+    synchronous (docs/scaling.md). They stay synchronous too on a server with
+    `synchronous_standby_names`: an outcome written to a primary that is lost before its
+    standby has it would leave its invitations `sending`, and the send journal that says
+    they went out may already hold the next chunk by then.
     """
     reset = None
     if not synchronous_commit and pool_mode == "session":

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import asyncpg
 from arq.connections import ArqRedis
 
-from bench import campaign, ceiling, cpu, dumps, latency, procfs, sinks, verify, workers
+from bench import campaign, ceiling, cpu, dumps, history, latency, procfs, sinks, verify, workers
 from bench.database import fresh_database
 from bench.errors import BenchError
 from bench.monitor import Monitor
@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         metavar="N",
         help="N relays (SMTP_RELAYS) to the same sink sharing SMTP_CONNECTIONS (1)",
+    )
+    parser.add_argument(
+        "--history",
+        type=_positive_int,
+        metavar="N",
+        help="also on a history of N invitations, filled once and kept (bench/history.py)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     return parser.parse_args(argv)
@@ -379,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             RUN_DIR.mkdir(parents=True)
             say(f"starting embedded Postgres and Redis in {DATA_DIR}")
             with embedded.services(database_url=None, redis_url=None, data_dir=DATA_DIR) as urls:
+                if args.history:
+                    return history.main(args, urls, measure)
                 figures = asyncio.run(measure(args, urls))
     except KeyboardInterrupt:
         say("interrupted; workers, sink, database and services stopped")

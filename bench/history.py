@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -74,6 +75,8 @@ FILL_CHUNK = 1_000_000
 # number is a multiple of this; their last 2/5 of rows are the reminders.
 REMINDER_EVERY = 3
 RETENTION_DAYS = 365
+# The clients were created this long before the fill (which the later phase reads back).
+CLIENTS_BEFORE = timedelta(days=400)
 # The interactive answers' target (issue 24): p99 under this many seconds.
 TARGET_P99 = 0.2
 TARGET_SEND_SHARE = 0.9
@@ -224,7 +227,8 @@ CROSS JOIN LATERAL (
 PEOPLE_SQL = f"""
 CREATE TEMPORARY TABLE people ON COMMIT DROP AS
 SELECT p, address, {HASH.format(address="address")} AS email_hash
-FROM generate_series(0, $3 - 1) p, LATERAL (SELECT 'panel' || p || '@example.org' AS address) a
+FROM generate_series(0, $3::bigint - 1) p,
+     LATERAL (SELECT 'panel' || p || '@example.org' AS address) a
 """
 
 # Everything but the invitations, in one transaction with the `people` table; $1 the
@@ -313,19 +317,30 @@ def say(text: str) -> None:
 
 async def fill(conn: asyncpg.Connection, plan: Plan, hash_key: bytes) -> None:
     """Fill a migrated, empty database with the history of `plan` (see the module)."""
-    ipad, opad = hmac_pads(hash_key)
+    await load_invitations(conn, plan, hash_key)
+    await load_rest(conn, plan, hash_key)
+
+
+async def _session(conn: asyncpg.Connection) -> None:
     # The fill's own transactions need not wait for the disk; the runs' settings are the
     # cluster's, untouched.
     await conn.execute("SET synchronous_commit = off")
     await conn.execute("SET maintenance_work_mem = '256MB'")
     await conn.execute("SET work_mem = '64MB'")
+
+
+async def load_invitations(conn: asyncpg.Connection, plan: Plan, hash_key: bytes) -> None:
+    """The clients, the campaigns and their invitations (the fill's first, long phase)."""
+    ipad, opad = hmac_pads(hash_key)
+    await _session(conn)
     at = await conn.fetchval("SELECT now()")
     await conn.execute(
         f"""INSERT INTO clients (id, name, sender_email, created_at)
             SELECT {_client("k")}, 'History client ' || (k + 1),
-                   'surveys@h' || (k + 1) || '.example.org', $1::timestamptz - interval '400 days'
+                   'surveys@h' || (k + 1) || '.example.org', $1::timestamptz - $2::interval
             FROM generate_series(0, {CLIENTS - 1}) k""",
         at,
+        CLIENTS_BEFORE,
     )
     await conn.execute(CAMPAIGNS_SQL, at, plan.campaigns, plan.size, plan.expired)
     # Indexes that back no constraint are built after the load (sorted, not 10 million
@@ -356,12 +371,21 @@ async def fill(conn: asyncpg.Connection, plan: Plan, hash_key: bytes) -> None:
             plan.people,
         )
         say(f"invitations: {end:,} of {plan.invitations:,} ({time.monotonic() - started:.0f} s)")
+    await conn.execute("SET session_replication_role = origin")
     started = time.monotonic()
     for index in indexes:
         await conn.execute(index["indexdef"])
     say(f"indexes of invitations ({time.monotonic() - started:.0f} s)")
+
+
+async def load_rest(conn: asyncpg.Connection, plan: Plan, hash_key: bytes) -> None:
+    """Everything the invitations leave: lists, feed, audit, feedback, counts (REST_SQL)."""
+    ipad, opad = hmac_pads(hash_key)
+    await _session(conn)
+    at = await conn.fetchval("SELECT max(created_at) + $1::interval FROM clients", CLIENTS_BEFORE)
     async with conn.transaction():
         await conn.execute(PEOPLE_SQL, ipad, opad, plan.people)
+        await conn.execute("SET session_replication_role = replica")
         for sql in REST_SQL:
             started = time.monotonic()
             await conn.execute(sql, *((at,) if "$1" in sql else ()))
@@ -389,35 +413,47 @@ def _stamp(plan: Plan, hash_key: bytes) -> str:
 
 async def template(admin_url: str, plan: Plan, hash_key: bytes) -> float | None:
     """Make sure the template `plan.database` exists, filled and migrated; the seconds the
-    fill took, or None when an earlier run's template was reused."""
+    fill took, or None when an earlier run's template was reused. A fill interrupted after
+    its invitations were loaded resumes from there."""
+    stamp, loaded = _stamp(plan, hash_key), f"{_stamp(plan, hash_key)} invitations"
+    partial = f"{plan.database}_partial"
     admin = await asyncpg.connect(admin_url)
     try:
-        stamp = await admin.fetchval(
-            """SELECT shobj_description(oid, 'pg_database') FROM pg_database
-               WHERE datname = $1""",
-            plan.database,
-        )
-        partial = f"{plan.database}_partial"
-        await admin.execute(f"DROP DATABASE IF EXISTS {partial} WITH (FORCE)")
-        if stamp == _stamp(plan, hash_key):
+        comments = {
+            r["datname"]: r["comment"]
+            for r in await admin.fetch(
+                """SELECT datname, shobj_description(oid, 'pg_database') AS comment
+                   FROM pg_database WHERE datname = ANY($1::text[])""",
+                [plan.database, partial],
+            )
+        }
+        if comments.get(plan.database) == stamp:
             seconds = None
         else:
             await admin.execute(f"DROP DATABASE IF EXISTS {plan.database} WITH (FORCE)")
-            await admin.execute(f"CREATE DATABASE {partial}")
-            say(f"filling {plan.invitations:,} invitations into {partial} (once; kept)")
             started = time.monotonic()
+            if comments.get(partial) != loaded:
+                await admin.execute(f"DROP DATABASE IF EXISTS {partial} WITH (FORCE)")
+                await admin.execute(f"CREATE DATABASE {partial}")
+                say(f"filling {plan.invitations:,} invitations into {partial} (once; kept)")
+                conn = await asyncpg.connect(_with_database(admin_url, partial))
+                try:
+                    await db.migrate(conn)
+                    await load_invitations(conn, plan, hash_key)
+                finally:
+                    await conn.close()
+                await admin.execute(f"COMMENT ON DATABASE {partial} IS '{loaded}'")
+            else:
+                say(f"resuming the fill of {partial} after its invitations")
             conn = await asyncpg.connect(_with_database(admin_url, partial))
             try:
-                await db.migrate(conn)
-                await fill(conn, plan, hash_key)
+                await load_rest(conn, plan, hash_key)
             finally:
                 await conn.close()
             seconds = time.monotonic() - started
             say(f"filled in {seconds:.0f} s")
             await admin.execute(f"ALTER DATABASE {partial} RENAME TO {plan.database}")
-            await admin.execute(
-                f"COMMENT ON DATABASE {plan.database} IS '{_stamp(plan, hash_key)}'"
-            )
+            await admin.execute(f"COMMENT ON DATABASE {plan.database} IS '{stamp}'")
     finally:
         await admin.close()
     # Migrations written since the fill apply to the template (they are idempotent).

@@ -1,0 +1,13 @@
+-- A campaign's invitations by round, state and reason, in that order (issue 24, a long
+-- history): `status`, the client API's campaign answer and /ops count a campaign's
+-- invitations per state (and the suppressed and failed ones per reason) for each round.
+-- They read them through the unique index (campaign_id, email_hash, round), whose order is
+-- the addresses' hashes: every row was a visit to a random heap page, 0.5 s for a campaign
+-- of 100,000 on a history of 10 million invitations. This index answers those counts from
+-- the index alone, or with heap visits in the rows' order where the visibility map is not
+-- set yet (a campaign just sent).
+--
+-- On a large ledger, building it takes a while and blocks writes to invitations
+-- (migrations run in a transaction, so not CONCURRENTLY): run `migrate` at a quiet time,
+-- or create the index by hand beforehand with CREATE INDEX CONCURRENTLY under this name.
+CREATE INDEX IF NOT EXISTS invitations_states ON invitations (campaign_id, round, state, reason);

@@ -10,10 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
+from pydantic import SecretStr
 
 from tests.support.dns_server import serving, silent
-from tests.support.web import CliResult, cli
+from tests.support.web import CliResult, cli, launch_args
+from tests.support.web import serving as web_app
+from worker import passwords, queue
 from worker.settings import Settings
 
 # A 1024-bit RSA public key as DKIM publishes it (any non-empty p= is a key to the check).
@@ -261,3 +266,158 @@ def recipients(tmp_path: Path) -> Path:
     path = tmp_path / "people.csv"
     path.write_text("email\nann@example.com\nbob@example.com\n")
     return path
+
+
+def settings_with(settings: Settings, env: dict[str, str]) -> Settings:
+    """`settings` with the relays and the resolver of `env`, for the web app run here."""
+    relay_variables = {k: v for k, v in env.items() if k.startswith("SMTP_RELAY_")}
+    fields = {
+        **settings.model_dump(),
+        "smtp_relays": env.get("SMTP_RELAYS"),
+        "dns_resolver": env.get("DNS_RESOLVER"),
+    }
+    return Settings(_env_file=None, smtp_relay_variables=relay_variables, **fields)  # type: ignore[call-arg]
+
+
+async def campaign_list(settings: Settings, env: dict[str, str]) -> list[dict[str, Any]]:
+    listed = await cli(settings, "campaigns", "--json", env=env)
+    assert listed.code == 0, listed.stderr
+    found: list[dict[str, Any]] = json.loads(listed.stdout)
+    return found
+
+
+async def test_a_failing_domain_is_not_launched_unless_overridden(
+    settings: Settings, resolver: str, tmp_path: Path
+) -> None:
+    env = with_dns(resolver, SIGNS_AS_CLIENT)
+    await add(settings, "acme", "surveys@nokey.example", env, "--dkim-selector", "s1")
+    people = recipients(tmp_path)
+    refused = await cli(settings, *launch_args(people), env=env)
+    assert refused.code == 1
+    [line] = done_lines(refused)
+    assert line.startswith(
+        "Error: client acme's sending domain nokey.example publishes DMARC p=reject and no "
+        "relay of its route aligns; fix: esp: publish s1._domainkey.nokey.example TXT "
+    ), line
+    assert line.endswith("(or launch with --allow-unaligned)")
+    assert await campaign_list(settings, env) == []
+
+    launched = await cli(settings, *launch_args(people), "--allow-unaligned", "--json", env=env)
+    assert launched.code == 0, launched.stderr
+    campaign_id = json.loads(launched.stdout)["campaign_id"]
+    [logged] = [e for e in launched.log_lines() if e["event"] == "campaign.domain_override"]
+    assert logged["campaign_id"] == campaign_id and logged["policy"] == "reject"
+    status = await cli(settings, "status", str(campaign_id), env=env)
+    assert status.stdout.splitlines()[1] == (
+        "  launched with --allow-unaligned: sending domain nokey.example (DMARC p=reject) "
+        "failed the check"
+    )
+    answer = json.loads((await cli(settings, "status", str(campaign_id), "--json")).stdout)
+    assert answer["domain_override"]["domain"] == "nokey.example"
+    assert answer["domain_override"]["fix"].startswith("publish s1._domainkey.nokey.example")
+
+
+async def test_a_warning_is_printed_and_the_campaign_launched(
+    settings: Settings, resolver: str, tmp_path: Path
+) -> None:
+    env = with_dns(resolver, SIGNS_AS_ITSELF)
+    await add(settings, "acme", "surveys@none.example", env)
+    launched = await cli(settings, *launch_args(recipients(tmp_path)), "--json", env=env)
+    assert launched.code == 0, launched.stderr
+    assert done_lines(launched) == ["warning: sending domain none.example: relay own: not aligned"]
+    assert json.loads(launched.stdout)["imported"] == 2
+
+
+async def test_a_launch_uses_the_check_of_the_last_hour(
+    settings: Settings, resolver: str, tmp_path: Path
+) -> None:
+    env = with_dns(resolver, SIGNS_AS_CLIENT)
+    await add(settings, "acme", "surveys@nokey.example", env, "--dkim-selector", "s1")
+    assert (await check(settings, "acme", env))[0] == 1
+    people = recipients(tmp_path)
+    with silent() as quiet:
+        offline = with_dns(quiet, SIGNS_AS_CLIENT)
+        # The DNS does not answer: the hour-old `fail` still refuses, with no lookup.
+        refused = await cli(settings, *launch_args(people), env=offline)
+        assert refused.code == 1 and "publishes DMARC p=reject" in refused.stderr
+        # A new selector is another check: it times out, which is a warning.
+        updated = await cli(
+            settings, "client", "update", "acme", "--dkim-selector", "s2", env=offline
+        )
+        assert updated.stdout.strip().endswith("DKIM selector s2"), updated.stderr
+        launched = await cli(settings, *launch_args(people), env=offline)
+    assert launched.code == 0, launched.stderr
+    [warned] = done_lines(launched)
+    assert warned.startswith("warning: sending domain nokey.example: the DMARC lookup failed")
+
+
+async def test_the_api_refuses_a_failing_domain_with_422_unless_allowed(
+    settings: Settings, resolver: str
+) -> None:
+    env = with_dns(resolver, SIGNS_AS_CLIENT)
+    await add(settings, "acme", "surveys@nokey.example", env, "--dkim-selector", "s1")
+    made = await cli(settings, "client", "key", "create", "acme", "--json", env=env)
+    headers = {"Authorization": f"Bearer {json.loads(made.stdout)['key']}"}
+    body = {
+        "template": "invitation",
+        "survey_url": "https://survey.test/s",
+        "recipients": [{"email": "ann@example.com"}],
+    }
+    async with (
+        web_app(settings_with(settings, env)) as base,
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+        refused = await http.post("/v1/campaigns", json=body, headers=headers)
+        assert refused.status_code == 422
+        assert refused.json()["error"].startswith(
+            "client acme's sending domain nokey.example publishes DMARC p=reject"
+        )
+        assert await campaign_list(settings, env) == []
+        allowed = await http.post(
+            "/v1/campaigns", json={**body, "allow_unaligned": True}, headers=headers
+        )
+        assert allowed.status_code == 201, allowed.text
+        assert allowed.json()["sending_domain"]["verdict"] == "fail"
+        campaign_id = allowed.json()["campaign_id"]
+        status = await http.get(f"/v1/campaigns/{campaign_id}", headers=headers)
+    assert status.json()["domain_override"]["policy"] == "reject"
+
+
+async def test_the_daily_recheck_logs_a_change_sets_the_gauge_and_ops_shows_it(
+    settings: Settings, resolver: str, tmp_path: Path
+) -> None:
+    env = with_dns(resolver, SIGNS_AS_CLIENT)
+    await add(settings, "acme", "surveys@aligned.example", env, "--dkim-selector", "s1")
+    launched = await cli(settings, *launch_args(recipients(tmp_path)), "--json", env=env)
+    assert launched.code == 0 and done_lines(launched) == [], launched.stderr
+    campaign_id = json.loads(launched.stdout)["campaign_id"]
+    # Nothing to send for the worker below (its relay is not there).
+    cancelled = await cli(settings, "cancel", str(campaign_id), env=env)
+    assert cancelled.code == 0, cancelled.stderr
+
+    # The client took its key down. The daily cron job, enqueued as a platform would,
+    # runs on a worker that asks a DNS server without it.
+    keyless = {k: v for k, v in ZONE.items() if k != "s1._domainkey.aligned.example"}
+    assert settings.redis_url is not None
+    jobs = await queue.connect(settings.redis_url)
+    try:
+        with serving(keyless) as changed:
+            await jobs.enqueue_job("check_sending_domains")
+            ran = await cli(settings, "worker", "--burst", env=with_dns(changed, SIGNS_AS_CLIENT))
+    finally:
+        await jobs.aclose()
+    assert ran.code == 0, ran.stderr
+    events = [orjson.loads(x) for x in ran.stdout.splitlines() if x.startswith("{")]
+    [changed_line] = [e for e in events if e["event"] == "client.domain_changed"]
+    assert changed_line["client_id"] == "acme" and changed_line["domain"] == "aligned.example"
+    assert (changed_line["previous"], changed_line["verdict"]) == ("ok", "fail")
+
+    users = f"anna:{passwords.hash_password('correct horse battery staple', n=2**10)}"
+    web = settings_with(settings, env).model_copy(update={"ops_users": SecretStr(users)})
+    async with web_app(web) as base, httpx.AsyncClient(base_url=base) as http:
+        scraped = await http.get("/metrics")
+        page = await http.get("/ops", auth=("anna", "correct horse battery staple"))
+    assert 'survey_worker_client_domain_ok{client="acme"} 0.0' in scraped.text
+    assert page.status_code == 200
+    assert f'id="campaign-{campaign_id}"' in page.text
+    assert "sending domain aligned.example (DMARC p=reject) fails DMARC" in page.text

@@ -33,6 +33,7 @@ from worker import (
     records,
     relay_config,
     sender,
+    sending_domain,
     tokens,
 )
 from worker.compose import Composer
@@ -471,3 +472,19 @@ async def purge(ctx: Context) -> dict[str, Any]:
         "invitations": report.invitations,
         "counts": report.counts,
     }
+
+
+async def check_sending_domains(ctx: Context) -> dict[str, Any]:
+    """The daily re-check (cron): the sending domain of every client with a campaign in the
+    last 90 days is checked again and kept; a verdict other than the last one is logged
+    (`client.domain_changed`), and /metrics shows it (survey_worker_client_domain_ok).
+    Running it twice checks twice and changes nothing else."""
+    async with ctx["pool"].acquire() as conn:
+        clients = await sending_domain.recent_clients(conn)
+    verdicts: dict[str, int] = {}
+    for client_id in clients:
+        # One connection per client, not held across the others' lookups.
+        async with ctx["pool"].acquire() as conn:
+            result = await sending_domain.refresh(conn, ctx["settings"], client_id)
+        verdicts[result["verdict"]] = verdicts.get(result["verdict"], 0) + 1
+    return {"checked": len(clients), **verdicts}

@@ -52,6 +52,13 @@ class WorkerSettings:
         cron(jobs.purge, name=queue.Job.PURGE, hour={3}, minute={17}),  # type: ignore[arg-type]
         # The opt-out feed's drops into the directories registered with `feed --daily`.
         cron(feed.drop_feeds, name="drop_feeds", hour={4}, minute={7}),
+        # The clients' sending domains, checked again (docs/sending-domains.md).
+        cron(
+            jobs.check_sending_domains,  # type: ignore[arg-type]
+            name="check_sending_domains",
+            hour={5},
+            minute={23},
+        ),
     ]
 
 

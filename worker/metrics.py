@@ -47,6 +47,8 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 # From when a send_batch job was due until a worker started it.
 WAIT_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
 CAMPAIGN_STATUSES = ("scheduled", "running", "paused", "cancelled", "completed", "failed")
+# survey_worker_client_domain_ok's value for each verdict of a client's last domain check.
+DOMAIN_OK = {"ok": 1.0, "warn": 0.5, "fail": 0.0}
 # A reason label is an identifier the code chose; anything else (the text after
 # "undeliverable: " or "template: ") is cut off or counted as "other".
 _REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -266,6 +268,9 @@ class WebMetrics:
     unsubscribe: dict[tuple[str, str], int] = field(default_factory=dict)
     campaigns: dict[str, int] | None = None  # None: the ledger could not be read
     due: int = 0
+    # Each checked client's last sending-domain verdict (a label per client, an exception
+    # to the rule above: the firm has dozens of clients, not thousands).
+    domains: dict[str, str] = field(default_factory=dict)
 
     def request(self, route: str, status: int) -> None:
         """Count one answered request by its handler's name and status."""
@@ -308,6 +313,15 @@ class WebMetrics:
             due.add_metric([], self.due)
         yield campaigns
         yield due
+        domains = GaugeMetricFamily(
+            f"{PREFIX}_client_domain_ok",
+            "The client's sending domain at its last check (daily, client check, launches): "
+            "1 ok, 0.5 warn, 0 fail (DMARC enforced and no relay of its route aligned).",
+            labels=["client"],
+        )
+        for client, verdict in sorted(self.domains.items()):
+            domains.add_metric([client], DOMAIN_OK[verdict])
+        yield domains
 
 
 @dataclass(eq=False)  # registered by identity

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import re
 import warnings
 from collections.abc import Sequence
@@ -87,6 +86,13 @@ class Report:
             "verdict": self.verdict,
             "reasons": self.reasons,
         }
+
+
+def warning(result: dict[str, Any]) -> str | None:
+    """What a launch prints of a `warn`, in one line; None for another verdict."""
+    if result["verdict"] != "warn":
+        return None
+    return f"sending domain {result['domain']}: " + "; ".join(result["reasons"])
 
 
 def blocker(result: dict[str, Any]) -> str | None:
@@ -324,7 +330,7 @@ async def refresh(conn: Conn, settings: Settings, client_id: str) -> dict[str, A
         client_id,
         basis(settings, client, selector),
         result["verdict"],
-        json.dumps(result),
+        result,
     )
     if previous != result["verdict"]:
         log.warning(
@@ -338,10 +344,17 @@ async def refresh(conn: Conn, settings: Settings, client_id: str) -> dict[str, A
     return result
 
 
-async def for_launch(conn: Conn, settings: Settings, client_id: str) -> dict[str, Any]:
+async def for_launch(conn: Conn, settings: Settings, client_id: str) -> dict[str, Any] | None:
     """The client's check for a launch: the last one when it is under an hour old and of
-    the same basis (domain, selector, route, relays), else a new one."""
-    client, selector = await client_of(conn, client_id)
+    the same basis (domain, selector, route, relays), else a new one. None, with no
+    lookup, when there is nothing to check: no such client (the launch says so), or no
+    relay of its route says how it authenticates (the check could only say `unknown`)."""
+    try:
+        client, selector = await client_of(conn, client_id)
+    except NotFound:
+        return None
+    if not any(r.spf or r.dkim for r in route_relays(settings, client.relays)):
+        return None
     cached = await conn.fetchval(
         """SELECT result FROM client_domains
            WHERE client_id = $1 AND basis = $2 AND checked_at > now() - $3::interval""",
@@ -350,7 +363,7 @@ async def for_launch(conn: Conn, settings: Settings, client_id: str) -> dict[str
         CACHE_FOR,
     )
     if cached is not None:
-        found: dict[str, Any] = json.loads(cached)
+        found: dict[str, Any] = cached
         return found
     return await refresh(conn, settings, client_id)
 
@@ -392,13 +405,3 @@ async def recent_clients(conn: Conn) -> list[str]:
         RECENT_DAYS,
     )
     return [r["client_id"] for r in rows]
-
-
-async def verdicts(conn: Conn) -> dict[str, tuple[str, str, str | None]]:
-    """Each checked client's last verdict, its domain and the domain's policy."""
-    rows = await conn.fetch(
-        """SELECT client_id, verdict, result->'dmarc'->>'policy' AS policy,
-                  result->>'domain' AS domain
-           FROM client_domains WHERE verdict IS NOT NULL"""
-    )
-    return {r["client_id"]: (r["verdict"], r["domain"], r["policy"]) for r in rows}

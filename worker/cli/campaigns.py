@@ -11,13 +11,23 @@ import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import click
 import structlog
 from tqdm import tqdm
 
-from worker import campaigns, completion, durations, queue, records, relay_config, schedule
+from worker import (
+    campaigns,
+    completion,
+    durations,
+    queue,
+    records,
+    relay_config,
+    schedule,
+    sending_domain,
+)
 from worker.cli.base import Env, _clear_errors, _emit, environment, main, run
 from worker.cli.watch import counts_text
 from worker.relays import waiting_lines
@@ -97,6 +107,12 @@ def _duration(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     metavar="N",
     help="At most N messages (reminders included) a day in the client's time zone.",
 )
+@click.option(
+    "--allow-unaligned",
+    is_flag=True,
+    help="Launch even when the client's sending domain fails DMARC through every relay of "
+    "its route (`client check` says `fail`); noted in `status`.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def launch(
     client_id: str,
@@ -113,9 +129,11 @@ def launch(
     close_at: str | None,
     window: str | None,
     per_day: int | None,
+    allow_unaligned: bool,
     as_json: bool,
 ) -> None:
-    """Create a campaign, import its recipients and start sending it (or schedule it)."""
+    """Create a campaign, import its recipients and start sending it (or schedule it),
+    unless its client's sending domain fails DMARC (see `client check`)."""
     if not re.fullmatch(r"[a-zA-Z]{2}", locale):
         raise click.BadParameter("a locale is two letters, e.g. en", param_hint="--locale")
     if idempotency_key is not None and not re.fullmatch(r"[\x21-\x7e]{1,200}", idempotency_key):
@@ -142,7 +160,10 @@ def launch(
     # Redis is checked too before anything is imported: a campaign that could not be
     # queued would wait for the next reconcile.
     with environment(secrets=True, redis=True) as env:
+        overridden = _check_domain(env, client_id, allow_unaligned=allow_unaligned)
         report = _import(env, request, recipients)
+        if overridden is not None and not report.existing:
+            _record_override(env, report.campaign_id, overridden)
         _enqueue_launch(
             env,
             report.campaign_id,
@@ -150,6 +171,39 @@ def launch(
             at=report.start_at,
         )
     _print_launch(report, idempotency_key, as_json=as_json)
+
+
+def _check_domain(env: Env, client_id: str, *, allow_unaligned: bool) -> dict[str, Any] | None:
+    """The client's sending-domain check before anything is imported (kept an hour): a
+    `fail` refuses the launch in one line naming the domain, its policy and the fix, unless
+    `allow_unaligned`; a `warn` is printed. The check when the launch goes on over a
+    `fail`, else None."""
+    result = run(env, lambda conn: sending_domain.for_launch(conn, env.settings, client_id))
+    if result is None:
+        return None
+    blocked = sending_domain.blocker(result)
+    if blocked is None:
+        warned = sending_domain.warning(result)
+        if warned:
+            click.echo(f"warning: {warned}", err=True)
+        return None
+    if not allow_unaligned:
+        raise click.ClickException(f"{blocked} (or launch with --allow-unaligned)")
+    click.echo(f"warning: {blocked}; launching all the same (--allow-unaligned)", err=True)
+    return result
+
+
+def _record_override(env: Env, campaign_id: int, result: dict[str, Any]) -> None:
+    """Note (and log) that the campaign was launched over its client's `fail`."""
+    run(env, lambda conn: sending_domain.record_override(conn, campaign_id, result))
+    structlog.get_logger().warning(
+        "campaign.domain_override",
+        campaign_id=campaign_id,
+        client_id=result["client"],
+        domain=result["domain"],
+        policy=result["dmarc"]["policy"],
+        via="cli",
+    )
 
 
 def _import(env: Env, request: campaigns.LaunchRequest, recipients: Path) -> campaigns.LaunchReport:
@@ -302,12 +356,14 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
                 click.echo("", err=True)
         return
     with environment() as env:
-        report = run(env, lambda conn: campaigns.status_report(conn, campaign_id))
+        report, overridden = run(env, lambda conn: _status_of(conn, campaign_id))
         report = asyncio.run(
             campaigns.with_relays_at(report, env.urls.redis_url, relay_config.relays(env.settings))
         )
     because = f" ({report.status_reason})" if report.status_reason else ""
     lines = [f"campaign {campaign_id}: {report.status}{because}, {report.total} invitations"]
+    if overridden:
+        lines.append(f"  {override_line(overridden)}")
     waiting = report.schedule.waiting_line()
     if waiting:
         lines.append(f"  {waiting}")
@@ -319,7 +375,26 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
         lines.append("  feedback: " + ", ".join(f"{k} {n}" for k, n in report.feedback.items()))
     if report.completed:
         lines.append(f"  completed (answered): {report.completed}")
-    _emit(as_json, report.as_json(), "\n".join(lines))
+    answer = report.as_json()
+    if overridden:
+        answer["domain_override"] = overridden
+    _emit(as_json, answer, "\n".join(lines))
+
+
+async def _status_of(
+    conn: asyncpg.Connection, campaign_id: int
+) -> tuple[campaigns.StatusReport, dict[str, Any] | None]:
+    """The campaign's status report, and what its launch overrode (`--allow-unaligned`)."""
+    report = await campaigns.status_report(conn, campaign_id)
+    return report, await sending_domain.override_of(conn, campaign_id)
+
+
+def override_line(overridden: dict[str, Any]) -> str:
+    """`status`'s line for a campaign launched over its client's failing sending domain."""
+    return (
+        f"launched with --allow-unaligned: sending domain {overridden['domain']} "
+        f"(DMARC p={overridden['policy']}) failed the check"
+    )
 
 
 def _control(campaign_id: int, action: Action) -> str:

@@ -97,7 +97,9 @@ def client_update(
     stays as it is."""
     given = (name, relays, timezone, dkim_selector)
     if all(v is None for v in given) and not all_relays:
-        raise click.UsageError("give --name, --relays, --all-relays, --timezone or --dkim-selector")
+        raise click.UsageError(
+            "give --name, --relays, --all-relays or --timezone, or --dkim-selector"
+        )
     if relays is not None and all_relays:
         raise click.UsageError("give --relays or --all-relays, not both")
     with _clear_errors():

@@ -35,7 +35,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from worker import apikeys, campaigns, db, durations, feed, queue, relay_config
+from worker import apikeys, campaigns, db, durations, feed, queue, relay_config, sending_domain
 from worker.apikeys import Caller
 from worker.errors import (
     CsvProblem,
@@ -365,8 +365,11 @@ async def create_campaign(
     (`multipart/form-data`, field `recipients`); the answer is `launch --json`'s."""
     api = _api(request)
     given = await _campaign_input(request, api.settings)
+    checked = await _domain_check(api, caller, given)
     launch = _launch_request(caller, given, idempotency_key)
     report = await _import(api, launch, given)
+    if checked is not None and checked["verdict"] == "fail" and not report.existing:
+        await _record_override(api, caller, report.campaign_id, checked)
     queued = await _enqueue(api, report.campaign_id)
     rejected = _rejected(report, given.mapping)
     log.info(
@@ -378,15 +381,51 @@ async def create_campaign(
         rejected=len(rejected),
         existing=report.existing,
     )
-    return JSONResponse(
-        {
-            "campaign_id": report.campaign_id,
-            "imported": report.imported,
-            "rejected": rejected,
-            "existing": report.existing,
-            "queued": queued,
-        },
-        status_code=200 if report.existing else 201,
+    answer: dict[str, Any] = {
+        "campaign_id": report.campaign_id,
+        "imported": report.imported,
+        "rejected": rejected,
+        "existing": report.existing,
+        "queued": queued,
+    }
+    if checked is not None:
+        answer["sending_domain"] = {"verdict": checked["verdict"], "reasons": checked["reasons"]}
+    return JSONResponse(answer, status_code=200 if report.existing else 201)
+
+
+async def _domain_check(
+    api: ApiContext, caller: Caller, given: CampaignInput
+) -> dict[str, Any] | None:
+    """The client's sending-domain check before anything is imported (kept an hour); a
+    `fail` is a 422 naming the domain, its policy and the fix unless `allow_unaligned`
+    (the recipients' stream is then closed). The check, or None: nothing to check."""
+    try:
+        async with api.connection() as conn:
+            checked = await sending_domain.for_launch(conn, api.settings, caller.client_id)
+    except BaseException:
+        given.stream.close()
+        raise
+    blocked = None if checked is None else sending_domain.blocker(checked)
+    if blocked is not None and not given.fields.allow_unaligned:
+        given.stream.close()
+        raise Refused(422, f"{blocked} (or launch with allow_unaligned)")
+    return checked
+
+
+async def _record_override(
+    api: ApiContext, caller: Caller, campaign_id: int, checked: dict[str, Any]
+) -> None:
+    """Note (and log) that the campaign was launched over its client's `fail`."""
+    async with api.connection() as conn:
+        await sending_domain.record_override(conn, campaign_id, checked)
+    log.warning(
+        "campaign.domain_override",
+        campaign_id=campaign_id,
+        client_id=caller.client_id,
+        key_id=caller.key_id,
+        domain=checked["domain"],
+        policy=checked["dmarc"]["policy"],
+        via="api",
     )
 
 
@@ -475,11 +514,15 @@ async def campaign_status(campaign_id: str, request: Request, caller: Authentica
             report = await campaigns.status_report(conn, number)
         except NotFound as e:
             raise no_campaign() from e
+        overridden = await sending_domain.override_of(conn, number)
     context = _api(request)
     report = await campaigns.with_relays(
         report, await context.queue_if_up(), relay_config.relays(context.settings)
     )
-    return JSONResponse(report.as_json())
+    answer = report.as_json()
+    if overridden:
+        answer["domain_override"] = overridden
+    return JSONResponse(answer)
 
 
 async def _control(

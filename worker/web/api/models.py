@@ -71,6 +71,11 @@ class CampaignFields(BaseModel):
         description="At most this many messages (reminders included) a day in the client's "
         "time zone; 1 or more.",
     )
+    allow_unaligned: bool = Field(
+        default=False,
+        description="Launch even when the client's sending domain fails DMARC through every "
+        "relay of its route (otherwise 422); noted in the campaign's status.",
+    )
 
 
 class CampaignJson(CampaignFields):
@@ -120,6 +125,31 @@ class LaunchAnswer(BaseModel):
     queued: bool = Field(
         description="False: Redis could not take the job; the reconcile cron starts it."
     )
+    sending_domain: DomainVerdict | None = Field(
+        default=None,
+        description="The client's sending-domain check; absent when there was nothing to "
+        "check (no relay of its route says how it authenticates mail).",
+    )
+
+
+class DomainVerdict(BaseModel):
+    """The verdict of the client's sending-domain check and its reasons."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Literal["ok", "warn", "fail"]
+    reasons: list[str]
+
+
+class DomainOverride(BaseModel):
+    """A campaign launched with `allow_unaligned` over its client's `fail`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str
+    policy: str | None
+    fix: str | None
+    at: str
 
 
 class ReminderRound(BaseModel):
@@ -188,6 +218,11 @@ class StatusAnswer(BaseModel):
         description="Running, with every relay of its route in trouble: nothing leaves."
     )
     schedule: ScheduleAnswer
+    domain_override: DomainOverride | None = Field(
+        default=None,
+        description="Present when the campaign was launched with allow_unaligned over its "
+        "client's failing sending domain.",
+    )
 
 
 class ControlAnswer(BaseModel):

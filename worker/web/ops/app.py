@@ -277,6 +277,7 @@ class Ops:
             async with asyncio.timeout(LEDGER_TIMEOUT), api.connection() as conn:
                 self.counts.campaigns = await store.campaign_statuses(conn)
                 self.counts.due = await store.due_invitations(conn)
+                self.counts.domains = await store.domain_verdicts(conn)
         except (*db.DB_ERRORS, TimeoutError) as e:
             log.warning("metrics.ledger_unavailable", error=type(e).__name__)
             self.counts.campaigns = None

@@ -38,6 +38,8 @@ class CampaignRow:
     sends: tuple[int, ...] = ()
     # `scheduled for ...` or `waiting for the window; next send ...` (its field period).
     waiting: str | None = None
+    # Its client's sending domain when the last check failed: `DOMAIN (DMARC p=POLICY)`.
+    failing_domain: str | None = None
 
     @property
     def total(self) -> int:
@@ -77,6 +79,7 @@ async def overview(conn: Conn) -> list[CampaignRow]:
         if r["kind"] == "hard":
             feedback[r["campaign_id"]]["refused"] = r["refused"]
     sends = await _sends(conn, ids)
+    failing = await failing_domains(conn, sorted({r["client_id"] for r in rows}))
     return [
         CampaignRow(
             id=r["id"],
@@ -91,9 +94,29 @@ async def overview(conn: Conn) -> list[CampaignRow]:
             feedback=feedback[r["id"]],
             sends=tuple(sends[r["id"]]),
             waiting=_waiting(r),
+            failing_domain=failing.get(r["client_id"]),
         )
         for r in rows
     ]
+
+
+async def failing_domains(conn: Conn, client_ids: list[str]) -> dict[str, str]:
+    """`DOMAIN (DMARC p=POLICY)` of each of these clients whose last domain check failed."""
+    rows = await conn.fetch(
+        """SELECT client_id, result->>'domain' AS domain,
+                  result->'dmarc'->>'policy' AS policy
+           FROM client_domains WHERE verdict = 'fail' AND client_id = ANY($1)""",
+        client_ids,
+    )
+    return {r["client_id"]: f"{r['domain']} (DMARC p={r['policy']})" for r in rows}
+
+
+async def domain_verdicts(conn: Conn) -> dict[str, str]:
+    """Each checked client's last sending-domain verdict."""
+    rows = await conn.fetch(
+        "SELECT client_id, verdict FROM client_domains WHERE verdict IS NOT NULL"
+    )
+    return {r["client_id"]: r["verdict"] for r in rows}
 
 
 async def _sends(conn: Conn, ids: list[int]) -> dict[int, list[int]]:

@@ -138,25 +138,31 @@ class SmtpPool:
         """A free place, now, or None."""
         return self._free.pop() if self._free else None
 
-    def watch(self, waiter: asyncio.Future[None]) -> None:
+    def watch(self, waiter: asyncio.Future[None], *, again: bool = False) -> None:
         """Resolve `waiter` when a place is free, unless it is done by then (another pool
-        it watches woke it, or it was cancelled)."""
-        self._waiters.append(waiter)
+        it watches woke it, or it was cancelled): in turn, or first when it waits `again`
+        (woken, it found the place taken), so messages keep their order."""
+        if again:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
 
     def wake(self) -> None:
-        """Wake as many waiters as places are free."""
-        woken = 0
-        while woken < len(self._free) and self._waiters:
+        """Wake the first waiter still waiting, if a place is free (one per place freed:
+        waking more would send the rest to the back of the line)."""
+        while self._free and self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                woken += 1
+                return
 
     async def _take(self) -> Place:
+        again = False
         while (place := self.take()) is None:
             waiter = asyncio.get_running_loop().create_future()
-            self.watch(waiter)
+            self.watch(waiter, again=again)
             await waiter
+            again = True
         return place
 
     async def close(self) -> None:
@@ -169,7 +175,8 @@ class SmtpPool:
             for slot in slots:
                 slot.session = None
             self._free.extend(places[::-1])
-            self.wake()
+            for _ in places:
+                self.wake()
 
     async def _session(self, slot: _Slot) -> Session:
         """The slot's session, opened again if it is gone or broken."""

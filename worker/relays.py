@@ -161,19 +161,23 @@ class Relays:
         permit was taken for it.
         """
         loop = asyncio.get_running_loop()
+        again = False
         while True:
             names = self._sharing(relay, route)
             for name in names:
                 taken = self._pools[name].take()
                 if taken is not None:
-                    # The place that woke this send may not be the one it took.
+                    # The place that woke this send may not be the one it took: another's
+                    # waiter may have it.
                     for other in names:
-                        self._pools[other].wake()
+                        if other != name:
+                            self._pools[other].wake()
                     return name, taken
             waiter = loop.create_future()
             for name in names:
-                self._pools[name].watch(waiter)
+                self._pools[name].watch(waiter, again=again)
             await waiter
+            again = True
 
     def _sharing(self, relay: str, route: Sequence[str] | None) -> list[str]:
         """`relay`, and unless it has a rate, the healthy relays of its rank in the route

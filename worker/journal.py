@@ -12,7 +12,12 @@ An appended log costs Redis the same small work however large the chunk, where a
 the chunk's invitations costs it time in proportion to its size as long as Redis keeps it
 compact (up to `hash-max-ziplist-entries` fields: 512 in some builds).
 
-The `q` marks are stored (acknowledged) before the chunk's `sending` mark commits. The `s`
+The `q` marks are stored (acknowledged) before the chunk's `sending` mark commits, after a
+`|` entry and behind the last chunk's marks, which stay until that commit: the last
+chunk's outcomes were committed asynchronously, and only a synchronous commit after them
+(this one; Postgres's log is written in order) makes them durable, so until then a
+Postgres crash may lose them and leave their invitations `sending`, to be settled from
+these marks. Once the `sending` mark committed, everything before the last `|` goes. The `s`
 marks of the messages whose content may leave in one turn of the event loop go to Redis in
 one script call on the journal's own Redis connection, and each content is written when
 Redis answers that the marks are stored: never before, so a worker killed at any instant
@@ -104,6 +109,40 @@ return 1
 """
 
 
+# A new chunk's `q` marks (ARGV[1], after a `|` entry) behind what the log holds; a journal
+# written as a hash (before the log) is replaced.
+_OPEN = """
+if redis.call('TYPE', KEYS[1]).ok == 'string' then
+    redis.call('APPEND', KEYS[1], ARGV[1])
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+else
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+"""
+
+# The log from its last `|` entry on: the chunk in flight only.
+_TRIM = """
+local log = redis.call('GET', KEYS[1])
+if not log then
+    return 0
+end
+local last, at = nil, 0
+repeat
+    at = string.find(log, '|', at + 1, true)
+    if at then
+        last = at
+    end
+until not at
+if last and last > 1 then
+    redis.call('SET', KEYS[1], string.sub(log, last), 'KEEPTTL')
+end
+return 1
+"""
+
+# Where a chunk's marks begin in the log.
+CHUNK_START = b"|,"
+
+
 class Mark(StrEnum):
     """Where one message of a chunk got to."""
 
@@ -144,7 +183,8 @@ class Journal:
     async def open(
         self, invitation_ids: Iterable[int], *, lease_seconds: float, leased_at: float
     ) -> None:
-        """Start the journal of a new chunk: every invitation queued, nothing started.
+        """Start the journal of a new chunk: every invitation queued, nothing started,
+        behind the marks of the last chunk until `committed` says they may go.
 
         `leased_at` is the `time.monotonic()` taken before the database's lease of the chunk
         began, so the deadline for starts counted from it is never later than the lease.
@@ -163,8 +203,18 @@ class Journal:
         self._deadline = leased_at + lease_seconds * (1 - LEASE_MARGIN)
         self._pipe.call(("DEL", self._taken), _ignore)
         await self._pipe.ask(
-            "SET", self.key, _entries(invitation_ids, Mark.QUEUED), "EX", TTL_SECONDS
+            "EVAL",
+            _OPEN,
+            1,
+            self.key,
+            CHUNK_START + _entries(invitation_ids, Mark.QUEUED),
+            TTL_SECONDS,
         )
+
+    def committed(self) -> None:
+        """The chunk's `sending` mark committed, synchronously: the outcomes of the chunks
+        before it are durable, their marks go (no reply awaited: kept, they only take room)."""
+        self._pipe.call(("EVAL", _TRIM, 1, self.key), _ignore)
 
     def start(
         self, invitation_id: int, write_content: Callable[[], None], give_up: Callable[[], None]
@@ -231,7 +281,8 @@ def parse(log: bytes) -> dict[int, Mark]:
     """Where each invitation of a journal's log got to: its last mark."""
     marks: dict[int, Mark] = {}
     for entry in log.split(b",")[:-1]:
-        marks[int(entry[1:])] = Mark(entry[:1].decode())
+        if entry != CHUNK_START[:1]:
+            marks[int(entry[1:])] = Mark(entry[:1].decode())
     return marks
 
 

@@ -200,6 +200,8 @@ async def _claim_and_send(
             return None
         await tx.commit()
         early, ready = started
+        if ready:
+            sender.journal.committed()
         inv_by_id = {inv.id: inv for inv in claimed}
         for o in early:
             _log_decision(bound, inv_by_id, o)

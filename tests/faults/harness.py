@@ -29,6 +29,17 @@ def env_for(settings: Settings) -> dict[str, str]:
     }
 
 
+def relays(settings: Settings, urls: dict[str, str], **more: str) -> Settings:
+    """`settings` with SMTP_RELAYS naming `urls`' relays, each at its URL (and `more`
+    SMTP_RELAY_… variables)."""
+    variables = {f"SMTP_RELAY_{name.upper()}_URL": url for name, url in urls.items()}
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        **{**settings.model_dump(), "smtp_relays": ",".join(urls)},
+        smtp_relay_variables={**variables, **more},
+    )
+
+
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `survey-worker ARGS` as a process with these settings."""
     return subprocess.run(

@@ -1,7 +1,8 @@
 """The randomized fault campaign (issues #21 and #29): campaigns of several clients and both
-kinds, some with a reminder round, run through two real worker processes while a seeded
-schedule kills and stops workers, stops Postgres, restarts or flushes Redis, and makes the
-SMTP server slow, refuse or drop after DATA; people opt out before and during the run,
+kinds, some with a reminder round, run through two real worker processes (and two relays
+to the one SMTP server, which share their sessions) while a seeded schedule kills and stops
+workers, stops Postgres, restarts or flushes Redis, and makes the SMTP server slow, refuse
+or drop after DATA; people opt out before and during the run,
 also by one-click POSTs to the real web app while Postgres is down. At the end every
 invariant is checked from the ledger and from what the SMTP server accepted.
 
@@ -38,7 +39,7 @@ from tests.faults.campaign import (
     schedule,
     sleep_until,
 )
-from tests.faults.harness import wait_until
+from tests.faults.harness import relays, wait_until
 from tests.faults.test_crashes import DATA_DIR, SMTP, Spawn
 from tests.support.pipeline import add_client, csv_of, launch, opt_out
 from tests.support.smtp import RecordingHandler
@@ -513,7 +514,16 @@ async def test_a_seeded_random_fault_campaign_keeps_every_guarantee(
     seed = int(os.environ.get("FAULT_SEED") or random.randrange(2**32))
     seconds = float(os.environ.get("FAULT_SECONDS") or 90)
     print(f"\nfault campaign: FAULT_SEED={seed} FAULT_SECONDS={seconds:g}", flush=True)
-    settings = fast.model_copy(update={"unknown_policy": "hold", "pause_min_sent": 1_000_000})
+    # Two relays to the one server, SMTP_CONNECTIONS shared between them: each message
+    # may leave through either's sessions (the bound of invariant 3 is unchanged).
+    half = str(fast.smtp_connections // 2)
+    url = f"smtp://{fast.smtp_host}:{fast.smtp_port}"
+    settings = relays(
+        fast.model_copy(update={"unknown_policy": "hold", "pause_min_sent": 1_000_000}),
+        {"east": url, "west": url},
+        SMTP_RELAY_EAST_CONNECTIONS=half,
+        SMTP_RELAY_WEST_CONNECTIONS=half,
+    )
     handler = smtp[0]
     handler.data_delay = BASE_DELAY
     await pg.close()  # the run stops Postgres: its own connections only

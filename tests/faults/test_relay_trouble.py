@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tests.faults.harness import WorkerProcess, campaign_status, wait_until
+from tests.faults.harness import WorkerProcess, campaign_status, relays, wait_until
 from tests.support.pipeline import add_client, csv_of, launch, received_by
 from tests.support.postfix import GOOD, postfix_relay, relay_routes
 from tests.support.smtp import RecordingHandler, start_smtp_server
@@ -24,17 +24,6 @@ from worker.dev import embedded
 from worker.settings import Settings
 
 Spawn = Callable[[Settings], WorkerProcess]
-
-
-def relays(settings: Settings, urls: dict[str, str], **more: str) -> Settings:
-    """`settings` with SMTP_RELAYS naming `urls`' relays, each at its URL (and `more`
-    SMTP_RELAY_… variables)."""
-    variables = {f"SMTP_RELAY_{name.upper()}_URL": url for name, url in urls.items()}
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        **{**settings.model_dump(), "smtp_relays": ",".join(urls)},
-        smtp_relay_variables={**variables, **more},
-    )
 
 
 async def status(settings: Settings, campaign_id: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ it (minutes saved). Every run then measures, on a copy:
 
 - the fresh figure first (the ordinary `make bench` run, on an empty database), then on the
   history: launching and sending the same campaign (invitations/s against the fresh figure);
-- interactive answers, each run `--history-repeat` times (p50, p99): `status`, `GET /ops`,
+- interactive answers, each run REPEAT (200) times (p50, p99): `status`, `GET /ops`,
   a `GET /v1/opt-outs` page, `GET /v1/campaigns/{id}`, an access request;
 - the reminder scan (reconcile's pass over the history, and creating one round of the new
   campaign), the daily purge (one day's expired campaigns), the daily feed drop and a

@@ -375,10 +375,9 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
         lines.append("  feedback: " + ", ".join(f"{k} {n}" for k, n in report.feedback.items()))
     if report.completed:
         lines.append(f"  completed (answered): {report.completed}")
-    answer = report.as_json()
-    if overridden:
-        answer["domain_override"] = overridden
-    _emit(as_json, answer, "\n".join(lines))
+    # Only a campaign launched over a failing sending domain carries the override.
+    extra = {"domain_override": overridden} if overridden else {}
+    _emit(as_json, {**report.as_json(), **extra}, "\n".join(lines))
 
 
 async def _status_of(

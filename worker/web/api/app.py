@@ -519,10 +519,9 @@ async def campaign_status(campaign_id: str, request: Request, caller: Authentica
     report = await campaigns.with_relays(
         report, await context.queue_if_up(), relay_config.relays(context.settings)
     )
-    answer = report.as_json()
-    if overridden:
-        answer["domain_override"] = overridden
-    return JSONResponse(answer)
+    # Only a campaign launched over a failing sending domain carries the override.
+    extra = {"domain_override": overridden} if overridden else {}
+    return JSONResponse({**report.as_json(), **extra})
 
 
 async def _control(

@@ -141,17 +141,6 @@ class DomainVerdict(BaseModel):
     reasons: list[str]
 
 
-class DomainOverride(BaseModel):
-    """A campaign launched with `allow_unaligned` over its client's `fail`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    domain: str
-    policy: str | None
-    fix: str | None
-    at: str
-
-
 class ReminderRound(BaseModel):
     """A reminder round: when it is due, and its invitations by state."""
 
@@ -218,11 +207,6 @@ class StatusAnswer(BaseModel):
         description="Running, with every relay of its route in trouble: nothing leaves."
     )
     schedule: ScheduleAnswer
-    domain_override: DomainOverride | None = Field(
-        default=None,
-        description="Present when the campaign was launched with allow_unaligned over its "
-        "client's failing sending domain.",
-    )
 
 
 class ControlAnswer(BaseModel):

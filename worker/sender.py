@@ -205,17 +205,7 @@ async def _claim_and_send(
         inv_by_id = {inv.id: inv for inv in claimed}
         for o in early:
             _log_decision(bound, inv_by_id, o)
-        metrics = sender.metrics
-        metrics.in_flight += len(ready)
-        try:
-            done = list(
-                await asyncio.gather(
-                    *(_deliver(sender, campaign.relays, r, p, claimed_at) for r, p in ready)
-                )
-            )
-        finally:
-            metrics.in_flight -= len(ready)
-        done = _relay_troubles(sender, campaign.relays, done)
+        done = await _send_all(sender, campaign, ready, claimed_at)
         try:
             await ledger.record(conn, done, sender.worker_id)
         except BaseException:
@@ -225,6 +215,27 @@ async def _claim_and_send(
             raise
     await _after_chunk(sender, conn, campaign, bound, inv_by_id, early, done)
     return early + done
+
+
+async def _send_all(
+    sender: Sender,
+    campaign: records.Campaign,
+    ready: list[tuple[str, compose.Prepared]],
+    claimed_at: float,
+) -> list[records.Outcome]:
+    """Send a started chunk's messages, all at once; their outcomes, with the relay
+    trouble they showed taken out."""
+    metrics = sender.metrics
+    metrics.in_flight += len(ready)
+    try:
+        done = list(
+            await asyncio.gather(
+                *(_deliver(sender, campaign.relays, r, p, claimed_at) for r, p in ready)
+            )
+        )
+    finally:
+        metrics.in_flight -= len(ready)
+    return _relay_troubles(sender, campaign.relays, done)
 
 
 async def _claim(

@@ -618,6 +618,8 @@ class StatusReport:
     waiting_for_relay: bool = False
     # The field period (`launch --start-at --close-at --window --per-day`).
     schedule: ScheduleReport = field(default_factory=lambda: ScheduleReport("running"))
+    # What `launch --allow-unaligned` overrode (`sending_domain.override_of`); None otherwise.
+    domain_override: dict[str, Any] | None = None
 
     @property
     def total(self) -> int:
@@ -638,6 +640,7 @@ class StatusReport:
             "relays": self.relays,
             "waiting_for_relay": self.waiting_for_relay,
             "schedule": self.schedule.as_json(),
+            "domain_override": self.domain_override,
         }
 
 

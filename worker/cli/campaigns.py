@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -356,14 +357,14 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
                 click.echo("", err=True)
         return
     with environment() as env:
-        report, overridden = run(env, lambda conn: _status_of(conn, campaign_id))
+        report = run(env, lambda conn: _status_of(conn, campaign_id))
         report = asyncio.run(
             campaigns.with_relays_at(report, env.urls.redis_url, relay_config.relays(env.settings))
         )
     because = f" ({report.status_reason})" if report.status_reason else ""
     lines = [f"campaign {campaign_id}: {report.status}{because}, {report.total} invitations"]
-    if overridden:
-        lines.append(f"  {override_line(overridden)}")
+    if report.domain_override:
+        lines.append(f"  {override_line(report.domain_override)}")
     waiting = report.schedule.waiting_line()
     if waiting:
         lines.append(f"  {waiting}")
@@ -375,17 +376,13 @@ def status(campaign_id: int, as_json: bool, watch: bool) -> None:
         lines.append("  feedback: " + ", ".join(f"{k} {n}" for k, n in report.feedback.items()))
     if report.completed:
         lines.append(f"  completed (answered): {report.completed}")
-    # Only a campaign launched over a failing sending domain carries the override.
-    extra = {"domain_override": overridden} if overridden else {}
-    _emit(as_json, {**report.as_json(), **extra}, "\n".join(lines))
+    _emit(as_json, report.as_json(), "\n".join(lines))
 
 
-async def _status_of(
-    conn: asyncpg.Connection, campaign_id: int
-) -> tuple[campaigns.StatusReport, dict[str, Any] | None]:
-    """The campaign's status report, and what its launch overrode (`--allow-unaligned`)."""
+async def _status_of(conn: asyncpg.Connection, campaign_id: int) -> campaigns.StatusReport:
+    """The campaign's status report, with what its launch overrode (`--allow-unaligned`)."""
     report = await campaigns.status_report(conn, campaign_id)
-    return report, await sending_domain.override_of(conn, campaign_id)
+    return replace(report, domain_override=await sending_domain.override_of(conn, campaign_id))
 
 
 def override_line(overridden: dict[str, Any]) -> str:

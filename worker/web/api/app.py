@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, BinaryIO
 
 import asyncpg
@@ -514,14 +514,12 @@ async def campaign_status(campaign_id: str, request: Request, caller: Authentica
             report = await campaigns.status_report(conn, number)
         except NotFound as e:
             raise no_campaign() from e
-        overridden = await sending_domain.override_of(conn, number)
+        report = replace(report, domain_override=await sending_domain.override_of(conn, number))
     context = _api(request)
     report = await campaigns.with_relays(
         report, await context.queue_if_up(), relay_config.relays(context.settings)
     )
-    # Only a campaign launched over a failing sending domain carries the override.
-    extra = {"domain_override": overridden} if overridden else {}
-    return JSONResponse({**report.as_json(), **extra})
+    return JSONResponse(report.as_json())
 
 
 async def _control(

@@ -141,6 +141,17 @@ class DomainVerdict(BaseModel):
     reasons: list[str]
 
 
+class DomainOverride(BaseModel):
+    """A campaign launched with `allow_unaligned` over its client's `fail`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str
+    policy: str | None
+    fix: str | None
+    at: str
+
+
 class ReminderRound(BaseModel):
     """A reminder round: when it is due, and its invitations by state."""
 
@@ -207,6 +218,10 @@ class StatusAnswer(BaseModel):
         description="Running, with every relay of its route in trouble: nothing leaves."
     )
     schedule: ScheduleAnswer
+    domain_override: DomainOverride | None = Field(
+        description="What the launch overrode with allow_unaligned (its client's sending "
+        "domain failed the check); null for every other campaign."
+    )
 
 
 class ControlAnswer(BaseModel):

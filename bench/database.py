@@ -44,8 +44,13 @@ async def fresh_database(admin_url: str) -> AsyncIterator[str]:
             await conn.close()
         yield url
     finally:
-        admin = await asyncpg.connect(admin_url)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
+        await drop_database(admin_url, name)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    """Drop the database `name`, its sessions closed first."""
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()

@@ -42,7 +42,7 @@ import httpx
 from pydantic import SecretStr
 
 from bench import dumps, run, sinks, verify
-from bench.database import PREFIX
+from bench.database import PREFIX, drop_database
 from bench.errors import BenchError
 from bench.report import Figures
 from bench.report import as_json as fresh_json
@@ -484,11 +484,7 @@ async def copy_of(admin_url: str, plan: Plan) -> AsyncIterator[str]:
     try:
         yield _with_database(admin_url, name)
     finally:
-        admin = await asyncpg.connect(admin_url)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
+        await drop_database(admin_url, name)
 
 
 @dataclass(frozen=True)
@@ -714,7 +710,7 @@ async def interactive(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             results.append(
                 await timed(
-                    "status (100,000-invitation campaign)",
+                    "status (the campaign just sent)",
                     repeat,
                     lambda _i: campaigns.status_report(conn, campaign_id),
                 )
@@ -867,16 +863,7 @@ async def _on_history(
         run.dump_folder() as dump_dir,
         sinks.running(dump_dir, run.RUN_DIR / "sink.log", builtin=args.builtin_sink) as sink,
     ):
-        settings = bench_settings(
-            database_url=database_url,
-            redis_url=urls.redis_url,
-            smtp_port=sink.port,
-            data_dir=run.DATA_DIR,
-            slice_size=args.slice_size,
-            smtp_connections=args.smtp_connections,
-            features=args.features,
-            relays=args.relays,
-        )
+        settings = run.settings_for(args, database_url, urls.redis_url, sink.port)
         redis = await queue.connect(urls.redis_url)
         conn = await asyncpg.connect(database_url)
         try:

@@ -282,6 +282,22 @@ async def send(
     )
 
 
+def settings_for(
+    args: argparse.Namespace, database_url: str, redis_url: str, sink_port: int
+) -> Settings:
+    """The workers' settings for a run of `args` against these servers and sink."""
+    return bench_settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        smtp_port=sink_port,
+        data_dir=DATA_DIR,
+        slice_size=args.slice_size,
+        smtp_connections=args.smtp_connections,
+        features=args.features,
+        relays=args.relays,
+    )
+
+
 async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
     """Run the whole measurement; every process and the database are gone when it returns."""
     async with fresh_database(urls.database_url) as database_url:
@@ -292,16 +308,7 @@ async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
             say(f"sink: {sink.label} on port {sink.port}, dumping to {dump_dir}")
             if sink.builtin:
                 say("WARNING: built-in sink: it is the bottleneck, the figures are not comparable")
-            settings = bench_settings(
-                database_url=database_url,
-                redis_url=urls.redis_url,
-                smtp_port=sink.port,
-                data_dir=DATA_DIR,
-                slice_size=args.slice_size,
-                smtp_connections=args.smtp_connections,
-                features=args.features,
-                relays=args.relays,
-            )
+            settings = settings_for(args, database_url, urls.redis_url, sink.port)
             redis = await queue.connect(urls.redis_url)
             conn = await asyncpg.connect(database_url)
             try:

@@ -123,6 +123,20 @@ def received_by(messages: list[RecordedMessage]) -> dict[str, int]:
     return counts
 
 
+def assert_once_after_a_failover(
+    states: dict[str, int], messages: list[RecordedMessage], people: int, connections: int
+) -> None:
+    """After a server was lost mid-campaign: no address got two messages, only those on
+    the wire then (at most `connections`) are `unknown`, every other one of the `people`
+    is `sent`, and the server received each `sent` one and at most the `unknown` ones."""
+    received = received_by(messages)
+    assert max(received.values()) == 1, "an invitation was sent twice"
+    unknown = states.get("unknown", 0)
+    assert unknown <= connections
+    assert states.get("sent", 0) + unknown == people, states
+    assert states.get("sent", 0) <= len(received) <= states.get("sent", 0) + unknown
+
+
 def parse(message: RecordedMessage) -> EmailMessage:
     parsed = email.message_from_bytes(message.data, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)

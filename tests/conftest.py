@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio
 
 from tests.support.admin import admin, with_database
+from tests.support.settings import make_settings
 from tests.support.smtp import RecordingHandler, start_smtp_server
 from worker import db
 from worker.dev import embedded
@@ -120,22 +121,11 @@ async def smtp() -> AsyncIterator[tuple[RecordingHandler, int]]:
 @pytest.fixture
 def settings(database_url: str, redis_url: str, smtp: tuple[RecordingHandler, int]) -> Settings:
     """Settings for a test: its own database, the test Redis and SMTP server."""
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        app_env="test",
-        database_url=database_url,
-        redis_url=redis_url,
-        smtp_host="127.0.0.1",
-        smtp_port=smtp[1],
-        smtp_tls="none",
-        smtp_timeout=5,
-        public_base_url="https://unsubscribe.test",
-        unsubscribe_secrets="test-signing-key-1",
-        address_hash_key="test-address-hash-key",
-        templates_dir=ROOT / "templates",
-        retry_base_seconds=0.2,
-        slice_size=10,
+    return make_settings(
+        database_url,
+        redis_url,
+        "127.0.0.1",
+        smtp[1],
         # Campaigns of a few slices already run through the window of slices in flight.
         slices_in_flight=2,
-        smtp_connections=4,
     )

@@ -31,6 +31,7 @@ from tests.support.admin import admin, with_database
 from tests.support.campaign_cli import add_and_launch
 from tests.support.netns import Host, Network, hosts, unavailable
 from tests.support.pipeline import received_by
+from tests.support.settings import make_settings
 from tests.support.smtp import RecordingHandler, start_smtp_server
 from tests.support.web import ROOT, assert_private, cli, cli_environment
 from worker.dev.embedded import EmbeddedPostgres, free_port, pg_bin, redis_server
@@ -185,23 +186,7 @@ async def test_workers_on_three_hosts_send_a_campaign_exactly_once(tmp_path: Pat
         await admin(server, "CREATE DATABASE survey")
         database_url = with_database(server, "survey")
         async with start_smtp_server(handler, hostname=network.address) as smtp_port:
-            settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
-                app_env="test",
-                database_url=database_url,
-                redis_url=redis_url,
-                smtp_host=network.address,
-                smtp_port=smtp_port,
-                smtp_tls="none",
-                smtp_timeout=5,
-                public_base_url="https://unsubscribe.test",
-                unsubscribe_secrets="test-signing-key-1",
-                address_hash_key="test-address-hash-key",
-                templates_dir=ROOT / "templates",
-                retry_base_seconds=0.2,
-                slice_size=10,
-                smtp_connections=4,
-            )
+            settings = make_settings(database_url, redis_url, network.address, smtp_port)
             migrated = await cli(settings, "migrate")
             assert migrated.code == 0, migrated.stderr
             addresses = {host.address for host in network.hosts}

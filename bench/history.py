@@ -870,19 +870,9 @@ async def _on_history(
             await redis.flushdb()
             rows = await table_rows(conn)
             size = await conn.fetchval("SELECT pg_database_size(current_database())")
-            recipients, imported = await run.import_campaign(
-                conn, settings, args.recipients, reminders=0
+            recipients, imported, sent, counts = await run.import_and_send(
+                conn, redis, settings, args, sink, reminders=0
             )
-            sent = await run.send(
-                conn,
-                redis,
-                settings,
-                workers_count=args.workers,
-                campaign_id=imported.campaign_id,
-                total=recipients.total,
-                sink_pid=sink.pid,
-            )
-            counts = await ledger.counts(conn, imported.campaign_id)
             who = await subjects(conn)
             timings = await interactive(
                 conn,

@@ -207,6 +207,32 @@ async def import_campaign(
     return recipients, imported
 
 
+async def import_and_send(
+    conn: asyncpg.Connection,
+    redis: ArqRedis,
+    settings: Settings,
+    args: argparse.Namespace,
+    sink: sinks.Sink,
+    *,
+    reminders: int,
+) -> tuple[campaign.Recipients, campaign.Imported, Sent, dict[str, int]]:
+    """Import `args.recipients` (timed), send them with `args.workers` workers into `sink`;
+    the recipients, the import, the send and the ledger's counts by state after it."""
+    recipients, imported = await import_campaign(
+        conn, settings, args.recipients, reminders=reminders
+    )
+    sent = await send(
+        conn,
+        redis,
+        settings,
+        workers_count=args.workers,
+        campaign_id=imported.campaign_id,
+        total=recipients.total,
+        sink_pid=sink.pid,
+    )
+    return recipients, imported, sent, await ledger.counts(conn, imported.campaign_id)
+
+
 async def time_access_request(conn: asyncpg.Connection, settings: Settings, total: int) -> None:
     """Answer one recipient's access request on the full ledger, and say how long it took."""
     address = campaign.email(1)
@@ -313,19 +339,9 @@ async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
             conn = await asyncpg.connect(database_url)
             try:
                 await redis.flushdb()
-                recipients, imported = await import_campaign(
-                    conn, settings, args.recipients, reminders=2 if args.features else 0
+                recipients, imported, sent, counts = await import_and_send(
+                    conn, redis, settings, args, sink, reminders=2 if args.features else 0
                 )
-                sent = await send(
-                    conn,
-                    redis,
-                    settings,
-                    workers_count=args.workers,
-                    campaign_id=imported.campaign_id,
-                    total=recipients.total,
-                    sink_pid=sink.pid,
-                )
-                counts = await ledger.counts(conn, imported.campaign_id)
                 p50, p99 = await latency.percentiles(conn, imported.campaign_id, sent.t0)
                 await time_access_request(conn, settings, recipients.total)
             finally:

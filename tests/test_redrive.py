@@ -1,10 +1,12 @@
 """Reconcile's redrive of an idle campaign is one queued job per campaign, however often
 reconcile finds it idle: a busy queue makes every campaign look idle at every pass, and a
-redrive per pass fed the backlog it waited behind (real Redis, arq's queue)."""
+redrive per pass fed the backlog it waited behind; and a redrive a killed worker left
+running does not hold the campaign for arq's in-progress timeout (real Redis, arq's
+queue)."""
 
 from __future__ import annotations
 
-from arq.constants import default_queue_name
+from arq.constants import default_queue_name, in_progress_key_prefix
 
 from tests.support.pipeline import run_workers
 from worker import queue
@@ -36,5 +38,23 @@ async def test_a_campaign_is_redriven_again_once_its_redrive_has_run(settings: S
         await run_workers(settings)
         await queue.enqueue_launch(redis, 7, redrive=True)
         assert await redis.zcard(default_queue_name) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_a_redrive_left_running_by_a_killed_worker_does_not_hold_the_campaign(
+    redis_url: str,
+) -> None:
+    redis = await queue.connect(redis_url)
+    try:
+        await redis.flushdb()
+        await queue.enqueue_launch(redis, 7, redrive=True)
+        # What a worker killed while it ran the redrive leaves: arq's in-progress mark,
+        # which holds for the worker's whole in-progress timeout.
+        await redis.set(in_progress_key_prefix + "redrive:7", b"1", px=310_000)
+        await queue.enqueue_launch(redis, 7, redrive=True)
+        queued = [j.decode() for j in await redis.zrange(default_queue_name, 0, -1)]
+        assert queued[0] == "redrive:7" and len(queued) == 2
+        assert queued[1].startswith("redrive:7:")
     finally:
         await redis.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
@@ -11,6 +12,8 @@ import orjson
 import redis.asyncio
 import redis.exceptions
 from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Job as ArqJob
+from arq.jobs import JobStatus
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -22,6 +25,9 @@ from worker.settings import redis_url_problem
 
 # What an unreachable or failing Redis raises.
 ERRORS = (OSError, redis.exceptions.RedisError)
+# While a campaign's redrive shows running, at most one more redrive of it per this many
+# seconds (see `enqueue_launch`).
+REDRIVE_AGAIN_SECONDS = 60
 # Backoff 0.2, 0.4, 0.8, 1.6 s, then 2 s a try: about 30 s in all.
 RIDE_OUT_RETRIES = 18
 # Seconds to open a connection to Redis or a Sentinel.
@@ -235,12 +241,18 @@ async def enqueue_launch(
     `at` for a campaign scheduled to start then.
 
     A `redrive` (reconcile found the campaign idle) is a no-op while another redrive of it
-    is queued or running (launch_campaign keeps no result): a busy queue makes every
-    campaign look idle at every pass, and each redrive would queue more slices behind the
-    ones already waiting, so the backlog fed itself (a 30-minute fault soak queued 118,000
-    jobs).
+    is queued (launch_campaign keeps no result): a busy queue makes every campaign look
+    idle at every pass, and each redrive would queue more slices behind the ones already
+    waiting, so the backlog fed itself (a 30-minute fault soak queued 118,000 jobs). A
+    redrive found running may be on a worker that was killed while it ran, which arq
+    counts as running for its whole in-progress timeout (minutes): then one more goes
+    under an id of its own for the minute (a launch is idempotent; the ledger decides).
     """
-    job_id = f"redrive:{campaign_id}" if redrive else None
+    job_id = None
+    if redrive:
+        job_id = f"redrive:{campaign_id}"
+        if await ArqJob(job_id, redis).status() is JobStatus.in_progress:
+            job_id = f"{job_id}:{int(time.time() // REDRIVE_AGAIN_SECONDS)}"
     await redis.enqueue_job(Job.LAUNCH_CAMPAIGN, campaign_id, _defer_until=at, _job_id=job_id)
 
 

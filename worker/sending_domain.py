@@ -368,8 +368,11 @@ async def for_launch(conn: Conn, settings: Settings, client_id: str) -> dict[str
     return await refresh(conn, settings, client_id)
 
 
-async def record_override(conn: Conn, campaign_id: int, result: dict[str, Any]) -> None:
-    """Note that campaign `campaign_id` was launched over its client's `fail` (once)."""
+async def record_override(
+    conn: Conn, campaign_id: int, result: dict[str, Any], **where: Any
+) -> None:
+    """Note, and log (`campaign.domain_override`, with `where` it came from), that campaign
+    `campaign_id` was launched over its client's `fail` (noted once)."""
     await conn.execute(
         """INSERT INTO campaign_domain_overrides (campaign_id, domain, policy, fix)
            VALUES ($1, $2, $3, $4) ON CONFLICT (campaign_id) DO NOTHING""",
@@ -377,6 +380,14 @@ async def record_override(conn: Conn, campaign_id: int, result: dict[str, Any]) 
         result["domain"],
         result["dmarc"]["policy"],
         "; ".join(r["fix"] for r in result["relays"] if r["fix"]) or None,
+    )
+    log.warning(
+        "campaign.domain_override",
+        campaign_id=campaign_id,
+        client_id=result["client"],
+        domain=result["domain"],
+        policy=result["dmarc"]["policy"],
+        **where,
     )
 
 

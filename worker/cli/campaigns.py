@@ -196,15 +196,7 @@ def _check_domain(env: Env, client_id: str, *, allow_unaligned: bool) -> dict[st
 
 def _record_override(env: Env, campaign_id: int, result: dict[str, Any]) -> None:
     """Note (and log) that the campaign was launched over its client's `fail`."""
-    run(env, lambda conn: sending_domain.record_override(conn, campaign_id, result))
-    structlog.get_logger().warning(
-        "campaign.domain_override",
-        campaign_id=campaign_id,
-        client_id=result["client"],
-        domain=result["domain"],
-        policy=result["dmarc"]["policy"],
-        via="cli",
-    )
+    run(env, lambda conn: sending_domain.record_override(conn, campaign_id, result, via="cli"))
 
 
 def _import(env: Env, request: campaigns.LaunchRequest, recipients: Path) -> campaigns.LaunchReport:

@@ -417,16 +417,9 @@ async def _record_override(
 ) -> None:
     """Note (and log) that the campaign was launched over its client's `fail`."""
     async with api.connection() as conn:
-        await sending_domain.record_override(conn, campaign_id, checked)
-    log.warning(
-        "campaign.domain_override",
-        campaign_id=campaign_id,
-        client_id=caller.client_id,
-        key_id=caller.key_id,
-        domain=checked["domain"],
-        policy=checked["dmarc"]["policy"],
-        via="api",
-    )
+        await sending_domain.record_override(
+            conn, campaign_id, checked, key_id=caller.key_id, via="api"
+        )
 
 
 def _launch_request(

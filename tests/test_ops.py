@@ -20,11 +20,14 @@ import pytest
 import redis.asyncio
 from pydantic import SecretStr
 
-from tests.support.pipeline import add_client, csv_of, launch
+from tests.support.pipeline import add_client, csv_of, launch, opt_out, run_workers
+from tests.support.smtp import RecordingHandler
 from tests.support.web import ROOT, cli_environment, private_logs, serving
 from tests.test_api_roles import LoginUser, login_user  # noqa: F401 (the fixture)
 from worker import passwords, relays
 from worker.settings import Settings
+from worker.suppression import Scope
+from worker.web.ops import store
 from worker.web.ops.app import CSRF_LIFETIME, Users
 
 ANNA = ("anna", "correct horse battery staple")
@@ -109,6 +112,27 @@ async def test_the_page_lists_campaigns_under_its_own_policy_and_sets_no_cookie(
     # Each button posts the form's token.
     assert page.text.count('name="csrf"') == 2  # pause and cancel of the running campaign
     assert "ann@example.com" not in page.text
+
+
+async def test_the_send_rate_chart_counts_each_accepted_first_message_once(
+    pg: asyncpg.Pool, ops_settings: Settings, smtp: tuple[RecordingHandler, int]
+) -> None:
+    await add_client(pg, "acme")
+    await opt_out(pg, ops_settings, "ann@example.com", Scope("survey", "acme"))
+    people = [f"p{i}@example.com" for i in range(30)]
+    report = await launch(pg, ops_settings, csv_of("ann@example.com", *people))
+    await run_workers(ops_settings)
+    async with pg.acquire() as conn:
+        rows = {row.id: row for row in await store.overview(conn)}
+    # Ann was suppressed, not accepted: the chart counts what the server accepted.
+    assert sum(rows[report.campaign_id].sends) == len(people) == len(smtp[0].messages)
+    async with serving(ops_settings) as base, httpx.AsyncClient(base_url=base) as client:
+        page = await client.get("/ops", headers=basic(*ANNA))
+    assert page.status_code == 200
+    peak = re.search(
+        r'aria-label="Send rate: now [0-9.]+ messages per second, peak ([0-9.]+)"', page.text
+    )
+    assert peak is not None and float(peak[1]) > 0
 
 
 async def test_the_page_says_when_a_scheduled_or_waiting_campaign_sends_next(

@@ -385,6 +385,24 @@ async def test_the_purge_cron_job_runs_in_the_worker(
     assert (summary["campaigns"], summary["invitations"]) == (1, 1)
 
 
+async def test_purge_drops_the_send_rate_counts_older_than_a_day(
+    pg: asyncpg.Pool, settings: Settings, smtp: SMTP
+) -> None:
+    await add_client(pg, "acme")
+    report = await launch(pg, settings, csv_of("ann@example.com", "bob@example.com"))
+    await run_workers(settings)
+    await pg.execute(
+        """INSERT INTO recent_sends (campaign_id, at, sent)
+           VALUES ($1, now() - interval '25 hours', 7), ($1, now() - interval '23 hours', 5)""",
+        report.campaign_id,
+    )
+    purged = await cli(settings, "purge", "--json")
+    assert purged.code == 0, purged.stderr
+    kept = await pg.fetch("SELECT sent FROM recent_sends ORDER BY at")
+    # The day-old row went; the one within the day and the run's own acceptances stay.
+    assert [r["sent"] for r in kept] == [5, 2]
+
+
 async def test_purge_keeps_feedback_and_contact_counts_while_a_window_reads_them(
     pg: asyncpg.Pool, settings: Settings
 ) -> None:

@@ -283,7 +283,8 @@ async def record(conn: Conn, outcomes: Sequence[Outcome], worker_id: str) -> Non
 
     Only rows still claimed by this worker and `sending` are touched, so a late or repeated
     write can never overwrite a final state. Hard bounces join the global bounce list and
-    the campaign's feedback in the same statement. If this write is lost (asynchronous
+    the campaign's feedback in the same statement, and the count of accepted first
+    messages joins `recent_sends` (/ops's send-rate chart). If this write is lost (asynchronous
     commit, a crash), the rows stay `sending` and `reconcile` settles them from the send
     journal: never a silent duplicate.
     """
@@ -305,7 +306,12 @@ async def record(conn: Conn, outcomes: Sequence[Outcome], worker_id: str) -> Non
                            $6::timestamptz[], $8::bool[])
                     AS o(id, state, reason, smtp_code, message_id, next_attempt_at, started)
                WHERE i.id = o.id AND i.claimed_by = $7 AND i.state = 'sending'
-               RETURNING i.id, i.campaign_id, i.email_hash, o.reason, o.smtp_code),
+               RETURNING i.id, i.campaign_id, i.email_hash, i.round, i.state, o.reason,
+                         o.smtp_code),
+           sends AS (
+               INSERT INTO recent_sends (campaign_id, sent)
+               SELECT campaign_id, count(*) FROM upd WHERE state = 'sent' AND round = 0
+               GROUP BY campaign_id),
            hard AS (SELECT * FROM upd WHERE reason = 'hard_bounce'),
            feedback AS (
                INSERT INTO feedback (invitation_id, campaign_id, email_hash, kind, source)
@@ -885,6 +891,14 @@ async def erase_addresses(conn: Conn, email_hash: bytes) -> int:
         """UPDATE invitations SET email = NULL, vars = '{}', updated_at = now()
            WHERE email_hash = $1 AND (email IS NOT NULL OR vars <> '{}')""",
         email_hash,
+    )
+    return row_count(result)
+
+
+async def trim_recent_sends(conn: Conn, older_than: timedelta) -> int:
+    """Delete the send-rate chart's counts older than `older_than` (retention); how many."""
+    result = await conn.execute(
+        "DELETE FROM recent_sends WHERE at < now() - $1::interval", older_than
     )
     return row_count(result)
 

@@ -12,7 +12,7 @@ import contextlib
 import csv
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import IO
 
 import asyncpg
@@ -32,6 +32,8 @@ EXPORT_HEADER = ("email", "opted_out_at", "source")
 # purging: large enough to be fast, small enough to keep memory and lock times flat.
 EXPORT_PREFETCH = 1_000
 PURGE_BATCH = 10_000
+# /ops's send-rate chart shows ten minutes; its counts are kept this long.
+RECENT_SENDS_KEPT = timedelta(days=1)
 # OWASP "CSV Injection": the characters that can make a spreadsheet read a cell that
 # starts with one of them as a formula.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -207,7 +209,7 @@ async def erase(conn: Conn, *, email_hash: bytes, actor: str) -> ErasureReport:
 async def purge(conn: Conn, *, retention_days: int, counts_days: int | None = None) -> PurgeReport:
     """Delete the invitations of campaigns that ended more than `retention_days` ago, and
     feedback and contact-cap rows older than `counts_days` (`Settings.counts_days`;
-    default `retention_days`).
+    default `retention_days`), and the send-rate chart's counts older than a day.
 
     A campaign has ended when it is completed, cancelled or failed. Its row stays (it holds
     no personal data); opt-outs and bounces are never touched, so suppression is not
@@ -235,6 +237,7 @@ async def purge(conn: Conn, *, retention_days: int, counts_days: int | None = No
                 break
     days = retention_days if counts_days is None else counts_days
     counts = await feedback.purge(conn, days) + await suppression.purge_counts(conn, days)
+    await ledger.trim_recent_sends(conn, RECENT_SENDS_KEPT)
     report = PurgeReport(campaigns=len(campaign_ids), invitations=deleted, counts=counts)
     log.info(
         "retention.purged",

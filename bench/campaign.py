@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 
-from worker import addresses, campaigns, db
+from worker import addresses, campaigns, compose, db, ledger, records
 from worker.render import TemplateStore
 from worker.settings import Settings
 
@@ -111,3 +111,21 @@ async def launch(
         )
         seconds = time.perf_counter() - start
     return Imported(report.campaign_id, report.imported, len(report.rejected), seconds)
+
+
+async def message_size(conn: asyncpg.Connection, settings: Settings, campaign_id: int) -> int:
+    """The size of the campaign's first message as a worker composes it, in bytes."""
+    campaign = await ledger.load_campaign(conn, campaign_id)
+    row = await conn.fetchrow(
+        """SELECT id, email, email_hash, locale, vars FROM invitations
+           WHERE campaign_id = $1 AND state = 'pending' ORDER BY id LIMIT 1""",
+        campaign_id,
+    )
+    assert campaign is not None and row is not None
+    invitation = records.Invitation(
+        row["id"], row["email"], row["email_hash"], row["locale"], row["vars"], attempts=0
+    )
+    composer = compose.Composer.from_settings(settings, TemplateStore(settings.templates_dir))
+    prepared = compose.prepare(composer, campaign, invitation, datetime.now(UTC))
+    assert isinstance(prepared, compose.Prepared)
+    return len(prepared.data)

@@ -4,7 +4,8 @@ The run: embedded Postgres and Redis under `.data/bench` with a fresh database; 
 sink dumping to /dev/shm; a generated campaign imported through `worker.campaigns.launch`;
 worker processes started and ready before t0; `launch_campaign` enqueued at t0; the
 ledger polled until the campaign is completed; the sink's dump files checked against the
-expected set; then `smtp-source` on the same sink for the machine's ceiling.
+expected set. `smtp-source` on the same sink gives the machine's ceiling: timed right before
+t0 and right after the run, with messages of the same size; the higher of the two counts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -215,12 +216,16 @@ async def import_and_send(
     sink: sinks.Sink,
     *,
     reminders: int,
+    before_send: Callable[[int], Awaitable[None]] | None = None,
 ) -> tuple[campaign.Recipients, campaign.Imported, Sent, dict[str, int]]:
-    """Import `args.recipients` (timed), send them with `args.workers` workers into `sink`;
-    the recipients, the import, the send and the ledger's counts by state after it."""
+    """Import `args.recipients` (timed), call `before_send` with the campaign's id, send them
+    with `args.workers` workers into `sink`; the recipients, the import, the send and the
+    ledger's counts by state after it."""
     recipients, imported = await import_campaign(
         conn, settings, args.recipients, reminders=reminders
     )
+    if before_send is not None:
+        await before_send(imported.campaign_id)
     sent = await send(
         conn,
         redis,
@@ -337,10 +342,24 @@ async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
             settings = settings_for(args, database_url, urls.redis_url, sink.port)
             redis = await queue.connect(urls.redis_url)
             conn = await asyncpg.connect(database_url)
+            before: list[ceiling.Ceiling | None] = []
+
+            async def ceiling_before(campaign_id: int) -> None:
+                size = await campaign.message_size(conn, settings, campaign_id)
+                say(f"measuring the ceiling before the run: smtp-source, {size:,}-byte messages")
+                before.append(await asyncio.to_thread(ceiling.measure, sink.port, size))
+                await asyncio.to_thread(dumps.clear, dump_dir)
+
             try:
                 await redis.flushdb()
                 recipients, imported, sent, counts = await import_and_send(
-                    conn, redis, settings, args, sink, reminders=2 if args.features else 0
+                    conn,
+                    redis,
+                    settings,
+                    args,
+                    sink,
+                    reminders=2 if args.features else 0,
+                    before_send=ceiling_before,
                 )
                 p50, p99 = await latency.percentiles(conn, imported.campaign_id, sent.t0)
                 await time_access_request(conn, settings, recipients.total)
@@ -350,8 +369,9 @@ async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
             say("reading the sink's dump files")
             received = await asyncio.to_thread(dumps.read, dump_dir)
             await asyncio.to_thread(dumps.clear, dump_dir)
-            say(f"measuring the ceiling: smtp-source, {received.average_size:,}-byte messages")
-            limit = await asyncio.to_thread(ceiling.measure, sink.port, received.average_size)
+            size = received.average_size
+            say(f"measuring the ceiling after the run: smtp-source, {size:,}-byte messages")
+            after = await asyncio.to_thread(ceiling.measure, sink.port, size)
     seconds = max((received.last_accepted or sent.t0) - sent.t0, 1e-6)
     rate = recipients.total / seconds
     return Figures(
@@ -372,8 +392,8 @@ async def measure(args: argparse.Namespace, urls: ServiceUrls) -> Figures:
         redis_idle_memory=sent.redis_idle,
         redis_peak_memory=sent.redis_peak,
         message_size=received.average_size,
-        ceiling_per_s=None if limit is None else limit.rate,
-        ratio=None if limit is None else rate / limit.rate,
+        ceiling_before_per_s=None if before[0] is None else before[0].rate,
+        ceiling_after_per_s=None if after is None else after.rate,
         import_seconds=imported.seconds,
         import_rows_per_s=imported.rows / imported.seconds,
         cpu_seconds=sent.cpu_used,
